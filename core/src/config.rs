@@ -1,0 +1,649 @@
+//! The configuration file: one TOML file describing the service and every Kommo account it
+//! serves. Secrets are never in the file: it names the environment variables that hold them.
+//!
+//! Loading has two steps. [`ConfigFile`] is the file as written (it also generates the JSON
+//! Schema in `schemas/config.schema.json`); [`Config::resolve`] validates it, reads the named
+//! environment variables and returns the [`Config`] the service runs with. Every problem is
+//! reported at once, each naming its key (`accounts[0].stripe.secret_key_env: ...`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where environment variables come from: the process environment in production, a map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, for [`Config::load`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The variable that, when set, wins over `database.url`.
+pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+/// The kommo-pay configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
+    #[serde(default)]
+    pub log: LogSection,
+    /// The Kommo accounts this deployment serves, each with its own providers.
+    #[serde(default)]
+    pub accounts: Vec<AccountSection>,
+}
+
+/// The HTTP server of the ingest role.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address and port to listen on. Port 0 picks a free port.
+    pub listen: String,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), body_limit_bytes: 256 * 1024 }
+    }
+}
+
+/// The PostgreSQL database that holds the event log and the queue.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Connection URL without a password. The `DATABASE_URL` environment variable, when set,
+    /// wins; put any password there.
+    pub url: Option<String>,
+    /// Size of each process's connection pool.
+    pub max_connections: u32,
+    /// How long a request may wait for a connection before the answer is 503, in milliseconds.
+    /// Kommo gives up after 2 s, so keep it well below that.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when a role starts (otherwise run `kommo-pay migrate`).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16, acquire_timeout_ms: 1000, migrate_on_start: true }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,kommo_pay_ingest=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One line of text per event, for a terminal.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// One Kommo account and the payment providers it uses.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSection {
+    /// Short name used in webhook URLs and in the log: lowercase letters, digits and `-`.
+    pub slug: String,
+    pub kommo: KommoSection,
+    pub stripe: Option<StripeSection>,
+    pub lemonsqueezy: Option<LemonSqueezySection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KommoSection {
+    /// The numeric Kommo account id (`account[id]` in webhooks). Subdomains can be renamed; this
+    /// id cannot.
+    pub account_id: i64,
+    /// The account's API host, e.g. `https://acme.kommo.com`.
+    pub base_url: String,
+    /// Environment variable holding the secret that ends this account's webhook URL
+    /// (`/webhooks/kommo/{slug}/{secret}`). At least 24 characters.
+    pub webhook_secret_env: String,
+    pub auth: KommoAuthSection,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KommoAuthSection {
+    /// A private integration's long-lived token.
+    LongLivedToken {
+        /// Environment variable holding the token.
+        token_env: String,
+    },
+    /// OAuth 2.0: tokens are refreshed before expiry and the rotated pair is stored in PostgreSQL.
+    Oauth {
+        client_id: String,
+        /// Environment variable holding the client secret.
+        client_secret_env: String,
+        redirect_uri: String,
+        /// Environment variable holding the first refresh token; later ones live in the database.
+        refresh_token_env: String,
+    },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSection {
+    /// Stripe's API base URL; point it at a fake in tests.
+    #[serde(default = "default_stripe_api")]
+    pub api_base_url: String,
+    /// Environment variable holding the secret API key (`sk_live_…` / `sk_test_…`).
+    pub secret_key_env: String,
+    /// Environment variables holding the endpoint's signing secrets (`whsec_…`). Name two while
+    /// rolling a secret: a signature made with either is accepted.
+    pub webhook_secret_envs: Vec<String>,
+    /// Oldest accepted signature timestamp, in seconds (Stripe's libraries use 300).
+    #[serde(default = "default_tolerance")]
+    pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LemonSqueezySection {
+    /// Lemon Squeezy's API base URL; point it at a fake in tests.
+    #[serde(default = "default_lemonsqueezy_api")]
+    pub api_base_url: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: String,
+    /// Environment variables holding the webhook signing secrets; several while rotating.
+    pub webhook_secret_envs: Vec<String>,
+}
+
+fn default_stripe_api() -> String {
+    "https://api.stripe.com".into()
+}
+fn default_lemonsqueezy_api() -> String {
+    "https://api.lemonsqueezy.com".into()
+}
+fn default_tolerance() -> u64 {
+    300
+}
+
+// ---------------------------------------------------------------------------------------------
+// The configuration the service runs with.
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogSection,
+    pub accounts: Accounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May carry a password when it came from `DATABASE_URL`: never print it.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub migrate_on_start: bool,
+}
+
+/// The configured accounts, by slug.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts(BTreeMap<String, Arc<Account>>);
+
+impl Accounts {
+    pub fn get(&self, slug: &str) -> Option<&Arc<Account>> {
+        self.0.get(slug)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.0.values()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct Account {
+    pub slug: String,
+    pub kommo: KommoAccount,
+    pub stripe: Option<StripeAccount>,
+    pub lemonsqueezy: Option<LemonSqueezyAccount>,
+}
+
+#[derive(Debug)]
+pub struct KommoAccount {
+    pub account_id: i64,
+    pub base_url: url::Url,
+    pub webhook_secret: SecretString,
+    pub auth: KommoAuth,
+}
+
+#[derive(Debug)]
+pub enum KommoAuth {
+    LongLivedToken { token: SecretString },
+    Oauth { client_id: String, client_secret: SecretString, redirect_uri: url::Url, refresh_token: SecretString },
+}
+
+#[derive(Debug)]
+pub struct StripeAccount {
+    pub api_base_url: url::Url,
+    pub secret_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+    pub signature_tolerance: Duration,
+}
+
+#[derive(Debug)]
+pub struct LemonSqueezyAccount {
+    pub api_base_url: url::Url,
+    pub api_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+}
+
+/// Why a configuration could not be used: every problem found, each naming its key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.source_name)?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The shortest accepted Kommo webhook secret: the URL secret is the only thing that
+/// authenticates Kommo's unsigned webhooks, so it must not be guessable.
+pub const MIN_KOMMO_WEBHOOK_SECRET_LEN: usize = 24;
+
+impl Config {
+    /// Reads, parses and resolves the file at `path`.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(&text, &source_name, env)
+    }
+
+    /// Parses and resolves a configuration given as TOML text.
+    pub fn parse(text: &str, source_name: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: source_name.to_owned(),
+            problems: vec![e.to_string().trim_end().to_owned()],
+        })?;
+        Self::resolve(file, env).map_err(|problems| ConfigError { source_name: source_name.to_owned(), problems })
+    }
+
+    /// Validates the file and reads the secrets it names from `env`.
+    pub fn resolve(file: ConfigFile, env: Env<'_>) -> Result<Config, Vec<String>> {
+        let mut v = Validator { env, problems: Vec::new() };
+
+        let listen = v.check("server.listen", file.server.listen.parse::<SocketAddr>().map_err(|e| {
+            format!("{:?} is not an address and port like 127.0.0.1:8080 ({e})", file.server.listen)
+        }));
+        if file.server.body_limit_bytes < 1024 {
+            v.problem("server.body_limit_bytes", "must be at least 1024");
+        }
+
+        let url = match env(DATABASE_URL_ENV).filter(|u| !u.is_empty()) {
+            Some(url) => Some(url),
+            None => match &file.database.url {
+                Some(url) => {
+                    match url::Url::parse(url) {
+                        Ok(parsed) if parsed.password().is_some() => v.problem(
+                            "database.url",
+                            "contains a password; put the whole URL in the DATABASE_URL environment variable instead",
+                        ),
+                        Ok(parsed) if !matches!(parsed.scheme(), "postgres" | "postgresql") => {
+                            v.problem("database.url", "must be a postgres:// URL")
+                        }
+                        Ok(_) => {}
+                        Err(e) => v.problem("database.url", &format!("is not a URL ({e})")),
+                    }
+                    Some(url.clone())
+                }
+                None => {
+                    v.problem("database.url", "is not set, and neither is the DATABASE_URL environment variable");
+                    None
+                }
+            },
+        };
+        if file.database.max_connections < 2 {
+            v.problem("database.max_connections", "must be at least 2");
+        }
+
+        let mut accounts = BTreeMap::new();
+        let mut kommo_ids = BTreeSet::new();
+        for (i, section) in file.accounts.into_iter().enumerate() {
+            let key = format!("accounts[{i}]");
+            if !is_slug(&section.slug) {
+                v.problem(
+                    &format!("{key}.slug"),
+                    &format!("{:?} is not a slug: use 1-64 lowercase letters, digits and '-'", section.slug),
+                );
+            }
+            if accounts.contains_key(&section.slug) {
+                v.problem(&format!("{key}.slug"), &format!("{:?} is used by an earlier account", section.slug));
+            }
+            if !kommo_ids.insert(section.kommo.account_id) {
+                v.problem(
+                    &format!("{key}.kommo.account_id"),
+                    &format!("{} is used by an earlier account", section.kommo.account_id),
+                );
+            }
+            if let Some(account) = v.account(&key, section) {
+                accounts.insert(account.slug.clone(), Arc::new(account));
+            }
+        }
+
+        if !v.problems.is_empty() {
+            return Err(v.problems);
+        }
+        Ok(Config {
+            server: ServerConfig { listen: listen.expect("checked"), body_limit_bytes: file.server.body_limit_bytes },
+            database: DatabaseConfig {
+                url: SecretString::from(url.expect("checked")),
+                max_connections: file.database.max_connections,
+                acquire_timeout: Duration::from_millis(file.database.acquire_timeout_ms),
+                migrate_on_start: file.database.migrate_on_start,
+            },
+            log: file.log,
+            accounts: Accounts(accounts),
+        })
+    }
+}
+
+/// The JSON Schema of the configuration file, as committed in `schemas/config.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ConfigFile)).expect("a schema serialises")
+}
+
+fn is_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
+/// Collects problems while resolving, so that one run reports all of them.
+struct Validator<'a> {
+    env: Env<'a>,
+    problems: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: &str, message: &str) {
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    fn check<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.problem(key, &message)).ok()
+    }
+
+    /// The value of the environment variable named at `key`.
+    fn secret(&mut self, key: &str, var: &str) -> Option<SecretString> {
+        if var.is_empty() {
+            self.problem(key, "names no environment variable");
+            return None;
+        }
+        match (self.env)(var) {
+            Some(value) if !value.is_empty() => Some(SecretString::from(value)),
+            Some(_) => {
+                self.problem(key, &format!("environment variable {var} is empty"));
+                None
+            }
+            None => {
+                self.problem(key, &format!("environment variable {var} is not set"));
+                None
+            }
+        }
+    }
+
+    fn secrets(&mut self, key: &str, vars: &[String]) -> Option<Vec<SecretString>> {
+        if vars.is_empty() {
+            self.problem(key, "names no environment variable; name at least one");
+            return None;
+        }
+        let found: Vec<_> = vars.iter().enumerate().filter_map(|(i, var)| self.secret(&format!("{key}[{i}]"), var)).collect();
+        (found.len() == vars.len()).then_some(found)
+    }
+
+    fn http_url(&mut self, key: &str, value: &str) -> Option<url::Url> {
+        self.check(
+            key,
+            match url::Url::parse(value) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+                Ok(_) => Err(format!("{value:?} is not an http(s) URL")),
+                Err(e) => Err(format!("{value:?} is not a URL ({e})")),
+            },
+        )
+    }
+
+    fn account(&mut self, key: &str, section: AccountSection) -> Option<Account> {
+        let problems_before = self.problems.len();
+        let k = &section.kommo;
+        if k.account_id <= 0 {
+            self.problem(&format!("{key}.kommo.account_id"), "must be a positive Kommo account id");
+        }
+        let base_url = self.http_url(&format!("{key}.kommo.base_url"), &k.base_url);
+        let secret_key = format!("{key}.kommo.webhook_secret_env");
+        let webhook_secret = self.secret(&secret_key, &k.webhook_secret_env);
+        if let Some(secret) = &webhook_secret {
+            use secrecy::ExposeSecret;
+            if secret.expose_secret().len() < MIN_KOMMO_WEBHOOK_SECRET_LEN {
+                self.problem(
+                    &secret_key,
+                    &format!(
+                        "the secret in {} is shorter than {MIN_KOMMO_WEBHOOK_SECRET_LEN} characters; use a random one (e.g. `openssl rand -hex 24`)",
+                        k.webhook_secret_env
+                    ),
+                );
+            }
+        }
+        let auth = match &k.auth {
+            KommoAuthSection::LongLivedToken { token_env } => self
+                .secret(&format!("{key}.kommo.auth.token_env"), token_env)
+                .map(|token| KommoAuth::LongLivedToken { token }),
+            KommoAuthSection::Oauth { client_id, client_secret_env, redirect_uri, refresh_token_env } => {
+                if client_id.is_empty() {
+                    self.problem(&format!("{key}.kommo.auth.client_id"), "is empty");
+                }
+                let client_secret = self.secret(&format!("{key}.kommo.auth.client_secret_env"), client_secret_env);
+                let redirect_uri = self.http_url(&format!("{key}.kommo.auth.redirect_uri"), redirect_uri);
+                let refresh_token = self.secret(&format!("{key}.kommo.auth.refresh_token_env"), refresh_token_env);
+                match (client_secret, redirect_uri, refresh_token) {
+                    (Some(client_secret), Some(redirect_uri), Some(refresh_token)) => {
+                        Some(KommoAuth::Oauth { client_id: client_id.clone(), client_secret, redirect_uri, refresh_token })
+                    }
+                    _ => None,
+                }
+            }
+        };
+
+        let stripe = section.stripe.as_ref().map(|s| {
+            let api_base_url = self.http_url(&format!("{key}.stripe.api_base_url"), &s.api_base_url);
+            let secret_key = self.secret(&format!("{key}.stripe.secret_key_env"), &s.secret_key_env);
+            let webhook_secrets = self.secrets(&format!("{key}.stripe.webhook_secret_envs"), &s.webhook_secret_envs);
+            if s.signature_tolerance_secs == 0 {
+                self.problem(&format!("{key}.stripe.signature_tolerance_secs"), "must be positive");
+            }
+            Some(StripeAccount {
+                api_base_url: api_base_url?,
+                secret_key: secret_key?,
+                webhook_secrets: webhook_secrets?,
+                signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
+            })
+        });
+        let lemonsqueezy = section.lemonsqueezy.as_ref().map(|s| {
+            let api_base_url = self.http_url(&format!("{key}.lemonsqueezy.api_base_url"), &s.api_base_url);
+            let api_key = self.secret(&format!("{key}.lemonsqueezy.api_key_env"), &s.api_key_env);
+            let webhook_secrets =
+                self.secrets(&format!("{key}.lemonsqueezy.webhook_secret_envs"), &s.webhook_secret_envs);
+            Some(LemonSqueezyAccount { api_base_url: api_base_url?, api_key: api_key?, webhook_secrets: webhook_secrets? })
+        });
+
+        if self.problems.len() > problems_before {
+            return None;
+        }
+        Some(Account {
+            slug: section.slug,
+            kommo: KommoAccount {
+                account_id: k.account_id,
+                base_url: base_url?,
+                webhook_secret: webhook_secret?,
+                auth: auth?,
+            },
+            stripe: stripe.flatten(),
+            lemonsqueezy: lemonsqueezy.flatten(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const VALID: &str = r#"
+        [database]
+        url = "postgres://postgres@127.0.0.1:54329/kommo_pay"
+
+        [[accounts]]
+        slug = "acme"
+        [accounts.kommo]
+        account_id = 32427762
+        base_url = "https://acme.kommo.com"
+        webhook_secret_env = "ACME_KOMMO_WEBHOOK_SECRET"
+        auth = { kind = "long_lived_token", token_env = "ACME_KOMMO_TOKEN" }
+        [accounts.stripe]
+        secret_key_env = "ACME_STRIPE_KEY"
+        webhook_secret_envs = ["ACME_WHSEC", "ACME_WHSEC_OLD"]
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn full_env() -> impl Fn(&str) -> Option<String> {
+        env(&[
+            ("ACME_KOMMO_WEBHOOK_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("ACME_KOMMO_TOKEN", "kommo-token"),
+            ("ACME_STRIPE_KEY", "sk_test_x"),
+            ("ACME_WHSEC", "whsec_new"),
+            ("ACME_WHSEC_OLD", "whsec_old"),
+        ])
+    }
+
+    #[test]
+    fn a_valid_file_resolves_with_its_secrets_and_defaults() {
+        let config = Config::parse(VALID, "test.toml", &full_env()).unwrap();
+        let acme = config.accounts.get("acme").unwrap();
+        assert_eq!(acme.kommo.account_id, 32427762);
+        let stripe = acme.stripe.as_ref().unwrap();
+        assert_eq!(stripe.webhook_secrets.len(), 2);
+        assert_eq!(stripe.signature_tolerance, Duration::from_secs(300));
+        assert_eq!(stripe.api_base_url.as_str(), "https://api.stripe.com/");
+        assert_eq!(config.server.body_limit_bytes, 256 * 1024);
+        assert!(acme.lemonsqueezy.is_none());
+    }
+
+    #[test]
+    fn database_url_from_the_environment_wins_over_the_file() {
+        let with_url = |name: &str| {
+            if name == DATABASE_URL_ENV { Some("postgres://u:pw@db:5432/x".to_string()) } else { full_env()(name) }
+        };
+        let config = Config::parse(VALID, "test.toml", &with_url).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(config.database.url.expose_secret(), "postgres://u:pw@db:5432/x");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = VALID
+            .replace(r#"slug = "acme""#, r#"slug = "Acme Corp""#)
+            .replace("https://acme.kommo.com", "acme.kommo.com")
+            .replace("127.0.0.1:54329", "me:secret@127.0.0.1:54329");
+        let err = Config::parse(&text, "bad.toml", &env(&[("ACME_KOMMO_WEBHOOK_SECRET", "short")])).unwrap_err();
+        let expected = [
+            "database.url: contains a password",
+            "accounts[0].slug: \"Acme Corp\" is not a slug",
+            "accounts[0].kommo.base_url: \"acme.kommo.com\" is not a URL",
+            "accounts[0].kommo.webhook_secret_env: the secret in ACME_KOMMO_WEBHOOK_SECRET is shorter than 24",
+            "accounts[0].kommo.auth.token_env: environment variable ACME_KOMMO_TOKEN is not set",
+            "accounts[0].stripe.secret_key_env: environment variable ACME_STRIPE_KEY is not set",
+            "accounts[0].stripe.webhook_secret_envs[1]: environment variable ACME_WHSEC_OLD is not set",
+        ];
+        for want in expected {
+            assert!(err.problems.iter().any(|p| p.starts_with(want)), "missing {want:?} in {:#?}", err.problems);
+        }
+        // The secret's value never appears in an error.
+        assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_their_place() {
+        let err = Config::parse(&format!("{VALID}\nsurprise = 1\n"), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems[0].contains("unknown field `surprise`"), "{err}");
+        let err = Config::parse(&VALID.replace("32427762", "\"32427762\""), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems[0].contains("account_id"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_slugs_and_kommo_ids_are_rejected() {
+        let second = &VALID[VALID.find("[[accounts]]").unwrap()..];
+        let err = Config::parse(&format!("{VALID}\n{second}"), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[1].slug: \"acme\" is used")), "{err}");
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[1].kommo.account_id: 32427762 is used")), "{err}");
+    }
+
+    #[test]
+    fn slugs() {
+        for ok in ["acme", "a", "acme-2"] {
+            assert!(is_slug(ok), "{ok}");
+        }
+        for bad in ["", "Acme", "a b", "-a", "a/b", &"a".repeat(65)] {
+            assert!(!is_slug(bad), "{bad}");
+        }
+    }
+}

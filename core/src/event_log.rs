@@ -1,0 +1,126 @@
+//! The append-only event log (`events`): every verified delivery and every internal fact.
+//!
+//! [`append`] writes a batch of events and the jobs they imply in one statement, so one
+//! transaction and one round trip: the event and its work are committed together or not at all,
+//! and a redelivered event (same account, source and dedup key) changes nothing, not even its jobs.
+
+use serde_json::Value;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::queue::NewJob;
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Kommo,
+    Stripe,
+    LemonSqueezy,
+    /// Facts recorded by kommo-pay itself (link issued, job dead-lettered, replayed, …).
+    Internal,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Kommo => "kommo",
+            Source::Stripe => "stripe",
+            Source::LemonSqueezy => "lemonsqueezy",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub account: String,
+    pub source: Source,
+    pub kind: String,
+    pub dedup_key: String,
+    pub lead_id: Option<i64>,
+    pub payload: Value,
+    /// A safe subset of the request headers; never signatures or secrets.
+    pub headers: Value,
+}
+
+impl NewEvent {
+    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<i64>, payload: Value) -> Self {
+        NewEvent {
+            id: Uuid::now_v7(),
+            account: account.to_owned(),
+            source,
+            kind,
+            dedup_key,
+            lead_id,
+            payload,
+            headers: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// A delivery whose body, though authentic, is not what the provider sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(String);
+
+impl PayloadError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PayloadError(message.into())
+    }
+}
+
+/// What [`append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Ids of the events that were new.
+    pub new_events: Vec<Uuid>,
+    /// Events already in the log (redeliveries); neither they nor their jobs were written again.
+    pub duplicates: usize,
+    /// Jobs enqueued for the new events.
+    pub jobs: i64,
+}
+
+const APPEND: &str = r#"
+WITH appended AS (
+    INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload, headers)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::jsonb[], $8::jsonb[])
+    ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
+    RETURNING id
+), enqueued AS (
+    INSERT INTO jobs (event_id, kind, args, account, lead_id, max_attempts, unique_key)
+    SELECT j.event_id, j.kind, j.args, j.account, j.lead_id, j.max_attempts, j.unique_key
+    FROM unnest($9::uuid[], $10::text[], $11::jsonb[], $12::text[], $13::int8[], $14::int4[], $15::text[])
+        AS j(event_id, kind, args, account, lead_id, max_attempts, unique_key)
+    WHERE j.event_id IN (SELECT id FROM appended)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING 1
+)
+SELECT coalesce((SELECT array_agg(id) FROM appended), '{}') AS appended,
+       (SELECT count(*) FROM enqueued) AS enqueued
+"#;
+
+/// Appends `events` and enqueues `jobs` (each naming its event by `event_id`) atomically.
+/// Jobs of events that turn out to be duplicates are dropped with them.
+pub async fn append<'e>(db: impl PgExecutor<'e>, events: &[NewEvent], jobs: &[NewJob]) -> Result<Appended, sqlx::Error> {
+    let (new_events, enqueued): (Vec<Uuid>, i64) = sqlx::query_as(APPEND)
+        .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.account.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.dedup_key.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.lead_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.headers).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.event_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| &j.args).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.account.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.lead_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.unique_key.as_deref()).collect::<Vec<_>>())
+        .fetch_one(db)
+        .await?;
+    Ok(Appended { duplicates: events.len() - new_events.len(), new_events, jobs: enqueued })
+}

@@ -1,0 +1,3 @@
+//! Lemon Squeezy: checkouts, orders and subscriptions, as merchant of record.
+
+pub mod webhook;

@@ -1,0 +1,148 @@
+//! Lemon Squeezy webhook deliveries: the `X-Signature` header and the JSON:API envelope.
+//!
+//! The signature is the hex HMAC-SHA256 of the raw body alone: there is no timestamp, and no
+//! event id. Deliveries are deduplicated on natural keys (see [`LemonSqueezyEvent::dedup_key`]).
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::event_log::PayloadError;
+use crate::signature::{self, SignatureError};
+
+pub const SIGNATURE_HEADER: &str = "X-Signature";
+
+pub fn verify(header: Option<&str>, body: &[u8], secrets: &[SecretString]) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing(SIGNATURE_HEADER))?;
+    let candidate = hex::decode(header.trim()).map_err(|_| SignatureError::Malformed(SIGNATURE_HEADER))?;
+    if candidate.len() != 32 {
+        return Err(SignatureError::Malformed(SIGNATURE_HEADER));
+    }
+    if signature::any_matches(secrets, &[body], &[candidate]) { Ok(()) } else { Err(SignatureError::Mismatch) }
+}
+
+/// The header Lemon Squeezy would send for `body` signed with `secret`.
+pub fn signature_header(secret: &str, body: &[u8]) -> String {
+    signature::sign_hex(secret, &[body])
+}
+
+/// The `checkout_data.custom` key under which checkouts carry the Kommo lead id.
+pub const LEAD_ID_CUSTOM_KEY: &str = "kommo_lead_id";
+
+#[derive(Debug, Clone)]
+pub struct LemonSqueezyEvent {
+    /// `meta.event_name` (the signed one; `X-Event-Name` is not signed).
+    pub kind: String,
+    pub dedup_key: String,
+    pub test_mode: bool,
+    pub lead_id: Option<i64>,
+    pub payload: Value,
+}
+
+impl LemonSqueezyEvent {
+    pub fn parse(body: &[u8]) -> Result<LemonSqueezyEvent, PayloadError> {
+        let payload: Value = serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not JSON: {e}")))?;
+        let kind = payload
+            .pointer("/meta/event_name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| PayloadError::new("meta.event_name is missing"))?
+            .to_owned();
+        let data = payload.get("data").filter(|d| d.is_object()).ok_or_else(|| PayloadError::new("data is missing"))?;
+        let id = match data.get("id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(PayloadError::new("data.id is missing")),
+        };
+        let dedup_key = dedup_key(&kind, &id, data.get("attributes").unwrap_or(&Value::Null));
+        let lead_id = payload.pointer("/meta/custom_data").and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
+        let test_mode = payload.pointer("/meta/test_mode").and_then(Value::as_bool).unwrap_or(false);
+        Ok(LemonSqueezyEvent { kind, dedup_key, test_mode, lead_id, payload })
+    }
+}
+
+/// The natural key of a delivery, so that retries and resends collapse into one event.
+///
+/// - `order_created` and `subscription_payment_success|failed|recovered` happen once per order or
+///   invoice: the event name and the object id.
+/// - Refunds can repeat on the same object (several partial refunds): add the cumulative
+///   `refunded_amount`.
+/// - Everything else (`subscription_*` snapshots, license keys, unknown events) is a snapshot of
+///   an object that changes over time: add `updated_at`. Two snapshots with the same `updated_at`
+///   under one event name carry the same state.
+fn dedup_key(kind: &str, id: &str, attributes: &Value) -> String {
+    let attr = |name: &str| match attributes.get(name) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    match kind {
+        "order_created"
+        | "subscription_payment_success"
+        | "subscription_payment_failed"
+        | "subscription_payment_recovered" => format!("{kind}:{id}"),
+        "order_refunded" | "subscription_payment_refunded" => format!("{kind}:{id}:{}", attr("refunded_amount")),
+        _ => format!("{kind}:{id}:{}", attr("updated_at")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(event: &str, id: &str, attributes: &str, custom: &str) -> Vec<u8> {
+        format!(
+            r#"{{"meta":{{"event_name":"{event}","test_mode":true,"webhook_id":"8b1e","custom_data":{custom}}},"data":{{"type":"orders","id":"{id}","attributes":{attributes}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn signature_cases() {
+        let payload = body("order_created", "1", "{}", "{}");
+        let good = signature_header("ls_secret", &payload);
+        let secrets = |s: &[&str]| s.iter().map(|s| SecretString::from(*s)).collect::<Vec<_>>();
+        let cases: Vec<(&str, Option<String>, &[u8], Vec<SecretString>, Result<(), SignatureError>)> = vec![
+            ("valid", Some(good.clone()), &payload, secrets(&["ls_secret"]), Ok(())),
+            ("upper-case hex", Some(good.to_uppercase()), &payload, secrets(&["ls_secret"]), Ok(())),
+            ("second secret during rotation", Some(good.clone()), &payload, secrets(&["new", "ls_secret"]), Ok(())),
+            ("tampered body", Some(good.clone()), &payload[1..], secrets(&["ls_secret"]), Err(SignatureError::Mismatch)),
+            ("wrong secret", Some(good.clone()), &payload, secrets(&["other"]), Err(SignatureError::Mismatch)),
+            ("missing", None, &payload, secrets(&["ls_secret"]), Err(SignatureError::Missing(SIGNATURE_HEADER))),
+            ("not hex", Some("xyz".into()), &payload, secrets(&["ls_secret"]), Err(SignatureError::Malformed(SIGNATURE_HEADER))),
+            ("truncated", Some(good[..62].to_string()), &payload, secrets(&["ls_secret"]), Err(SignatureError::Malformed(SIGNATURE_HEADER))),
+        ];
+        for (name, header, body, secrets, want) in cases {
+            assert_eq!(verify(header.as_deref(), body, &secrets), want, "case {name:?}");
+        }
+    }
+
+    #[test]
+    fn natural_dedup_keys() {
+        let key = |event: &str, attrs: &str| LemonSqueezyEvent::parse(&body(event, "77", attrs, "{}")).unwrap().dedup_key;
+        assert_eq!(key("order_created", r#"{"updated_at":"2026-01-01T00:00:00.000000Z"}"#), "order_created:77");
+        assert_eq!(key("subscription_payment_success", "{}"), "subscription_payment_success:77");
+        assert_eq!(key("order_refunded", r#"{"refunded_amount":500}"#), "order_refunded:77:500");
+        assert_ne!(key("order_refunded", r#"{"refunded_amount":500}"#), key("order_refunded", r#"{"refunded_amount":900}"#));
+        assert_eq!(
+            key("subscription_updated", r#"{"updated_at":"2026-01-01T00:00:00.000000Z"}"#),
+            "subscription_updated:77:2026-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(key("something_new", "{}"), "something_new:77:-");
+    }
+
+    #[test]
+    fn finds_the_lead_in_custom_data_as_string_or_number() {
+        let lead = |custom: &str| LemonSqueezyEvent::parse(&body("order_created", "1", "{}", custom)).unwrap().lead_id;
+        assert_eq!(lead(r#"{"kommo_lead_id":"15318175"}"#), Some(15318175));
+        assert_eq!(lead(r#"{"kommo_lead_id":15318175}"#), Some(15318175));
+        assert_eq!(lead(r#"{"kommo_lead_id":"abc"}"#), None);
+        assert_eq!(lead("null"), None);
+    }
+
+    #[test]
+    fn malformed_envelopes_are_rejected() {
+        for body in [&b"{"[..], br#"{"data":{"id":"1"}}"#, br#"{"meta":{"event_name":"order_created"}}"#, br#"{"meta":{"event_name":"order_created"},"data":{"type":"orders"}}"#] {
+            assert!(LemonSqueezyEvent::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

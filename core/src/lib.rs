@@ -1,0 +1,13 @@
+//! The kommo-pay domain: configuration, the event log, the job queue and the providers' webhook
+//! formats. The ingest, worker and scheduler roles are built on it.
+
+pub mod config;
+pub mod db;
+pub mod event_log;
+pub mod jobs;
+pub mod kommo;
+pub mod lemonsqueezy;
+pub mod queue;
+pub mod signature;
+pub mod stripe;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+//! Stripe: payment links, checkout sessions, subscriptions and refunds.
+
+pub mod webhook;
