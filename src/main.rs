@@ -1,1 +1,101 @@
-fn main() {}
+//! `kommo-pay`: one binary, one subcommand per role.
+
+mod cli;
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Parser;
+use kommo_pay_core::config::{self, Config};
+use kommo_pay_core::{db, telemetry};
+use tokio::sync::watch;
+
+use cli::{Cli, Command, ConfigCommand};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config { command: ConfigCommand::Schema } = cli.command {
+        println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+        return Ok(());
+    }
+    let config = load_config(cli.config.as_deref())?;
+    if let Command::Config { command: ConfigCommand::Check } = cli.command {
+        println!("configuration is valid: {} account(s)", config.accounts.len());
+        for account in config.accounts.iter() {
+            let providers: Vec<&str> = [("stripe", account.stripe.is_some()), ("lemonsqueezy", account.lemonsqueezy.is_some())]
+                .iter()
+                .filter_map(|(name, on)| on.then_some(*name))
+                .collect();
+            println!("  {} (Kommo account {}): {}", account.slug, account.kommo.account_id, providers.join(", "));
+        }
+        return Ok(());
+    }
+
+    telemetry::init(&config.log);
+    let pool = db::connect(&config.database).await?;
+    if matches!(cli.command, Command::Migrate) {
+        db::migrate(&pool).await?;
+        println!("migrations applied");
+        return Ok(());
+    }
+    if config.database.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+
+    let stop = shutdown_signal();
+    let (ingest, worker, scheduler) = match cli.command {
+        Command::Serve => (true, true, true),
+        Command::Ingest => (true, false, false),
+        Command::Worker => (false, true, false),
+        Command::Scheduler => (false, false, true),
+        Command::Migrate | Command::Config { .. } => unreachable!("handled above"),
+    };
+    let ingest = async {
+        if ingest {
+            let app = kommo_pay_ingest::Application::build(&config, pool.clone()).await?;
+            app.run_until_stopped(stopped(stop.clone())).await.context("the ingest server failed")?;
+        }
+        anyhow::Ok(())
+    };
+    let worker = async { if worker { kommo_pay_worker::run(stopped(stop.clone())).await } else { Ok(()) } };
+    let scheduler = async { if scheduler { kommo_pay_scheduler::run(stopped(stop.clone())).await } else { Ok(()) } };
+    tokio::try_join!(ingest, worker, scheduler)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let path = path.context(format!("no configuration file: pass --config FILE or set {}", cli::CONFIG_ENV))?;
+    Ok(Config::load(path, &config::process_env)?)
+}
+
+/// Flips to `true` on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,1 +1,94 @@
+//! The ingest role: an HTTP server that authenticates webhooks from Kommo, Stripe and Lemon
+//! Squeezy, appends them to the event log together with the jobs they imply, commits, and only
+//! then answers. It makes no outbound calls, so it answers fast (Kommo gives up after 2 s).
+//!
+//! | answer | when |
+//! |---|---|
+//! | 200 | accepted, or a duplicate of an event already in the log |
+//! | 400 | authentic but malformed, or a Stripe signature older/newer than the tolerance |
+//! | 401 | missing or wrong signature or URL secret, or a Kommo `account[id]` of another account |
+//! | 404 | no such account, or the account does not use that provider |
+//! | 413 | body over `server.body_limit_bytes` |
+//! | 503 | the event could not be committed: the provider will retry |
 
+mod error;
+mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use kommo_pay_core::config::{Accounts, Config};
+use kommo_pay_core::event_log::{self, NewEvent};
+use kommo_pay_core::{jobs, queue};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+pub use error::IngestError;
+
+/// How often, at most, committed jobs wake the workers.
+const WAKE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pool: PgPool,
+    accounts: Accounts,
+    waker: queue::Waker,
+    metrics: metrics::Metrics,
+}
+
+/// What an accepted delivery gets back.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Accepted {
+    /// Events new to the log.
+    accepted: usize,
+    /// Events the log already had (redeliveries).
+    duplicates: usize,
+}
+
+impl AppState {
+    /// Appends `events` and their jobs in one transaction; wakes the workers after the commit.
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Accepted, IngestError> {
+        let jobs: Vec<_> = events.iter().flat_map(jobs::implied_by).collect();
+        let appended = event_log::append(&self.pool, &events, &jobs).await.map_err(IngestError::Unavailable)?;
+        if appended.jobs > 0 {
+            self.waker.wake();
+        }
+        Ok(Accepted { accepted: appended.new_events.len(), duplicates: appended.duplicates })
+    }
+}
+
+/// The ingest server, bound to its port but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Binds `config.server.listen` (port 0 picks a free port) and builds the router over `pool`.
+    pub async fn build(config: &Config, pool: PgPool) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let state = AppState {
+            waker: queue::Waker::spawn(pool.clone(), WAKE_INTERVAL),
+            pool,
+            accounts: config.accounts.clone(),
+            metrics: metrics::Metrics::install(),
+        };
+        Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(address = %self.local_addr(), "ingest listening");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quick start: runs the whole test suite against a real PostgreSQL. Starts the project's
+# private cluster (deploy/local/postgres.sh) unless DATABASE_URL is set; each test creates and
+# drops its own database on that server. Extra arguments go to the test runner.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here/../.."
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  eval "export $("$here/postgres.sh" start)"
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,261 @@
+//! Test harness: a fresh PostgreSQL database per test, and the real ingest application on port 0.
+
+use std::collections::HashMap;
+
+use kommo_pay_core::config::Config;
+use kommo_pay_core::db::MIGRATOR;
+use kommo_pay_ingest::Application;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+
+pub const ACCOUNT: &str = "acme";
+pub const KOMMO_ACCOUNT_ID: i64 = 32427762;
+pub const KOMMO_SECRET: &str = "test-kommo-url-secret-0123456789abcdef";
+pub const STRIPE_SECRET: &str = "whsec_test_current";
+pub const STRIPE_OLD_SECRET: &str = "whsec_test_previous";
+pub const LS_SECRET: &str = "ls-test-signing-secret";
+/// An account with Kommo only: its Stripe and Lemon Squeezy routes do not exist.
+pub const KOMMO_ONLY_ACCOUNT: &str = "kommo-only";
+
+const NO_DATABASE: &str = "\n\nThe tests need a PostgreSQL server and DATABASE_URL pointing at it.\n\
+    Run the suite with `deploy/local/test.sh`, which starts the project's private cluster,\n\
+    or start it yourself: `eval \"export $(deploy/local/postgres.sh start)\"`.\n\n";
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+    pub url: String,
+    server_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let db = Self::empty().await;
+        MIGRATOR.run(&db.pool).await.expect("migrations apply to a fresh database");
+        db
+    }
+
+    /// A fresh database without the schema.
+    pub async fn empty() -> TestDb {
+        let server_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| panic!("DATABASE_URL is not set.{NO_DATABASE}"));
+        let mut admin = PgConnection::connect(&server_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({e}).{NO_DATABASE}"));
+        let name = format!("kp_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut admin).await.expect("create test database");
+        let url = with_database(&server_url, &name);
+        let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to test database");
+        TestDb { pool, name, url, server_url }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A connection to the server's maintenance database, for tests that act on this database
+    /// from outside (e.g. taking it away).
+    pub async fn admin(&self) -> PgConnection {
+        PgConnection::connect(&self.server_url).await.expect("admin connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; a thread of its own may block on a new one.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                let mut admin = PgConnection::connect(&server_url).await?;
+                sqlx::raw_sql(AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#))).execute(&mut admin).await?;
+                sqlx::raw_sql(AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut admin).await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+fn with_database(server_url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server_url).expect("DATABASE_URL is a URL");
+    url.set_path(name);
+    url.to_string()
+}
+
+/// The configuration file tests run with; `server_extra` adds `[server]` keys (TOML).
+pub fn test_config_text(server_extra: &str) -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        {server_extra}
+
+        [database]
+        max_connections = 8
+        acquire_timeout_ms = 1000
+
+        [[accounts]]
+        slug = "{ACCOUNT}"
+        [accounts.kommo]
+        account_id = {KOMMO_ACCOUNT_ID}
+        base_url = "https://acme.kommo.com"
+        webhook_secret_env = "KOMMO_SECRET"
+        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
+        [accounts.stripe]
+        secret_key_env = "STRIPE_KEY"
+        webhook_secret_envs = ["STRIPE_WHSEC", "STRIPE_WHSEC_OLD"]
+        [accounts.lemonsqueezy]
+        api_key_env = "LS_KEY"
+        webhook_secret_envs = ["LS_WHSEC"]
+
+        [[accounts]]
+        slug = "{KOMMO_ONLY_ACCOUNT}"
+        [accounts.kommo]
+        account_id = 1000001
+        base_url = "https://other.kommo.com"
+        webhook_secret_env = "KOMMO_SECRET"
+        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
+        "#
+    )
+}
+
+/// The environment that goes with [`test_config_text`].
+pub fn test_env(database_url: &str) -> HashMap<String, String> {
+    [
+        ("DATABASE_URL", database_url),
+        ("KOMMO_SECRET", KOMMO_SECRET),
+        ("KOMMO_TOKEN", "kommo-token"),
+        ("STRIPE_KEY", "sk_test_123"),
+        ("STRIPE_WHSEC", STRIPE_SECRET),
+        ("STRIPE_WHSEC_OLD", STRIPE_OLD_SECRET),
+        ("LS_KEY", "ls-key"),
+        ("LS_WHSEC", LS_SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+pub fn test_config(database_url: &str, server_extra: &str) -> Config {
+    let env = test_env(database_url);
+    Config::parse(&test_config_text(server_extra), "test config", &|name| env.get(name).cloned()).expect("test config is valid")
+}
+
+/// The real ingest application, serving on a free port against its own database.
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Like [`spawn_app`], with extra `[server]` keys (TOML).
+pub async fn spawn_app_with(server_extra: &str) -> TestApp {
+    spawn_app_on(TestDb::new().await, server_extra).await
+}
+
+/// The application over `db` as it is (migrated or not).
+pub async fn spawn_app_on(db: TestDb, server_extra: &str) -> TestApp {
+    let config = test_config(&db.url, server_extra);
+    // The app gets a pool of its own, built from the configuration as in production.
+    let pool = kommo_pay_core::db::connect(&config.database).await.expect("app pool");
+    let app = Application::build(&config, pool).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp { address, db, client: reqwest::Client::new() }
+}
+
+impl TestApp {
+    pub async fn post_stripe(&self, account: &str, body: &str, signature: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}/webhooks/stripe/{account}", self.address)).body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("Stripe-Signature", signature);
+        }
+        request.header("Content-Type", "application/json").send().await.expect("request sent")
+    }
+
+    /// Posts `body` to the Stripe route signed now with the current secret.
+    pub async fn post_signed_stripe(&self, body: &str) -> reqwest::Response {
+        self.post_stripe(ACCOUNT, body, Some(&stripe_signature(STRIPE_SECRET, now(), body))).await
+    }
+
+    pub async fn post_kommo(&self, account: &str, secret: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/webhooks/kommo/{account}/{secret}", self.address))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("User-Agent", "amoCRM-Webhooks/3.0")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_lemonsqueezy(&self, account: &str, body: &str, signature: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/lemonsqueezy/{account}", self.address))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("X-Signature", signature);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).send().await.expect("request sent")
+    }
+
+    pub async fn events(&self) -> i64 {
+        self.db.count("SELECT count(*) FROM events").await
+    }
+
+    pub async fn jobs(&self) -> i64 {
+        self.db.count("SELECT count(*) FROM jobs").await
+    }
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn stripe_signature(secret: &str, timestamp: i64, body: &str) -> String {
+    kommo_pay_core::stripe::webhook::signature_header(secret, timestamp, body.as_bytes())
+}
+
+pub fn ls_signature(secret: &str, body: &str) -> String {
+    kommo_pay_core::lemonsqueezy::webhook::signature_header(secret, body.as_bytes())
+}
+
+/// A Stripe event of `kind` about lead `lead_id`, shaped like Stripe's (fields trimmed to the
+/// ones the code reads).
+pub fn stripe_event(id: &str, kind: &str, lead_id: i64) -> String {
+    serde_json::json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2025-07-30.basil",
+        "created": now(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null },
+        "type": kind,
+        "data": { "object": {
+            "id": "cs_test_a1b2c3",
+            "object": "checkout.session",
+            "amount_total": 200000,
+            "currency": "usd",
+            "mode": "payment",
+            "payment_link": "plink_1Abc",
+            "payment_intent": "pi_3Abc",
+            "payment_status": "paid",
+            "status": "complete",
+            "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": lead_id.to_string() }
+        }}
+    })
+    .to_string()
+}

@@ -1,0 +1,121 @@
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_signed_event_is_logged_with_its_job_before_the_answer() {
+    let app = spawn_app().await;
+    let body = stripe_event("evt_1Paid", "checkout.session.completed", 15318175);
+
+    let response = app.post_signed_stripe(&body).await;
+
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer, serde_json::json!({ "accepted": 1, "duplicates": 0 }));
+    let (account, source, kind, dedup_key, lead_id, payload): (String, String, String, String, Option<i64>, Value) =
+        sqlx::query_as("SELECT account, source, kind, dedup_key, lead_id, payload FROM events")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (account.as_str(), source.as_str(), kind.as_str(), dedup_key.as_str(), lead_id),
+        (ACCOUNT, "stripe", "checkout.session.completed", "evt_1Paid", Some(15318175))
+    );
+    assert_eq!(payload, serde_json::from_str::<Value>(&body).unwrap());
+    let (job_kind, state, job_lead): (String, String, Option<i64>) =
+        sqlx::query_as("SELECT j.kind, j.state, j.lead_id FROM jobs j JOIN events e ON e.id = j.event_id")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((job_kind.as_str(), state.as_str(), job_lead), ("stripe.apply_event", "available", Some(15318175)));
+}
+
+#[tokio::test]
+async fn the_signature_header_is_not_stored_but_safe_headers_are() {
+    let app = spawn_app().await;
+    app.post_signed_stripe(&stripe_event("evt_h", "invoice.paid", 1)).await;
+    let headers: Value = sqlx::query_scalar("SELECT headers FROM events").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(!headers.to_string().to_lowercase().contains("signature"), "{headers}");
+    assert!(!headers.to_string().contains(STRIPE_SECRET));
+}
+
+#[tokio::test]
+async fn rejected_deliveries_get_their_status_and_change_nothing() {
+    let app = spawn_app().await;
+    let body = stripe_event("evt_bad", "checkout.session.completed", 1);
+    let t = now();
+    let tampered = body.replace("200000", "1");
+    let cases: Vec<(&str, &str, String, Option<String>, u16)> = vec![
+        ("tampered body", ACCOUNT, tampered.clone(), Some(stripe_signature(STRIPE_SECRET, t, &body)), 401),
+        ("wrong secret", ACCOUNT, body.clone(), Some(stripe_signature("whsec_guess", t, &body)), 401),
+        ("no signature", ACCOUNT, body.clone(), None, 401),
+        ("garbled signature", ACCOUNT, body.clone(), Some("t=abc,v1=xyz".into()), 401),
+        ("stale timestamp", ACCOUNT, body.clone(), Some(stripe_signature(STRIPE_SECRET, t - 600, &body)), 400),
+        ("future timestamp", ACCOUNT, body.clone(), Some(stripe_signature(STRIPE_SECRET, t + 600, &body)), 400),
+        ("signed but not JSON", ACCOUNT, "not json".into(), Some(stripe_signature(STRIPE_SECRET, t, "not json")), 400),
+        ("signed but not an event", ACCOUNT, "{}".into(), Some(stripe_signature(STRIPE_SECRET, t, "{}")), 400),
+        ("unknown account", "nobody", body.clone(), Some(stripe_signature(STRIPE_SECRET, t, &body)), 404),
+        ("account without Stripe", KOMMO_ONLY_ACCOUNT, body.clone(), Some(stripe_signature(STRIPE_SECRET, t, &body)), 404),
+    ];
+    for (name, account, body, signature, status) in cases {
+        let response = app.post_stripe(account, &body, signature.as_deref()).await;
+        assert_eq!(response.status().as_u16(), status, "case {name:?}");
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["error"].is_string(), "case {name:?}: {answer}");
+        assert!(!answer.to_string().contains(STRIPE_SECRET), "case {name:?} leaks the secret");
+    }
+    assert_eq!((app.events().await, app.jobs().await), (0, 0), "no rejected delivery reaches the log");
+}
+
+#[tokio::test]
+async fn both_secrets_work_while_rotating() {
+    let app = spawn_app().await;
+    let new = stripe_event("evt_new", "invoice.paid", 1);
+    let old = stripe_event("evt_old", "invoice.paid", 1);
+    let t = now();
+    let old_v1 = stripe_signature(STRIPE_OLD_SECRET, t, &old).split("v1=").nth(1).unwrap().to_owned();
+    let both = format!("{},v1={old_v1}", stripe_signature("whsec_unknown", t, &old));
+    assert_eq!(app.post_stripe(ACCOUNT, &new, Some(&stripe_signature(STRIPE_SECRET, t, &new))).await.status(), 200);
+    assert_eq!(app.post_stripe(ACCOUNT, &old, Some(&both)).await.status(), 200, "several v1 values, one valid");
+    assert_eq!(app.events().await, 2);
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_acknowledged_once_logged_once() {
+    let app = spawn_app().await;
+    let body = stripe_event("evt_twice", "checkout.session.completed", 7);
+
+    // Stripe re-signs every retry; concurrent deliveries must still collapse into one.
+    let (a, b, c) = tokio::join!(app.post_signed_stripe(&body), app.post_signed_stripe(&body), app.post_signed_stripe(&body));
+
+    let mut accepted = 0;
+    for response in [a, b, c] {
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        accepted += answer["accepted"].as_i64().unwrap();
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!((app.events().await, app.jobs().await), (1, 1));
+}
+
+#[tokio::test]
+async fn events_we_do_not_act_on_are_logged_without_jobs() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_signed_stripe(&stripe_event("evt_c", "customer.created", 1)).await.status(), 200);
+    assert_eq!((app.events().await, app.jobs().await), (1, 0));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_are_not_stored() {
+    let app = spawn_app_with("body_limit_bytes = 2048").await;
+    let padding = "x".repeat(4096);
+    let body = stripe_event("evt_big", "invoice.paid", 1).replace("\"usd\"", &format!("\"usd\",\"pad\":\"{padding}\""));
+
+    let response = app.post_signed_stripe(&body).await;
+
+    assert_eq!(response.status(), 413);
+    assert_eq!(app.events().await, 0);
+    let small = stripe_event("evt_small", "invoice.paid", 1);
+    assert_eq!(app.post_signed_stripe(&small).await.status(), 200, "a body under the limit still passes");
+}
