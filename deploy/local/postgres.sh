@@ -49,7 +49,8 @@ bindir=$(find_bindir) || {
 # Run a server binary as the OS user that owns the cluster.
 if [ "$(id -u)" = 0 ]; then
   id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
-  as_owner() { runuser -u postgres -- "$@"; }
+  # From /: the postgres user may not be able to enter the current directory.
+  as_owner() { (cd / && runuser -u postgres -- "$@"); }
 else
   as_owner() { "$@"; }
 fi

@@ -73,3 +73,18 @@ async fn a_unique_job_key_enqueues_once() {
     let appended = event_log::append(&db.pool, &[a.clone(), b.clone()], &[keyed(&a), keyed(&b)]).await.unwrap();
     assert_eq!((appended.new_events.len(), appended.jobs), (2, 1));
 }
+
+#[tokio::test]
+async fn an_accepted_event_with_jobs_wakes_listening_workers() {
+    let app = spawn_app().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.db.pool).await.unwrap();
+    listener.listen(kommo_pay_core::queue::WAKE_CHANNEL).await.unwrap();
+
+    app.post_signed_stripe(&stripe_event("evt_wake", "checkout.session.completed", 3)).await;
+
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a wake-up within 10 s")
+        .unwrap();
+    assert_eq!(notification.channel(), kommo_pay_core::queue::WAKE_CHANNEL);
+}
