@@ -22,9 +22,12 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .parse()
         .map_err(|e| anyhow::anyhow!("the database URL is not valid: {e}"))?;
     let options = options.application_name("kommo-pay");
+    // No ping before each use: it costs a round trip per request, and a connection that died
+    // fails its statement, which is answered 503 (the provider retries) and drops the connection.
     let pool_options = PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout);
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(false);
     let connect = || pool_options.clone().connect_with(options.clone());
     let pool = connect
         .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(8))

@@ -5,6 +5,7 @@
 //! and a redelivered event (same account, source and dedup key) changes nothing, not even its jobs.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -40,13 +41,15 @@ pub struct NewEvent {
     pub kind: String,
     pub dedup_key: String,
     pub lead_id: Option<i64>,
-    pub payload: Value,
+    /// The delivery as received (for Kommo, one change of the form body as JSON). Raw JSON
+    /// text, passed through to `jsonb` without a parse-and-reserialise round trip.
+    pub payload: Box<RawValue>,
     /// A safe subset of the request headers; never signatures or secrets.
     pub headers: Value,
 }
 
 impl NewEvent {
-    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<i64>, payload: Value) -> Self {
+    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<i64>, payload: Box<RawValue>) -> Self {
         NewEvent {
             id: Uuid::now_v7(),
             account: account.to_owned(),
@@ -71,6 +74,12 @@ impl PayloadError {
     }
 }
 
+/// The body as raw JSON, for [`NewEvent::payload`]; it must be a JSON document.
+pub fn raw_json(body: &[u8]) -> Result<Box<RawValue>, PayloadError> {
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::new("the body is not UTF-8"))?;
+    RawValue::from_string(text.to_owned()).map_err(|e| PayloadError::new(format!("not JSON: {e}")))
+}
+
 /// What [`append`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -85,7 +94,9 @@ pub struct Appended {
 const APPEND: &str = r#"
 WITH appended AS (
     INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload, headers)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::jsonb[], $8::jsonb[])
+    SELECT id, account, source, kind, dedup_key, lead_id, payload::jsonb, headers
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::jsonb[])
+        AS e(id, account, source, kind, dedup_key, lead_id, payload, headers)
     ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
     RETURNING id
 ), enqueued AS (
@@ -111,7 +122,7 @@ pub async fn append<'e>(db: impl PgExecutor<'e>, events: &[NewEvent], jobs: &[Ne
         .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.dedup_key.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.lead_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.payload.get()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| &e.headers).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.event_id).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())

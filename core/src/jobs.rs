@@ -85,10 +85,10 @@ pub fn implied_by(event: &NewEvent) -> Vec<NewJob> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::value::RawValue;
 
     fn event(source: Source, kind: &str) -> NewEvent {
-        NewEvent::new("acme", source, kind.into(), "k".into(), Some(7), Value::Null)
+        NewEvent::new("acme", source, kind.into(), "k".into(), Some(7), RawValue::NULL.to_owned())
     }
 
     #[test]

@@ -64,6 +64,7 @@ reachable() {
 }
 
 datadir=${KOMMO_PAY_PG_DIR:-$checkout/.local/postgres}
+case "$datadir" in /*) ;; *) datadir=$PWD/$datadir ;; esac
 if ! reachable "$(dirname "$datadir")"; then
   if [ -n "${KOMMO_PAY_PG_DIR:-}" ]; then
     die "the postgres OS user cannot reach KOMMO_PAY_PG_DIR=$datadir"

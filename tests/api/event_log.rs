@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 fn event(dedup_key: &str) -> NewEvent {
-    NewEvent::new(ACCOUNT, Source::Internal, "test.fact".into(), dedup_key.into(), Some(1), json!({ "n": dedup_key }))
+    NewEvent::new(ACCOUNT, Source::Internal, "test.fact".into(), dedup_key.into(), Some(1), serde_json::value::to_raw_value(&json!({ "n": dedup_key })).unwrap())
 }
 
 fn job_for(event: &NewEvent) -> NewJob {

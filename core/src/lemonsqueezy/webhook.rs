@@ -3,10 +3,14 @@
 //! The signature is the hex HMAC-SHA256 of the raw body alone: there is no timestamp, and no
 //! event id. Deliveries are deduplicated on natural keys (see [`LemonSqueezyEvent::dedup_key`]).
 
-use secrecy::SecretString;
-use serde_json::Value;
+use std::borrow::Cow;
 
-use crate::event_log::PayloadError;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::event_log::{PayloadError, raw_json};
 use crate::signature::{self, SignatureError};
 
 pub const SIGNATURE_HEADER: &str = "X-Signature";
@@ -35,28 +39,57 @@ pub struct LemonSqueezyEvent {
     pub dedup_key: String,
     pub test_mode: bool,
     pub lead_id: Option<i64>,
-    pub payload: Value,
+    pub payload: Box<RawValue>,
+}
+
+// What ingest reads of a delivery: typed and borrowed, so the rest is only scanned.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    meta: Option<Meta<'a>>,
+    #[serde(borrow)]
+    data: Option<Data<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow)]
+    event_name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    test_mode: bool,
+    custom_data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    /// A numeric string in practice; numbers are accepted too.
+    id: Option<Value>,
+    #[serde(borrow)]
+    attributes: Option<Attributes<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Attributes<'a> {
+    refunded_amount: Option<Value>,
+    #[serde(borrow)]
+    updated_at: Option<Cow<'a, str>>,
 }
 
 impl LemonSqueezyEvent {
     pub fn parse(body: &[u8]) -> Result<LemonSqueezyEvent, PayloadError> {
-        let payload: Value = serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not JSON: {e}")))?;
-        let kind = payload
-            .pointer("/meta/event_name")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| PayloadError::new("meta.event_name is missing"))?
-            .to_owned();
-        let data = payload.get("data").filter(|d| d.is_object()).ok_or_else(|| PayloadError::new("data is missing"))?;
-        let id = match data.get("id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        let envelope: Envelope<'_> =
+            serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Lemon Squeezy event: {e}")))?;
+        let meta = envelope.meta.ok_or_else(|| PayloadError::new("meta is missing"))?;
+        let kind = meta.event_name.filter(|s| !s.is_empty()).ok_or_else(|| PayloadError::new("meta.event_name is missing"))?;
+        let data = envelope.data.ok_or_else(|| PayloadError::new("data is missing"))?;
+        let id = match data.id {
+            Some(Value::String(s)) if !s.is_empty() => s,
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(PayloadError::new("data.id is missing")),
         };
-        let dedup_key = dedup_key(&kind, &id, data.get("attributes").unwrap_or(&Value::Null));
-        let lead_id = payload.pointer("/meta/custom_data").and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
-        let test_mode = payload.pointer("/meta/test_mode").and_then(Value::as_bool).unwrap_or(false);
-        Ok(LemonSqueezyEvent { kind, dedup_key, test_mode, lead_id, payload })
+        let dedup_key = dedup_key(&kind, &id, &data.attributes.unwrap_or_default());
+        let lead_id = meta.custom_data.as_ref().and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
+        Ok(LemonSqueezyEvent { kind: kind.into_owned(), dedup_key, test_mode: meta.test_mode, lead_id, payload: raw_json(body)? })
     }
 }
 
@@ -69,19 +102,20 @@ impl LemonSqueezyEvent {
 /// - Everything else (`subscription_*` snapshots, license keys, unknown events) is a snapshot of
 ///   an object that changes over time: add `updated_at`. Two snapshots with the same `updated_at`
 ///   under one event name carry the same state.
-fn dedup_key(kind: &str, id: &str, attributes: &Value) -> String {
-    let attr = |name: &str| match attributes.get(name) {
+fn dedup_key(kind: &str, id: &str, attributes: &Attributes<'_>) -> String {
+    let refunded_amount = match &attributes.refunded_amount {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     };
+    let updated_at = attributes.updated_at.as_deref().unwrap_or("-");
     match kind {
         "order_created"
         | "subscription_payment_success"
         | "subscription_payment_failed"
         | "subscription_payment_recovered" => format!("{kind}:{id}"),
-        "order_refunded" | "subscription_payment_refunded" => format!("{kind}:{id}:{}", attr("refunded_amount")),
-        _ => format!("{kind}:{id}:{}", attr("updated_at")),
+        "order_refunded" | "subscription_payment_refunded" => format!("{kind}:{id}:{refunded_amount}"),
+        _ => format!("{kind}:{id}:{updated_at}"),
     }
 }
 

@@ -4,12 +4,16 @@
 //! string. During a secret roll Stripe sends several `v1` values; any match is enough. Other
 //! schemes (test mode's fake `v0`) are ignored, which also blocks downgrades.
 
-use chrono::{DateTime, Utc};
-use secrecy::SecretString;
-use serde_json::Value;
+use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::event_log::PayloadError;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::event_log::{PayloadError, raw_json};
 use crate::signature::{self, SignatureError};
 
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
@@ -74,35 +78,72 @@ pub struct StripeEvent {
     pub livemode: bool,
     /// The Kommo lead, when our metadata travelled with the object.
     pub lead_id: Option<i64>,
-    pub payload: Value,
+    pub payload: Box<RawValue>,
 }
 
 /// The metadata key under which payment links carry the Kommo lead id.
 pub const LEAD_ID_METADATA_KEY: &str = "kommo_lead_id";
 
+// What ingest reads of an event: typed and borrowed, so that the rest of the body is only
+// scanned, not built into a tree (ingest's CPU per event is what bounds its rate).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    livemode: bool,
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    object: Option<Object>,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    metadata: Option<Metadata>,
+    parent: Option<Parent>,
+    /// Invoices before API 2025-03-31.basil.
+    subscription_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Parent {
+    subscription_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    kommo_lead_id: Option<Value>,
+}
+
 impl StripeEvent {
     pub fn parse(body: &[u8]) -> Result<StripeEvent, PayloadError> {
-        let payload: Value = serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not JSON: {e}")))?;
-        let text = |key: &str| {
-            payload
-                .get(key)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| PayloadError::new(format!("the event has no {key:?} string")))
-        };
-        let id = text("id")?;
+        let envelope: Envelope<'_> =
+            serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Stripe event: {e}")))?;
+        let id = envelope.id.filter(|id| !id.is_empty()).ok_or_else(|| PayloadError::new("the event has no \"id\""))?;
         if !id.starts_with("evt_") || id.len() > 255 {
             return Err(PayloadError::new("the event id is not an evt_ id"));
         }
-        let kind = text("type")?;
-        let object = payload.pointer("/data/object").ok_or_else(|| PayloadError::new("the event has no data.object"))?;
+        let kind = envelope.kind.filter(|k| !k.is_empty()).ok_or_else(|| PayloadError::new("the event has no \"type\""))?;
+        let object = envelope
+            .data
+            .and_then(|d| d.object)
+            .ok_or_else(|| PayloadError::new("the event has no data.object"))?;
         Ok(StripeEvent {
+            id: id.into_owned(),
+            kind: kind.into_owned(),
+            livemode: envelope.livemode,
             lead_id: lead_id_of(object),
-            livemode: payload.get("livemode").and_then(Value::as_bool).unwrap_or(false),
-            id,
-            kind,
-            payload,
+            payload: raw_json(body)?,
         })
     }
 }
@@ -110,11 +151,11 @@ impl StripeEvent {
 /// Finds our lead id in the object's metadata: on the object itself (checkout sessions, payment
 /// intents, charges, subscriptions) or in the subscription snapshot of an invoice (`parent.
 /// subscription_details` since API 2025-03-31.basil, `subscription_details` before).
-fn lead_id_of(object: &Value) -> Option<i64> {
-    ["/metadata", "/parent/subscription_details/metadata", "/subscription_details/metadata"]
-        .iter()
-        .filter_map(|path| object.pointer(path)?.get(LEAD_ID_METADATA_KEY))
-        .find_map(crate::kommo::lenient_id)
+fn lead_id_of(object: Object) -> Option<i64> {
+    [object.metadata, object.parent.and_then(|p| p.subscription_details).and_then(|d| d.metadata), object.subscription_details.and_then(|d| d.metadata)]
+        .into_iter()
+        .flatten()
+        .find_map(|metadata| metadata.kommo_lead_id.as_ref().and_then(crate::kommo::lenient_id))
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ async fn accept(state: &AppState, slug: &str, secret: &str, headers: &HeaderMap,
         .changes
         .iter()
         .map(|change| {
-            let payload = json!({ "account": delivery.account, "item": change.item });
+            let payload = serde_json::value::to_raw_value(&json!({ "account": delivery.account, "item": change.item }))
+                .expect("a JSON value serialises");
             let mut event = NewEvent::new(&account.slug, Source::Kommo, change.kind(), change.dedup_key(), change.lead_id(), payload);
             event.headers = kept.clone();
             event
