@@ -76,11 +76,15 @@ pub struct DatabaseSection {
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when a role starts (otherwise run `kommo-pay migrate`).
     pub migrate_on_start: bool,
+    /// Ingest's appends to the event log running at once in one process. Deliveries arriving
+    /// while all run are committed together as the next batch (group commit). 2 suits a 2-core
+    /// database server; raise it with the database's cores.
+    pub ingest_concurrent_appends: usize,
 }
 
 impl Default for DatabaseSection {
     fn default() -> Self {
-        Self { url: None, max_connections: 16, acquire_timeout_ms: 1000, migrate_on_start: true }
+        Self { url: None, max_connections: 16, acquire_timeout_ms: 1000, migrate_on_start: true, ingest_concurrent_appends: 2 }
     }
 }
 
@@ -214,6 +218,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub migrate_on_start: bool,
+    pub ingest_concurrent_appends: usize,
 }
 
 /// The configured accounts, by slug.
@@ -352,6 +357,9 @@ impl Config {
         if file.database.max_connections < 2 {
             v.problem("database.max_connections", "must be at least 2");
         }
+        if !(1..=file.database.max_connections as usize).contains(&file.database.ingest_concurrent_appends) {
+            v.problem("database.ingest_concurrent_appends", "must be between 1 and database.max_connections");
+        }
 
         let mut accounts = BTreeMap::new();
         let mut kommo_ids = BTreeSet::new();
@@ -387,6 +395,7 @@ impl Config {
                 max_connections: file.database.max_connections,
                 acquire_timeout: Duration::from_millis(file.database.acquire_timeout_ms),
                 migrate_on_start: file.database.migrate_on_start,
+                ingest_concurrent_appends: file.database.ingest_concurrent_appends,
             },
             log: file.log,
             accounts: Accounts(accounts),

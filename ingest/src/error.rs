@@ -20,6 +20,9 @@ pub enum IngestError {
     /// The event could not be committed; the provider should retry.
     #[error("the event log is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The server is shutting down and took no new work.
+    #[error("the server is stopping")]
+    Stopping,
 }
 
 impl IngestError {
@@ -29,7 +32,7 @@ impl IngestError {
             IngestError::UnknownAccount => "unknown_account",
             IngestError::Unauthenticated(_) => "unauthenticated",
             IngestError::BadRequest(_) => "bad_request",
-            IngestError::Unavailable(_) => "unavailable",
+            IngestError::Unavailable(_) | IngestError::Stopping => "unavailable",
         }
     }
 
@@ -38,7 +41,19 @@ impl IngestError {
             IngestError::UnknownAccount => StatusCode::NOT_FOUND,
             IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Unavailable(_) | IngestError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A failed append: the database refusing this payload's data (SQLSTATE class 22, e.g. a
+    /// `\u0000` that `jsonb` cannot hold) is the delivery's fault and no retry fixes it; anything
+    /// else is the database's, and the provider should retry.
+    pub(crate) fn from_database(error: sqlx::Error) -> IngestError {
+        match &error {
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
+                IngestError::BadRequest(format!("the delivery cannot be stored: {}", db.message()))
+            }
+            _ => IngestError::Unavailable(error),
         }
     }
 }
@@ -64,7 +79,7 @@ impl IntoResponse for IngestError {
             other => other.to_string(),
         };
         let mut response = (self.status(), Json(serde_json::json!({ "error": self.reason(), "detail": detail }))).into_response();
-        if matches!(self, IngestError::Unavailable(_)) {
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));
         }
         response

@@ -5,12 +5,13 @@
 //! | answer | when |
 //! |---|---|
 //! | 200 | accepted, or a duplicate of an event already in the log |
-//! | 400 | authentic but malformed, or a Stripe signature older/newer than the tolerance |
+//! | 400 | authentic but malformed or unstorable, or a Stripe signature older/newer than the tolerance |
 //! | 401 | missing or wrong signature or URL secret, or a Kommo `account[id]` of another account |
 //! | 404 | no such account, or the account does not use that provider |
 //! | 413 | body over `server.body_limit_bytes` |
 //! | 503 | the event could not be committed: the provider will retry |
 
+mod appender;
 mod error;
 mod metrics;
 mod routes;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use kommo_pay_core::config::{Accounts, Config};
-use kommo_pay_core::event_log::{self, NewEvent};
+use kommo_pay_core::event_log::NewEvent;
 use kommo_pay_core::{jobs, queue};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -36,7 +37,7 @@ const WAKE_INTERVAL: Duration = Duration::from_millis(5);
 pub(crate) struct AppState {
     pool: PgPool,
     accounts: Accounts,
-    waker: queue::Waker,
+    appender: appender::Appender,
     metrics: metrics::Metrics,
 }
 
@@ -50,14 +51,11 @@ pub(crate) struct Accepted {
 }
 
 impl AppState {
-    /// Appends `events` and their jobs in one transaction; wakes the workers after the commit.
+    /// Appends `events` and the jobs they imply, committed together (with other deliveries
+    /// arriving at the same time); wakes the workers after the commit.
     async fn append(&self, events: Vec<NewEvent>) -> Result<Accepted, IngestError> {
         let jobs: Vec<_> = events.iter().flat_map(jobs::implied_by).collect();
-        let appended = event_log::append(&self.pool, &events, &jobs).await.map_err(IngestError::Unavailable)?;
-        if appended.jobs > 0 {
-            self.waker.wake();
-        }
-        Ok(Accepted { accepted: appended.new_events.len(), duplicates: appended.duplicates })
+        self.appender.append(events, jobs).await
     }
 }
 
@@ -73,8 +71,9 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let waker = queue::Waker::spawn(pool.clone(), WAKE_INTERVAL);
         let state = AppState {
-            waker: queue::Waker::spawn(pool.clone(), WAKE_INTERVAL),
+            appender: appender::Appender::spawn(pool.clone(), waker, config.database.ingest_concurrent_appends),
             pool,
             accounts: config.accounts.clone(),
             metrics: metrics::Metrics::install(),

@@ -119,3 +119,44 @@ async fn bodies_over_the_limit_get_413_and_are_not_stored() {
     let small = stripe_event("evt_small", "invoice.paid", 1);
     assert_eq!(app.post_signed_stripe(&small).await.status(), 200, "a body under the limit still passes");
 }
+
+#[tokio::test]
+async fn an_event_the_database_cannot_store_gets_400_without_failing_its_neighbours() {
+    let app = spawn_app().await;
+    // Valid JSON, but `jsonb` cannot hold a NUL character: no retry would ever store it.
+    let poison = stripe_event("evt_poison", "invoice.paid", 1).replace("cs_test_a1b2c3", "cs_\\u0000");
+    let good: Vec<String> = (0..3).map(|i| stripe_event(&format!("evt_fine_{i}"), "invoice.paid", 1)).collect();
+
+    let (poisoned, a, b, c) = tokio::join!(
+        app.post_signed_stripe(&poison),
+        app.post_signed_stripe(&good[0]),
+        app.post_signed_stripe(&good[1]),
+        app.post_signed_stripe(&good[2]),
+    );
+
+    assert_eq!(poisoned.status(), 400);
+    let answer: Value = poisoned.json().await.unwrap();
+    assert!(answer["detail"].as_str().unwrap().contains("cannot be stored"), "{answer}");
+    for response in [a, b, c] {
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!((app.events().await, app.jobs().await), (3, 3));
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_are_each_answered_for_their_own_events() {
+    let app = spawn_app().await;
+    let bodies: Vec<String> = (0..40).map(|i| stripe_event(&format!("evt_many_{}", i % 20), "invoice.paid", i)).collect();
+
+    let answers = futures_util::future::join_all(bodies.iter().map(|body| app.post_signed_stripe(body))).await;
+
+    let mut accepted = 0;
+    for response in answers {
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["accepted"].as_i64().unwrap() + answer["duplicates"].as_i64().unwrap(), 1, "{answer}");
+        accepted += answer["accepted"].as_i64().unwrap();
+    }
+    assert_eq!(accepted, 20, "each of the 20 distinct events is accepted exactly once");
+    assert_eq!((app.events().await, app.jobs().await), (20, 20));
+}

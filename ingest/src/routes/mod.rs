@@ -71,6 +71,9 @@ impl AppState {
                     IngestError::Unavailable(cause) => {
                         tracing::error!(source = source.as_str(), account = known, error = %cause, "delivery not stored: answering 503")
                     }
+                    IngestError::Stopping => {
+                        tracing::warn!(source = source.as_str(), account = known, "delivery refused while stopping: answering 503")
+                    }
                     other => {
                         tracing::warn!(source = source.as_str(), account = known, reason = other.reason(), detail = %other, "delivery rejected")
                     }
