@@ -68,7 +68,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    let worker = async { if worker { kommo_pay_worker::run(stopped(stop.clone())).await } else { Ok(()) } };
+    let worker = async {
+        if worker {
+            let runner = kommo_pay_worker::Worker::new(pool.clone(), kommo_pay_worker::handlers(), config.worker.clone(), config.jobs.clone());
+            runner.run(stopped(stop.clone())).await?;
+        }
+        anyhow::Ok(())
+    };
     let scheduler = async { if scheduler { kommo_pay_scheduler::run(stopped(stop.clone())).await } else { Ok(()) } };
     tokio::try_join!(ingest, worker, scheduler)?;
     tracing::info!("stopped");

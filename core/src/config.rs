@@ -17,6 +17,8 @@ use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::retry_policy::RetryPolicy;
+
 /// Where environment variables come from: the process environment in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -41,6 +43,10 @@ pub struct ConfigFile {
     pub database: DatabaseSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub worker: WorkerSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
     /// The Kommo accounts this deployment serves, each with its own providers.
     #[serde(default)]
     pub accounts: Vec<AccountSection>,
@@ -101,6 +107,73 @@ impl Default for LogSection {
     fn default() -> Self {
         Self { format: LogFormat::Human, filter: "info".into() }
     }
+}
+
+/// The worker role.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Jobs run at once by one worker process.
+    pub concurrency: usize,
+    /// Jobs claimed per query, at most the free slots.
+    pub claim_batch: usize,
+    /// How often an idle worker looks for work when no wake-up arrives, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How often a worker marks its running jobs alive, in milliseconds. A job whose worker
+    /// died runs again within two intervals.
+    pub heartbeat_interval_ms: u64,
+    /// The longest one attempt may run, in seconds; past it the attempt fails and is retried.
+    pub job_timeout_secs: u64,
+    /// On SIGTERM, how long running jobs may finish before they are cut off and given back, in
+    /// seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            claim_batch: 16,
+            poll_interval_ms: 1000,
+            heartbeat_interval_ms: 5000,
+            job_timeout_secs: 60,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// Retries: defaults for every job kind, and overrides per kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Attempts in all before a job is dead-lettered.
+    pub max_attempts: i32,
+    /// Wait after the first failure, in milliseconds; it doubles with each failure.
+    pub retry_base_ms: u64,
+    /// Longest wait between attempts, in milliseconds.
+    pub retry_cap_ms: u64,
+    /// Overrides by job kind, e.g. `[jobs.kinds."stripe.apply_event"]`.
+    pub kinds: BTreeMap<String, JobKindSection>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        Self {
+            max_attempts: policy.max_attempts,
+            retry_base_ms: policy.base.as_millis() as u64,
+            retry_cap_ms: policy.cap.as_millis() as u64,
+            kinds: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobKindSection {
+    pub max_attempts: Option<i32>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_cap_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -202,7 +275,32 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogSection,
+    pub worker: WorkerConfig,
+    pub jobs: JobPolicies,
     pub accounts: Accounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub claim_batch: usize,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub job_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The retry policy of each job kind.
+#[derive(Debug, Clone, Default)]
+pub struct JobPolicies {
+    default: RetryPolicy,
+    kinds: BTreeMap<String, RetryPolicy>,
+}
+
+impl JobPolicies {
+    pub fn policy(&self, kind: &str) -> RetryPolicy {
+        self.kinds.get(kind).copied().unwrap_or(self.default)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +459,28 @@ impl Config {
             v.problem("database.ingest_concurrent_appends", "must be between 1 and database.max_connections");
         }
 
+        let w = &file.worker;
+        for (key, value) in [
+            ("worker.concurrency", w.concurrency as u64),
+            ("worker.claim_batch", w.claim_batch as u64),
+            ("worker.poll_interval_ms", w.poll_interval_ms),
+            ("worker.heartbeat_interval_ms", w.heartbeat_interval_ms),
+            ("worker.job_timeout_secs", w.job_timeout_secs),
+        ] {
+            if value == 0 {
+                v.problem(key, "must be positive");
+            }
+        }
+        let worker = WorkerConfig {
+            concurrency: w.concurrency,
+            claim_batch: w.claim_batch,
+            poll_interval: Duration::from_millis(w.poll_interval_ms),
+            heartbeat_interval: Duration::from_millis(w.heartbeat_interval_ms),
+            job_timeout: Duration::from_secs(w.job_timeout_secs),
+            shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+        };
+        let jobs = v.job_policies(&file.jobs);
+
         let mut accounts = BTreeMap::new();
         let mut kommo_ids = BTreeSet::new();
         for (i, section) in file.accounts.into_iter().enumerate() {
@@ -398,6 +518,8 @@ impl Config {
                 ingest_concurrent_appends: file.database.ingest_concurrent_appends,
             },
             log: file.log,
+            worker,
+            jobs,
             accounts: Accounts(accounts),
         })
     }
@@ -455,6 +577,33 @@ impl Validator<'_> {
         }
         let found: Vec<_> = vars.iter().enumerate().filter_map(|(i, var)| self.secret(&format!("{key}[{i}]"), var)).collect();
         (found.len() == vars.len()).then_some(found)
+    }
+
+    fn job_policies(&mut self, jobs: &JobsSection) -> JobPolicies {
+        let mut policy = |key: &str, max_attempts: i32, base_ms: u64, cap_ms: u64| {
+            if max_attempts < 1 {
+                self.problem(&format!("{key}max_attempts"), "must be at least 1");
+            }
+            if base_ms == 0 || cap_ms < base_ms {
+                self.problem(&format!("{key}retry_cap_ms"), "retry_base_ms must be positive and retry_cap_ms at least retry_base_ms");
+            }
+            RetryPolicy { max_attempts, base: Duration::from_millis(base_ms), cap: Duration::from_millis(cap_ms) }
+        };
+        let default = policy("jobs.", jobs.max_attempts, jobs.retry_base_ms, jobs.retry_cap_ms);
+        let kinds = jobs
+            .kinds
+            .iter()
+            .map(|(kind, o)| {
+                let p = policy(
+                    &format!("jobs.kinds.\"{kind}\"."),
+                    o.max_attempts.unwrap_or(jobs.max_attempts),
+                    o.retry_base_ms.unwrap_or(jobs.retry_base_ms),
+                    o.retry_cap_ms.unwrap_or(jobs.retry_cap_ms),
+                );
+                (kind.clone(), p)
+            })
+            .collect();
+        JobPolicies { default, kinds }
     }
 
     fn http_url(&mut self, key: &str, value: &str) -> Option<url::Url> {
@@ -644,6 +793,20 @@ mod tests {
         let err = Config::parse(&format!("{VALID}\n{second}"), "x.toml", &full_env()).unwrap_err();
         assert!(err.problems.iter().any(|p| p.starts_with("accounts[1].slug: \"acme\" is used")), "{err}");
         assert!(err.problems.iter().any(|p| p.starts_with("accounts[1].kommo.account_id: 32427762 is used")), "{err}");
+    }
+
+    #[test]
+    fn job_kinds_override_the_default_retry_policy() {
+        let text = format!("[jobs]\nmax_attempts = 7\n[jobs.kinds.\"stripe.apply_event\"]\nmax_attempts = 3\nretry_cap_ms = 5000\n{VALID}");
+        let config = Config::parse(&text, "x.toml", &full_env()).unwrap();
+        let special = config.jobs.policy("stripe.apply_event");
+        assert_eq!((special.max_attempts, special.base, special.cap), (3, Duration::from_secs(1), Duration::from_secs(5)));
+        assert_eq!(config.jobs.policy("other").max_attempts, 7);
+
+        let bad = format!("[jobs.kinds.x]\nmax_attempts = 0\nretry_base_ms = 10\nretry_cap_ms = 1\n{VALID}");
+        let err = Config::parse(&bad, "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.starts_with("jobs.kinds.\"x\".max_attempts")), "{err}");
+        assert!(err.problems.iter().any(|p| p.starts_with("jobs.kinds.\"x\".retry_cap_ms")), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use serde_json::json;
 
+use crate::config::JobPolicies;
 use crate::event_log::{NewEvent, Source};
 use crate::queue::NewJob;
 
@@ -26,11 +27,6 @@ impl JobKind {
         }
     }
 
-    /// Attempts before the job is dead-lettered. Provider outages of up to about a day are
-    /// ridden out with the worker's capped exponential backoff.
-    pub fn max_attempts(self) -> i32 {
-        20
-    }
 }
 
 /// Stripe event types that change a deal (reference/stripe.md §2).
@@ -63,8 +59,8 @@ pub const LEMONSQUEEZY_EVENTS: &[&str] = &[
     "subscription_payment_refunded",
 ];
 
-/// The jobs `event` implies.
-pub fn implied_by(event: &NewEvent) -> Vec<NewJob> {
+/// The jobs `event` implies, each with the attempts its kind's policy allows.
+pub fn implied_by(event: &NewEvent, policies: &JobPolicies) -> Vec<NewJob> {
     let kind = match event.source {
         Source::Stripe if STRIPE_EVENTS.contains(&event.kind.as_str()) => JobKind::ApplyStripeEvent,
         Source::LemonSqueezy if LEMONSQUEEZY_EVENTS.contains(&event.kind.as_str()) => JobKind::ApplyLemonSqueezyEvent,
@@ -76,7 +72,7 @@ pub fn implied_by(event: &NewEvent) -> Vec<NewJob> {
         account: event.account.clone(),
         lead_id: event.lead_id,
         event_id: event.id,
-        max_attempts: kind.max_attempts(),
+        max_attempts: policies.policy(kind.as_str()).max_attempts,
         // The event is unique already; its job needs no key of its own.
         unique_key: None,
     }]
@@ -94,12 +90,13 @@ mod tests {
     #[test]
     fn payment_events_imply_one_apply_job_for_their_event() {
         let e = event(Source::Stripe, "checkout.session.completed");
-        let jobs = implied_by(&e);
+        let jobs = implied_by(&e, &JobPolicies::default());
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].kind, "stripe.apply_event");
         assert_eq!((jobs[0].event_id, jobs[0].lead_id, jobs[0].account.as_str()), (e.id, Some(7), "acme"));
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
-        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"))[0].kind, "lemonsqueezy.apply_event");
+        assert_eq!(jobs[0].max_attempts, 20);
+        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &JobPolicies::default())[0].kind, "lemonsqueezy.apply_event");
     }
 
     #[test]
@@ -110,7 +107,7 @@ mod tests {
             (Source::Kommo, "leads.update"),
             (Source::Stripe, "order_created"),
         ] {
-            assert!(implied_by(&event(source, kind)).is_empty(), "{kind}");
+            assert!(implied_by(&event(source, kind), &JobPolicies::default()).is_empty(), "{kind}");
         }
     }
 }

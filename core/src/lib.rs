@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod kommo;
 pub mod lemonsqueezy;
 pub mod queue;
+pub mod retry_policy;
 pub mod signature;
 pub mod stripe;
 pub mod telemetry;

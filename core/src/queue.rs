@@ -1,11 +1,14 @@
 //! The job queue (`jobs`). Jobs are enqueued in the transaction that appends their event
-//! ([`crate::event_log::append`]); workers are woken afterwards by a [`Waker`].
+//! ([`crate::event_log::append`]); workers are woken afterwards by a [`Waker`], claim them with
+//! `FOR UPDATE SKIP LOCKED`, and write each outcome guarded by "still running and still mine".
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
 use uuid::Uuid;
 
 /// The channel on which workers LISTEN for "there is new work".
@@ -60,4 +63,178 @@ impl Waker {
     pub fn wake(&self) {
         self.pending.notify_one();
     }
+}
+
+/// A job a worker has claimed. Every write about it names the claiming `owner` and expects the
+/// row still `running`: a job that was rescued meanwhile (and maybe claimed elsewhere) is never
+/// overwritten by a late outcome.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub args: Value,
+    pub account: String,
+    pub lead_id: Option<i64>,
+    pub event_id: Option<Uuid>,
+    /// Attempts already used before this one.
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// Claims up to `limit` runnable jobs of `kinds` for `owner`, oldest first.
+pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(
+        "UPDATE jobs SET state = 'running', locked_by = $1, locked_at = now(), heartbeat_at = now()
+         WHERE id IN (
+             SELECT id FROM jobs
+             WHERE state IN ('available', 'retryable') AND run_at <= now() AND kind = ANY($2)
+             ORDER BY run_at, id
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, args, account, lead_id, event_id, attempt, max_attempts",
+    )
+    .bind(owner)
+    .bind(kinds)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    // RETURNING has no order.
+    jobs.sort_by_key(|job| job.id);
+    Ok(jobs)
+}
+
+/// Marks `ids` completed; returns those that were still this owner's to complete.
+pub async fn complete(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE jobs SET state = 'completed', attempt = attempt + 1, finished_at = now(),
+                locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
+         WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'
+         RETURNING id",
+    )
+    .bind(ids)
+    .bind(owner)
+    .fetch_all(pool)
+    .await
+}
+
+/// What happens to a job whose attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Run again at this time.
+    Retry(DateTime<Utc>),
+    /// Attempts used up: kept as a dead letter for an operator to inspect and replay.
+    Dead,
+    /// An error no retry can fix: not retried.
+    Discarded,
+}
+
+/// Records a failed attempt of job `id` and its fate. A dead or discarded job is also written to
+/// the event log (`job.dead_lettered` / `job.discarded`), in the same statement. Returns false
+/// when the job was no longer this owner's (rescued meanwhile): nothing was written.
+pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) -> Result<bool, sqlx::Error> {
+    let (state, run_at) = match fate {
+        Fate::Retry(at) => ("retryable", Some(at)),
+        Fate::Dead => ("dead", None),
+        Fate::Discarded => ("discarded", None),
+    };
+    let written: Option<i64> = sqlx::query_scalar(
+        "WITH failed AS (
+             UPDATE jobs SET
+                 state = $3,
+                 attempt = attempt + 1,
+                 run_at = coalesce($4, run_at),
+                 finished_at = CASE WHEN $3 = 'retryable' THEN NULL ELSE now() END,
+                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL,
+                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1, 'error', $5::text))
+             WHERE id = $1 AND locked_by = $2 AND state = 'running'
+             RETURNING *
+         ), logged AS (
+             INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
+             SELECT gen_random_uuid(), account, 'internal', CASE WHEN state = 'dead' THEN 'job.dead_lettered' ELSE 'job.discarded' END,
+                    'job:' || id || ':' || attempt || ':' || state, lead_id, event_id, id,
+                    jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts, 'error', $5::text)
+             FROM failed WHERE state IN ('dead', 'discarded')
+             ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
+         )
+         SELECT id FROM failed",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(state)
+    .bind(run_at)
+    .bind(error)
+    .fetch_optional(pool)
+    .await?;
+    Ok(written.is_some())
+}
+
+/// Keeps `owner`'s running jobs from being rescued. One statement per process per interval.
+pub async fn heartbeat(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
+    let beat = sqlx::query("UPDATE jobs SET heartbeat_at = now() WHERE locked_by = $1 AND state = 'running'")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(beat.rows_affected())
+}
+
+/// Gives `owner`'s running jobs back to the queue untouched (attempts are counted at outcome,
+/// not at claim), e.g. jobs claimed but not started when the worker stops.
+pub async fn release(pool: &PgPool, owner: &str, ids: Option<&[i64]>) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN attempt = 0 THEN 'available' ELSE 'retryable' END,
+                locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
+         WHERE locked_by = $1 AND state = 'running' AND ($2::int8[] IS NULL OR id = ANY($2))",
+    )
+    .bind(owner)
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(released.rows_affected())
+}
+
+/// What [`rescue`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rescued {
+    /// Put back to run again at once.
+    pub retried: u64,
+    /// Out of attempts: dead-lettered (and logged).
+    pub dead: u64,
+}
+
+/// Takes back running jobs whose owner has not heartbeated for `stale_after` (the process died,
+/// or lost its database), and those running longer than `overdue_after` (longer than any attempt
+/// may: their outcome could not be written). The lost run counts as a failed attempt, so a job
+/// that kills its worker every time ends as a dead letter rather than looping.
+pub async fn rescue(pool: &PgPool, stale_after: Duration, overdue_after: Duration) -> Result<Rescued, sqlx::Error> {
+    let states: Vec<String> = sqlx::query_scalar(
+        "WITH rescued AS (
+             UPDATE jobs SET
+                 state = CASE WHEN attempt + 1 >= max_attempts THEN 'dead' ELSE 'retryable' END,
+                 attempt = attempt + 1,
+                 run_at = now(),
+                 finished_at = CASE WHEN attempt + 1 >= max_attempts THEN now() END,
+                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1,
+                     'error', CASE WHEN heartbeat_at < now() - $1::interval
+                         THEN 'the worker ' || locked_by || ' stopped heartbeating during this attempt (it crashed or lost the database)'
+                         ELSE 'the attempt on ' || locked_by || ' outlived the job timeout without an outcome' END)),
+                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
+             WHERE state = 'running' AND (heartbeat_at < now() - $1::interval OR locked_at < now() - $2::interval)
+             RETURNING *
+         ), logged AS (
+             INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
+             SELECT gen_random_uuid(), account, 'internal', 'job.dead_lettered', 'job:' || id || ':' || attempt || ':dead',
+                    lead_id, event_id, id,
+                    jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts,
+                                       'error', errors -> -1 ->> 'error')
+             FROM rescued WHERE state = 'dead'
+             ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
+         )
+         SELECT state FROM rescued",
+    )
+    .bind(PgInterval::try_from(stale_after).expect("a heartbeat interval fits an interval"))
+    .bind(PgInterval::try_from(overdue_after).expect("a job timeout fits an interval"))
+    .fetch_all(pool)
+    .await?;
+    let dead = states.iter().filter(|s| *s == "dead").count() as u64;
+    Ok(Rescued { retried: states.len() as u64 - dead, dead })
 }

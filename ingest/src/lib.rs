@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use kommo_pay_core::config::{Accounts, Config};
+use kommo_pay_core::config::{Accounts, Config, JobPolicies};
 use kommo_pay_core::event_log::NewEvent;
 use kommo_pay_core::{jobs, queue};
 use sqlx::PgPool;
@@ -37,6 +37,7 @@ const WAKE_INTERVAL: Duration = Duration::from_millis(5);
 pub(crate) struct AppState {
     pool: PgPool,
     accounts: Accounts,
+    job_policies: JobPolicies,
     appender: appender::Appender,
     metrics: metrics::Metrics,
 }
@@ -54,7 +55,7 @@ impl AppState {
     /// Appends `events` and the jobs they imply, committed together (with other deliveries
     /// arriving at the same time); wakes the workers after the commit.
     async fn append(&self, events: Vec<NewEvent>) -> Result<Accepted, IngestError> {
-        let jobs: Vec<_> = events.iter().flat_map(jobs::implied_by).collect();
+        let jobs: Vec<_> = events.iter().flat_map(|event| jobs::implied_by(event, &self.job_policies)).collect();
         self.appender.append(events, jobs).await
     }
 }
@@ -76,6 +77,7 @@ impl Application {
             appender: appender::Appender::spawn(pool.clone(), waker, config.database.ingest_concurrent_appends),
             pool,
             accounts: config.accounts.clone(),
+            job_policies: config.jobs.clone(),
             metrics: metrics::Metrics::install(),
         };
         Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes) })

@@ -103,9 +103,8 @@ fn config_check_passes_a_valid_file() {
 fn the_committed_config_schema_is_the_generated_one() {
     let committed: serde_json::Value =
         serde_json::from_str(include_str!("../../schemas/config.schema.json")).expect("schemas/config.schema.json is JSON");
-    assert_eq!(
-        committed,
-        kommo_pay_core::config::json_schema(),
+    assert!(
+        committed == kommo_pay_core::config::json_schema(),
         "schemas/config.schema.json is stale: run `cargo run -- config schema > schemas/config.schema.json`"
     );
 }

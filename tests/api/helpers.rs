@@ -259,3 +259,16 @@ pub fn stripe_event(id: &str, kind: &str, lead_id: i64) -> String {
     })
     .to_string()
 }
+
+/// Polls `check` every 20 ms until it holds; fails the test naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

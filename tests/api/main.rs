@@ -9,3 +9,4 @@ mod kommo;
 mod lemonsqueezy;
 mod stripe;
 mod unavailable;
+mod worker;

@@ -1,13 +1,20 @@
-//! The worker role: claims jobs from the queue and runs their handlers.
+//! The worker role: claims jobs from the queue and runs their handlers, with retries stored in
+//! the job row, dead letters, heartbeats, crash rescue and graceful shutdown.
 //!
-//! This version has no job handlers yet: jobs that ingest enqueues stay `available` in the
-//! queue, durable, until a worker version that handles their kind runs.
+//! A plain tokio loop rather than apalis: see docs/adr/0005-worker-loop-without-apalis.md.
 
-use std::future::Future;
+mod completer;
+pub mod executor;
+pub mod handler;
+pub mod rescuer;
+mod wake;
 
-/// Runs the worker role until `shutdown` completes.
-pub async fn run(shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    tracing::warn!("worker role: this version has no job handlers; enqueued jobs stay queued");
-    shutdown.await;
-    Ok(())
+pub use executor::{Outcome, Ran, Worker};
+pub use handler::{Handlers, JobError};
+pub use rescuer::Rescuer;
+
+/// The handlers of this build, by job kind. Empty until the Stripe and Lemon Squeezy flows land:
+/// jobs wait in the queue, durable, for a build that handles them.
+pub fn handlers() -> Handlers {
+    Handlers::new()
 }

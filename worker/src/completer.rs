@@ -1,0 +1,63 @@
+//! Batched completion: successes that finish together are marked completed with one UPDATE.
+//! Each job task waits for its own row to be committed before its slot frees, so a crash loses
+//! no completion that a handler was told about.
+
+use std::time::Duration;
+
+use kommo_pay_core::queue;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most completions in one UPDATE.
+const MAX_BATCH: usize = 1000;
+
+#[derive(Clone)]
+pub(crate) struct Completer {
+    requests: mpsc::Sender<(i64, oneshot::Sender<bool>)>,
+}
+
+impl Completer {
+    pub(crate) fn spawn(pool: PgPool, owner: String) -> Completer {
+        let (requests, mut incoming) = mpsc::channel::<(i64, oneshot::Sender<bool>)>(4 * MAX_BATCH);
+        tokio::spawn(async move {
+            while let Some(first) = incoming.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    let Ok(next) = incoming.try_recv() else { break };
+                    batch.push(next);
+                }
+                let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+                let completed = complete_with_retries(&pool, &owner, &ids).await;
+                for (id, reply) in batch {
+                    let _ = reply.send(completed.contains(&id));
+                }
+            }
+        });
+        Completer { requests }
+    }
+
+    /// Marks job `id` completed; false when it was no longer ours (rescued meanwhile) or the
+    /// write kept failing (the rescuer then takes the job back and it runs again).
+    pub(crate) async fn complete(&self, id: i64) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send((id, reply)).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn complete_with_retries(pool: &PgPool, owner: &str, ids: &[i64]) -> Vec<i64> {
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..5 {
+        match queue::complete(pool, owner, ids).await {
+            Ok(completed) => return completed,
+            Err(error) => {
+                tracing::warn!(%error, jobs = ids.len(), "recording completions failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    Vec::new()
+}
