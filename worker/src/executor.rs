@@ -144,6 +144,9 @@ impl Worker {
         let mut running: JoinSet<Outcome> = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            // Jobs finish together (their completions commit in one batch): count them all free
+            // before claiming, or the next claims would take one job at a time.
+            while running.try_join_next().is_some() {}
             let free = self.config.concurrency.saturating_sub(running.len());
             let limit = free.min(self.config.claim_batch);
             let mut more_waiting = false;
