@@ -3,6 +3,7 @@
 # PostgreSQL ceiling for the same work measured in the same run.
 #
 #   benches/ingest.sh [SECONDS_PER_STEP]      (default 10)
+#   CONCURRENCIES="8 32 64" APPENDS=2         the concurrencies to measure; database.ingest_concurrent_appends
 #
 # 1. The ceiling: pgbench runs the statement ingest runs (append one event and its job, one
 #    durable commit) at each concurrency.
@@ -34,6 +35,7 @@ cat >"$work/bench.toml" <<EOF
 listen = "127.0.0.1:$port"
 [database]
 max_connections = 64
+ingest_concurrent_appends = ${APPENDS:-2}
 [log]
 filter = "warn"
 [[accounts]]

@@ -4,8 +4,10 @@
 pub mod config;
 pub mod db;
 pub mod event_log;
+pub mod form;
 pub mod jobs;
 pub mod kommo;
+pub mod money;
 pub mod lemonsqueezy;
 pub mod queue;
 pub mod retry_policy;

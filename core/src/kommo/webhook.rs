@@ -11,14 +11,11 @@
 //! know are kept for the log), then split. The format is api/v2-style (`custom_fields`, `enum`,
 //! `last_modified`), not v4.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event_log::PayloadError;
-
-/// Bracket nesting deeper than this is not Kommo's (its deepest is
-/// `leads[status][0][custom_fields][0][values][0][enum]`, 7 levels).
-const MAX_DEPTH: usize = 10;
+use crate::form::parse_form;
 
 /// One webhook POST from Kommo.
 #[derive(Debug, Clone)]
@@ -116,87 +113,6 @@ impl KommoChange {
     }
 }
 
-/// Reads `application/x-www-form-urlencoded` with bracket keys into a JSON tree: `a[b][0]=x`
-/// becomes `{"a": {"b": ["x"]}}`. Objects whose keys are all indexes become arrays, in index order.
-///
-/// A generic tree (rather than typed structs through `serde_qs`) because the log keeps every field
-/// Kommo sends, known or not, and one body mixes many shapes (docs/adr/0002).
-pub fn parse_form(body: &[u8]) -> Result<Value, PayloadError> {
-    let mut root = Map::new();
-    for (key, value) in form_urlencoded::parse(body) {
-        let path = split_key(&key)?;
-        insert(&mut root, &path, Value::String(value.into_owned()), &key)?;
-    }
-    Ok(index_maps_to_arrays(Value::Object(root)))
-}
-
-fn split_key(key: &str) -> Result<Vec<&str>, PayloadError> {
-    let malformed = || PayloadError::new(format!("malformed form key {key:?}"));
-    let (head, mut rest) = match key.find('[') {
-        Some(i) => (&key[..i], &key[i..]),
-        None => (key, ""),
-    };
-    if head.is_empty() {
-        return Err(malformed());
-    }
-    let mut path = vec![head];
-    while !rest.is_empty() {
-        let inner = rest.strip_prefix('[').ok_or_else(malformed)?;
-        let end = inner.find(']').ok_or_else(malformed)?;
-        path.push(&inner[..end]);
-        rest = &inner[end + 1..];
-    }
-    if path.len() > MAX_DEPTH {
-        return Err(PayloadError::new(format!("form key {key:?} is nested deeper than {MAX_DEPTH} levels")));
-    }
-    Ok(path)
-}
-
-fn insert(map: &mut Map<String, Value>, path: &[&str], value: Value, key: &str) -> Result<(), PayloadError> {
-    let conflict = || PayloadError::new(format!("form key {key:?} conflicts with another key"));
-    // `a[]=x` appends: give it the next free index.
-    let segment = if path[0].is_empty() { map.len().to_string() } else { path[0].to_owned() };
-    if path.len() == 1 {
-        if map.contains_key(&segment) {
-            return Err(conflict());
-        }
-        map.insert(segment, value);
-        return Ok(());
-    }
-    match map.entry(segment).or_insert_with(|| Value::Object(Map::new())) {
-        Value::Object(child) => insert(child, &path[1..], value, key),
-        _ => Err(conflict()),
-    }
-}
-
-fn index_maps_to_arrays(value: Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut indexed: Vec<(usize, Value)> = Vec::with_capacity(map.len());
-            let mut all_indexes = !map.is_empty();
-            let mut converted = Map::new();
-            for (k, v) in map {
-                let v = index_maps_to_arrays(v);
-                match k.parse::<usize>() {
-                    Ok(i) if all_indexes && i.to_string() == k => indexed.push((i, v)),
-                    _ => {
-                        all_indexes = false;
-                        converted.insert(k, v);
-                    }
-                }
-            }
-            if all_indexes {
-                indexed.sort_by_key(|(i, _)| *i);
-                Value::Array(indexed.into_iter().map(|(_, v)| v).collect())
-            } else {
-                converted.extend(indexed.into_iter().map(|(i, v)| (i.to_string(), v)));
-                Value::Object(converted)
-            }
-        }
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,24 +195,6 @@ mod tests {
             &format!("account%5Bid%5D=1&a{}=1", "%5Bx%5D".repeat(10)),
         ] {
             assert!(KommoDelivery::parse(body.as_bytes()).is_err(), "{body}");
-        }
-    }
-
-    #[test]
-    fn form_trees() {
-        let cases = [
-            ("a=1", json!({"a": "1"})),
-            ("a%5B0%5D=x&a%5B1%5D=y", json!({"a": ["x", "y"]})),
-            ("a%5B1%5D=y&a%5B0%5D=x", json!({"a": ["x", "y"]})),
-            ("a%5B10%5D=y&a%5B2%5D=x", json!({"a": ["x", "y"]})),
-            ("a%5B0%5D=x&a%5Bk%5D=y", json!({"a": {"0": "x", "k": "y"}})),
-            ("a%5B01%5D=x", json!({"a": {"01": "x"}})),
-            ("a%5B%5D=x&a%5B%5D=y", json!({"a": ["x", "y"]})),
-            ("q=a+b%26c", json!({"q": "a b&c"})),
-            ("", json!({})),
-        ];
-        for (body, want) in cases {
-            assert_eq!(parse_form(body.as_bytes()).unwrap(), want, "{body}");
         }
     }
 }
