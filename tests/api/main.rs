@@ -3,10 +3,12 @@
 
 mod binary;
 mod event_log;
+mod fakes;
 mod health;
 mod helpers;
 mod kommo;
 mod lemonsqueezy;
 mod stripe;
+mod stripe_client;
 mod unavailable;
 mod worker;

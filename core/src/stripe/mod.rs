@@ -1,3 +1,4 @@
 //! Stripe: payment links, checkout sessions, subscriptions and refunds.
 
+pub mod client;
 pub mod webhook;

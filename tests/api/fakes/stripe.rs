@@ -1,0 +1,137 @@
+//! A fake Stripe: bracket form-encoded requests in, JSON out, Stripe's error objects, and
+//! idempotent replays of a key's first answer. Failures can be queued to test retries.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// One request as Stripe would see it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    /// The decoded form parameters.
+    pub params: Value,
+    pub idempotency_key: Option<String>,
+    pub version: Option<String>,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Fake {
+    requests: Vec<Recorded>,
+    links: HashMap<String, Value>,
+    replies: HashMap<String, Value>,
+    failures: VecDeque<(u16, Value, Option<bool>)>,
+}
+
+#[derive(Clone)]
+pub struct FakeStripe {
+    pub url: String,
+    state: Arc<Mutex<Fake>>,
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        let state = Arc::new(Mutex::new(Fake::default()));
+        let router = Router::new()
+            .route("/v1/payment_links", post(create_link))
+            .route("/v1/payment_links/{id}", post(update_link))
+            .with_state(state.clone());
+        FakeStripe { url: super::serve(router).await, state }
+    }
+
+    /// The next request is answered `status` with `body` (and `Stripe-Should-Retry` if given).
+    pub fn fail_next(&self, status: u16, body: Value, should_retry: Option<bool>) {
+        self.state.lock().unwrap().failures.push_back((status, body, should_retry));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn link(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().links.get(id).cloned()
+    }
+}
+
+fn record(state: &mut Fake, path: String, headers: &HeaderMap, body: &[u8]) -> Recorded {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let recorded = Recorded {
+        path,
+        params: kommo_pay_core::form::parse_form(body).expect("the client sends a valid bracket form"),
+        idempotency_key: header("idempotency-key"),
+        version: header("stripe-version"),
+        authorization: header("authorization"),
+    };
+    state.requests.push(recorded.clone());
+    recorded
+}
+
+fn stripe_error(status: u16, kind: &str, code: &str, message: &str, param: &str) -> (u16, Value) {
+    (status, json!({ "error": { "type": kind, "code": code, "message": message, "param": param } }))
+}
+
+fn answer(status: u16, body: Value, should_retry: Option<bool>) -> Response {
+    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    response.headers_mut().insert("request-id", "req_fake".parse().unwrap());
+    if let Some(retry) = should_retry {
+        response.headers_mut().insert("stripe-should-retry", retry.to_string().parse().unwrap());
+    }
+    response
+}
+
+async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut fake = state.lock().unwrap();
+    let request = record(&mut fake, "/v1/payment_links".into(), &headers, &body);
+    if let Some((status, body, retry)) = fake.failures.pop_front() {
+        return answer(status, body, retry);
+    }
+    let key = request.idempotency_key.clone().unwrap_or_default();
+    if let Some(reply) = fake.replies.get(&key) {
+        return answer(200, reply.clone(), None);
+    }
+    let price = &request.params["line_items"][0]["price_data"];
+    let currency = price["currency"].as_str().unwrap_or_default();
+    let amount: i64 = price["unit_amount"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
+    if !["usd", "eur", "gbp", "jpy"].contains(&currency) {
+        let (status, body) = stripe_error(400, "invalid_request_error", "parameter_invalid", &format!("Invalid currency: {currency}."), "line_items[0][price_data][currency]");
+        return answer(status, body, None);
+    }
+    if currency != "jpy" && amount < 50 {
+        let (status, body) = stripe_error(400, "invalid_request_error", "amount_too_small", "Amount must be at least 50 cents.", "line_items[0][price_data][unit_amount]");
+        return answer(status, body, None);
+    }
+    let n = fake.links.len() + 1;
+    let id = format!("plink_fake{n}");
+    let link = json!({
+        "id": id, "object": "payment_link", "active": true, "livemode": false,
+        "url": format!("https://buy.stripe.com/test_fake{n}"),
+        "currency": currency, "metadata": request.params["metadata"],
+    });
+    fake.links.insert(id, link.clone());
+    fake.replies.insert(key, link.clone());
+    answer(200, link, None)
+}
+
+async fn update_link(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut fake = state.lock().unwrap();
+    let request = record(&mut fake, format!("/v1/payment_links/{id}"), &headers, &body);
+    if let Some((status, body, retry)) = fake.failures.pop_front() {
+        return answer(status, body, retry);
+    }
+    let Some(link) = fake.links.get_mut(&id) else {
+        let (status, body) = stripe_error(404, "invalid_request_error", "resource_missing", &format!("No such payment_link: '{id}'"), "id");
+        return answer(status, body, None);
+    };
+    if let Some(active) = request.params["active"].as_str() {
+        link["active"] = json!(active == "true");
+    }
+    answer(200, link.clone(), None)
+}
