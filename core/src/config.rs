@@ -208,6 +208,14 @@ pub struct KommoSection {
     /// (`/webhooks/kommo/{slug}/{secret}`). At least 24 characters.
     pub webhook_secret_env: String,
     pub auth: KommoAuthSection,
+    /// Requests per second to Kommo's API for this account, across all worker processes
+    /// together. Kommo allows 7 per integration and 50 per account for all integrations.
+    #[serde(default = "default_kommo_rate")]
+    pub requests_per_second: f64,
+}
+
+fn default_kommo_rate() -> f64 {
+    5.0
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -352,6 +360,7 @@ pub struct KommoAccount {
     pub base_url: url::Url,
     pub webhook_secret: SecretString,
     pub auth: KommoAuth,
+    pub requests_per_second: f64,
 }
 
 #[derive(Debug)]
@@ -624,6 +633,9 @@ impl Validator<'_> {
             self.problem(&format!("{key}.kommo.account_id"), "must be a positive Kommo account id");
         }
         let base_url = self.http_url(&format!("{key}.kommo.base_url"), &k.base_url);
+        if !(k.requests_per_second > 0.0 && k.requests_per_second <= 50.0) {
+            self.problem(&format!("{key}.kommo.requests_per_second"), "must be above 0 and at most 50 (Kommo's limit per account)");
+        }
         let secret_key = format!("{key}.kommo.webhook_secret_env");
         let webhook_secret = self.secret(&secret_key, &k.webhook_secret_env);
         if let Some(secret) = &webhook_secret {
@@ -690,6 +702,7 @@ impl Validator<'_> {
                 base_url: base_url?,
                 webhook_secret: webhook_secret?,
                 auth: auth?,
+                requests_per_second: k.requests_per_second,
             },
             stripe: stripe.flatten(),
             lemonsqueezy: lemonsqueezy.flatten(),

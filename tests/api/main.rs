@@ -7,6 +7,7 @@ mod fakes;
 mod health;
 mod helpers;
 mod kommo;
+mod kommo_client;
 mod lemonsqueezy;
 mod stripe;
 mod stripe_client;

@@ -1,5 +1,6 @@
 //! Kommo (amoCRM): the CRM whose deals we keep in step with payments.
 
+pub mod client;
 pub mod webhook;
 
 use serde_json::Value;

@@ -1,5 +1,6 @@
 //! Fakes of the external SaaS APIs, speaking their real wire formats, on loopback port 0.
 
+pub mod kommo;
 pub mod stripe;
 
 /// Serves `router` on a free loopback port; returns its base URL.

@@ -1,0 +1,246 @@
+//! The one Kommo API client: every call to Kommo goes through it, so the account's rate limit,
+//! pauses and blocks hold for all of kommo-pay.
+//!
+//! - **Rate**: before each request the client reserves the account's next send slot in
+//!   PostgreSQL (`kommo_api_state.next_slot`, one upsert) and waits for it, so any number of
+//!   worker processes together send at most `requests_per_second`.
+//! - **429**: the account is paused for everyone for `retry_after` (or a minute), and the job
+//!   retries later.
+//! - **403** (Kommo's block, JSON or an nginx HTML page): the account is blocked for everyone;
+//!   calls fail at once without reaching Kommo until an operator clears `blocked_at`. Hammering a
+//!   blocked account only prolongs the block.
+//! - **204** is an empty result, not an error.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
+
+/// Reserved slots further away than this are given up: the job retries later instead of
+/// holding a worker slot while it waits.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Spacing margin over 1/rate, so that network jitter never lands rate + 1 requests in a second.
+const SPACING_MARGIN: f64 = 1.05;
+/// The pause after a 429 that names no `retry_after`.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(60);
+
+pub struct KommoClient {
+    http: reqwest::Client,
+    base: url::Url,
+    account: String,
+    token: SecretString,
+    pool: PgPool,
+    spacing: Duration,
+}
+
+/// Why a Kommo call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KommoError {
+    /// Kommo blocked the account (403); nothing is sent until an operator unblocks it.
+    #[error("Kommo has blocked API access for account {account} since {since}: {reason}")]
+    Blocked { account: String, since: DateTime<Utc>, reason: String },
+    /// Too many requests (429), or our own queue for the account is too long.
+    #[error("Kommo's rate limit for account {account}: retry after {retry_after:?}")]
+    RateLimited { account: String, retry_after: Duration },
+    /// The token is invalid, expired or revoked (401), or the account is unpaid (402).
+    #[error("Kommo refused the credentials of account {account} ({status}): {detail}")]
+    Unauthorized { account: String, status: u16, detail: String },
+    /// Kommo refused the request itself (400, 404, 422 …): retrying the same request won't help.
+    #[error("Kommo refused the request ({status}): {detail}")]
+    Refused { status: u16, detail: String },
+    /// Kommo failed (5xx) or could not be reached in time.
+    #[error("Kommo is unavailable: {0}")]
+    Unavailable(String),
+    /// Our own database, which holds the rate limit.
+    #[error("the rate-limit state could not be read: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl KommoError {
+    /// Worth trying again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, KommoError::RateLimited { .. } | KommoError::Unavailable(_) | KommoError::Database(_))
+    }
+
+    /// Needs a person (a block, bad credentials): the job should be dead-lettered, not retried.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, KommoError::Blocked { .. } | KommoError::Unauthorized { .. })
+    }
+}
+
+impl KommoClient {
+    /// A client for `account` at `base` with a long-lived token, sending at most
+    /// `requests_per_second` together with every other client of the account.
+    pub fn new(pool: PgPool, account: &str, base: url::Url, token: SecretString, requests_per_second: f64) -> KommoClient {
+        Self::with_timeouts(pool, account, base, token, requests_per_second, Duration::from_secs(20))
+    }
+
+    /// As [`KommoClient::new`], with another request timeout (connect: 5 s, as Kommo's own
+    /// library; request: 20 s by default).
+    pub fn with_timeouts(pool: PgPool, account: &str, base: url::Url, token: SecretString, requests_per_second: f64, request_timeout: Duration) -> KommoClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(request_timeout)
+            .build()
+            .expect("a TLS backend is available");
+        let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
+        KommoClient { http, base, account: account.to_owned(), token, pool, spacing }
+    }
+
+    /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead.
+    pub async fn lead(&self, id: i64) -> Result<Option<Value>, KommoError> {
+        self.call(reqwest::Method::GET, &format!("api/v4/leads/{id}?with=contacts"), None).await
+    }
+
+    /// A contact with its custom fields (phone, email); `None` when there is no such contact.
+    pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
+        self.call(reqwest::Method::GET, &format!("api/v4/contacts/{id}"), None).await
+    }
+
+    /// Changes the fields in `changes` (only those) of lead `id`.
+    pub async fn update_lead(&self, id: i64, changes: &Value) -> Result<(), KommoError> {
+        self.call::<Value>(reqwest::Method::PATCH, &format!("api/v4/leads/{id}"), Some(changes)).await.map(drop)
+    }
+
+    /// Adds notes to leads: `[{"entity_id", "note_type", "params"}]`, at most 50.
+    pub async fn add_lead_notes(&self, notes: &Value) -> Result<Value, KommoError> {
+        self.call(reqwest::Method::POST, "api/v4/leads/notes", Some(notes)).await.map(Option::unwrap_or_default)
+    }
+
+    /// Creates tasks: `[{"text", "complete_till", "entity_id", "entity_type", …}]`, at most 50.
+    pub async fn add_tasks(&self, tasks: &Value) -> Result<Value, KommoError> {
+        self.call(reqwest::Method::POST, "api/v4/tasks", Some(tasks)).await.map(Option::unwrap_or_default)
+    }
+
+    /// Launches Salesbot `bot_id` for lead `lead_id` (Kommo answers 202).
+    pub async fn run_salesbot(&self, bot_id: i64, lead_id: i64) -> Result<(), KommoError> {
+        let body = serde_json::json!({ "entity_id": lead_id, "entity_type": "leads" });
+        self.call::<Value>(reqwest::Method::POST, &format!("api/v4/bots/{bot_id}/run"), Some(&body)).await.map(drop)
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
+        self.wait_for_slot().await?;
+        let url = self.base.join(path).expect("API paths join onto the base URL");
+        let mut request = self.http.request(method, url).bearer_auth(self.token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let detail = || problem_detail(&bytes);
+        match status {
+            204 => Ok(None),
+            200..=299 if bytes.is_empty() => Ok(None),
+            200..=299 => serde_json::from_slice(&bytes).map(Some).map_err(|e| KommoError::Unavailable(format!("unreadable answer: {e}"))),
+            429 => {
+                let retry_after = retry_after(&bytes).unwrap_or(DEFAULT_PAUSE);
+                self.pause(retry_after).await?;
+                Err(KommoError::RateLimited { account: self.account.clone(), retry_after })
+            }
+            403 => {
+                let reason = format!("403 from {path}: {}", detail());
+                let since = self.block(&reason).await?;
+                Err(KommoError::Blocked { account: self.account.clone(), since, reason })
+            }
+            401 | 402 => Err(KommoError::Unauthorized { account: self.account.clone(), status, detail: detail() }),
+            500.. => Err(KommoError::Unavailable(format!("{status}: {}", detail()))),
+            _ => Err(KommoError::Refused { status, detail: detail() }),
+        }
+    }
+
+    /// Reserves the account's next send slot and waits for it.
+    async fn wait_for_slot(&self) -> Result<(), KommoError> {
+        let spacing = PgInterval::try_from(self.spacing).expect("a spacing fits an interval");
+        let (slot, blocked_at, blocked_reason): (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
+            "INSERT INTO kommo_api_state AS s (account, next_slot) VALUES ($1, now() + $2)
+             ON CONFLICT (account) DO UPDATE SET next_slot =
+                 CASE WHEN s.blocked_at IS NULL
+                      THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $2
+                      ELSE s.next_slot END
+             RETURNING next_slot - $2, blocked_at, blocked_reason",
+        )
+        .bind(&self.account)
+        .bind(spacing)
+        .fetch_one(&self.pool)
+        .await?;
+        if let Some(since) = blocked_at {
+            return Err(KommoError::Blocked { account: self.account.clone(), since, reason: blocked_reason.unwrap_or_default() });
+        }
+        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+        if wait > MAX_WAIT {
+            return Err(KommoError::RateLimited { account: self.account.clone(), retry_after: wait });
+        }
+        if !wait.is_zero() {
+            metrics::histogram!("kommo_pay_kommo_rate_limit_wait_seconds", "account" => self.account.clone()).record(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, retry_after: Duration) -> Result<(), sqlx::Error> {
+        tracing::warn!(account = %self.account, ?retry_after, "Kommo answered 429: pausing the account");
+        sqlx::query("UPDATE kommo_api_state SET paused_until = greatest(coalesce(paused_until, now()), now() + $2) WHERE account = $1")
+            .bind(&self.account)
+            .bind(PgInterval::try_from(retry_after).unwrap_or_default())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn block(&self, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        tracing::error!(account = %self.account, reason, "Kommo answered 403: all calls for this account stop until an operator unblocks it");
+        metrics::counter!("kommo_pay_kommo_blocked_total", "account" => self.account.clone()).increment(1);
+        sqlx::query_scalar(
+            "UPDATE kommo_api_state SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(blocked_reason, $2)
+             WHERE account = $1 RETURNING blocked_at",
+        )
+        .bind(&self.account)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+/// Kommo's problem+json `detail` (and validation errors), or the start of a non-JSON body
+/// (a 403 may be nginx's HTML page).
+fn problem_detail(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(problem) => {
+            let detail = problem.get("detail").or_else(|| problem.get("title")).and_then(Value::as_str).unwrap_or("no detail");
+            match problem.get("validation-errors") {
+                Some(errors) => format!("{detail}: {errors}"),
+                None => detail.to_owned(),
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.is_empty() { "empty body".into() } else { text.chars().take(200).collect() }
+        }
+    }
+}
+
+fn retry_after(body: &[u8]) -> Option<Duration> {
+    let problem: Value = serde_json::from_slice(body).ok()?;
+    problem.get("retry_after").and_then(Value::as_u64).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_details_from_json_html_and_nothing() {
+        let validation = br#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id"}]}],"title":"Bad Request","status":400,"detail":"Request validation failed"}"#;
+        assert!(problem_detail(validation).starts_with("Request validation failed: [{"));
+        assert_eq!(problem_detail(b"<html>\n<head><title>403 Forbidden</title></head>\n</html>"), "<html> <head><title>403 Forbidden</title></head> </html>");
+        assert_eq!(problem_detail(b""), "empty body");
+        assert_eq!(retry_after(br#"{"title":"Too Many Requests","status":429,"retry_after":300}"#), Some(Duration::from_secs(300)));
+        assert_eq!(retry_after(b"Too Many Requests"), None);
+    }
+}

@@ -1,0 +1,195 @@
+//! A fake Kommo API v4: JSON in and out (HAL on success, problem+json on errors, an nginx HTML
+//! page for a 403 block), leads and contacts in memory, and scripted failures and delays.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "kommo-test-token";
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub body: Value,
+    pub at: Instant,
+}
+
+/// A scripted answer: status, content type, body.
+pub type Scripted = (u16, &'static str, String);
+
+#[derive(Default)]
+struct Fake {
+    requests: Vec<Recorded>,
+    leads: HashMap<i64, Value>,
+    contacts: HashMap<i64, Value>,
+    notes: Vec<Value>,
+    tasks: Vec<Value>,
+    script: VecDeque<Scripted>,
+    delay: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub struct FakeKommo {
+    pub url: String,
+    state: Arc<Mutex<Fake>>,
+}
+
+impl FakeKommo {
+    pub async fn start() -> FakeKommo {
+        let state = Arc::new(Mutex::new(Fake::default()));
+        let router = Router::new()
+            .route("/api/v4/leads/{id}", get(get_lead).patch(patch_lead))
+            .route("/api/v4/contacts/{id}", get(get_contact))
+            .route("/api/v4/leads/notes", post(add_notes))
+            .route("/api/v4/tasks", post(add_tasks))
+            .route("/api/v4/bots/{id}/run", post(run_bot))
+            .with_state(state.clone());
+        FakeKommo { url: super::serve(router).await, state }
+    }
+
+    pub fn add_lead(&self, lead: Value) {
+        let id = lead["id"].as_i64().unwrap();
+        self.state.lock().unwrap().leads.insert(id, lead);
+    }
+
+    pub fn lead(&self, id: i64) -> Option<Value> {
+        self.state.lock().unwrap().leads.get(&id).cloned()
+    }
+
+    /// The next request gets this answer instead of the normal one.
+    pub fn answer_next(&self, status: u16, content_type: &'static str, body: &str) {
+        self.state.lock().unwrap().script.push_back((status, content_type, body.to_owned()));
+    }
+
+    /// Every request waits this long before it is answered.
+    pub fn delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = Some(delay);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn notes(&self) -> Vec<Value> {
+        self.state.lock().unwrap().notes.clone()
+    }
+
+    pub fn tasks(&self) -> Vec<Value> {
+        self.state.lock().unwrap().tasks.clone()
+    }
+}
+
+fn problem(status: u16, title: &str, detail: &str) -> Response {
+    let body = json!({ "title": title, "type": "https://httpstatus.es/", "status": status, "detail": detail });
+    (StatusCode::from_u16(status).unwrap(), [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+fn hal(status: u16, body: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), [("content-type", "application/hal+json")], body.to_string()).into_response()
+}
+
+/// Records the request; answers from the script, or checks the token; `None` lets the route answer.
+async fn intake(state: &Arc<Mutex<Fake>>, method: Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+    let delay = {
+        let mut fake = state.lock().unwrap();
+        let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).expect("the client sends JSON") };
+        fake.requests.push(Recorded { method, path: uri.to_string(), body, at: Instant::now() });
+        fake.delay
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, content_type, body)) = state.lock().unwrap().script.pop_front() {
+        return Some((StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body).into_response());
+    }
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"));
+    (!authorized).then(|| problem(401, "Unauthorized", "Token is invalid"))
+}
+
+async fn get_lead(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    match state.lock().unwrap().leads.get(&id) {
+        Some(lead) => hal(200, lead.clone()),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn get_contact(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    match state.lock().unwrap().contacts.get(&id) {
+        Some(contact) => hal(200, contact.clone()),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn patch_lead(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let changes: Value = serde_json::from_slice(&body).unwrap();
+    let mut fake = state.lock().unwrap();
+    let Some(lead) = fake.leads.get_mut(&id) else { return problem(404, "Not Found", "Lead not found") };
+    for (key, value) in changes.as_object().unwrap() {
+        if key == "custom_fields_values" {
+            // Kommo replaces the values of the fields it is sent and keeps the others.
+            let mut fields: Vec<Value> = lead[key].as_array().cloned().unwrap_or_default();
+            for field in value.as_array().unwrap() {
+                fields.retain(|f| f["field_id"] != field["field_id"]);
+                fields.push(field.clone());
+            }
+            lead[key] = Value::Array(fields);
+        } else {
+            lead[key] = value.clone();
+        }
+    }
+    hal(200, json!({ "id": id, "updated_at": 1764160000 }))
+}
+
+async fn add_notes(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let notes: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let mut fake = state.lock().unwrap();
+    let first = fake.notes.len();
+    fake.notes.extend(notes.iter().cloned());
+    let ids: Vec<Value> = (0..notes.len()).map(|i| json!({ "id": 9000 + first + i })).collect();
+    hal(200, json!({ "_embedded": { "notes": ids } }))
+}
+
+async fn add_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let tasks: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    for task in &tasks {
+        if task.get("text").is_none() || task.get("complete_till").is_none() {
+            return problem(400, "Bad Request", "Request validation failed: text and complete_till are required");
+        }
+    }
+    let mut fake = state.lock().unwrap();
+    let first = fake.tasks.len();
+    fake.tasks.extend(tasks.iter().cloned());
+    let ids: Vec<Value> = (0..tasks.len()).map(|i| json!({ "id": 7000 + first + i })).collect();
+    hal(200, json!({ "_embedded": { "tasks": ids } }))
+}
+
+async fn run_bot(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    hal(202, json!({ "success": true }))
+}

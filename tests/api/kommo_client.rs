@@ -1,0 +1,142 @@
+//! The Kommo client against a fake Kommo: answers, errors, and the account-wide rate limit,
+//! pause and block that all processes share through PostgreSQL.
+
+use std::time::Duration;
+
+use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::fakes::kommo::{FakeKommo, TOKEN};
+use crate::helpers::*;
+
+fn client(db: &TestDb, kommo: &FakeKommo, per_second: f64) -> KommoClient {
+    KommoClient::with_timeouts(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), per_second, Duration::from_millis(500))
+}
+
+fn lead() -> serde_json::Value {
+    json!({
+        "id": 15318175, "name": "Website redesign", "price": 2000, "status_id": 67548619, "pipeline_id": 8572511,
+        "responsible_user_id": 504141, "custom_fields_values": null,
+        "_embedded": { "contacts": [{ "id": 9012345, "is_main": true }] }
+    })
+}
+
+#[tokio::test]
+async fn reads_a_lead_and_treats_204_as_none() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    let client = client(&db, &kommo, 50.0);
+
+    let found = client.lead(15318175).await.unwrap().unwrap();
+    assert_eq!(found["_embedded"]["contacts"][0]["id"], 9012345);
+    assert_eq!(kommo.requests()[0].path, "/api/v4/leads/15318175?with=contacts");
+    assert!(client.lead(1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn writes_fields_notes_tasks_and_launches_a_salesbot() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    let client = client(&db, &kommo, 50.0);
+
+    let fields = json!({ "custom_fields_values": [{ "field_id": 1, "values": [{ "value": "https://buy.stripe.com/test_1" }] }] });
+    client.update_lead(15318175, &fields).await.unwrap();
+    client.add_lead_notes(&json!([{ "entity_id": 15318175, "note_type": "common", "params": { "text": "Payment link issued" } }])).await.unwrap();
+    client.add_tasks(&json!([{ "text": "Call", "complete_till": 1764200000, "entity_id": 15318175, "entity_type": "leads" }])).await.unwrap();
+    client.run_salesbot(77, 15318175).await.unwrap();
+
+    assert_eq!(kommo.requests()[0].method, axum::http::Method::PATCH);
+    assert_eq!(kommo.lead(15318175).unwrap()["custom_fields_values"][0]["values"][0]["value"], "https://buy.stripe.com/test_1");
+    assert_eq!(kommo.notes().len(), 1);
+    assert_eq!(kommo.tasks()[0]["text"], "Call");
+    assert_eq!(kommo.requests().last().unwrap().body, json!({ "entity_id": 15318175, "entity_type": "leads" }));
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_account_for_every_client() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.answer_next(429, "application/problem+json", r#"{"title":"Too Many Requests","status":429,"detail":"slow down","retry_after":300}"#);
+
+    let error = client(&db, &kommo, 50.0).lead(15318175).await.unwrap_err();
+    assert!(matches!(error, KommoError::RateLimited { retry_after, .. } if retry_after == Duration::from_secs(300)), "{error:?}");
+    assert!(error.is_retryable());
+
+    // Another process's client does not call Kommo during the pause.
+    let other = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), 50.0);
+    assert!(matches!(other.lead(15318175).await, Err(KommoError::RateLimited { .. })));
+    assert_eq!(kommo.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_403_blocks_the_account_until_an_operator_clears_it() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    kommo.answer_next(403, "text/html", "<html>\n<head><title>403 Forbidden</title></head>\n<body><center><h1>403 Forbidden</h1></center><hr><center>nginx</center></body>\n</html>");
+    let client = client(&db, &kommo, 50.0);
+
+    let error = client.lead(15318175).await.unwrap_err();
+    assert!(error.needs_operator() && !error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("403 Forbidden"), "{error}");
+    let again = client.lead(15318175).await.unwrap_err();
+    assert!(matches!(again, KommoError::Blocked { .. }));
+    assert_eq!(kommo.requests().len(), 1, "nothing reaches Kommo while blocked");
+
+    sqlx::query("UPDATE kommo_api_state SET blocked_at = NULL, blocked_reason = NULL").execute(&db.pool).await.unwrap();
+    assert!(client.lead(15318175).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn errors_are_classified() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    let client = client(&db, &kommo, 50.0);
+
+    kommo.answer_next(400, "application/problem+json", r#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id","detail":"no such field"}]}],"title":"Bad Request","status":400,"detail":"Request validation failed"}"#);
+    let refused = client.update_lead(1, &json!({})).await.unwrap_err();
+    assert!(matches!(refused, KommoError::Refused { status: 400, .. }) && !refused.is_retryable());
+    assert!(refused.to_string().contains("NotSupportedChoice"), "{refused}");
+
+    kommo.answer_next(500, "application/problem+json", r#"{"title":"Internal Server Error","status":500,"trace_id":"abc"}"#);
+    assert!(client.lead(1).await.unwrap_err().is_retryable());
+
+    let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from("revoked"), 50.0);
+    let unauthorized = wrong_token.lead(1).await.unwrap_err();
+    assert!(unauthorized.needs_operator(), "{unauthorized:?}");
+    assert!(!unauthorized.to_string().contains("revoked"), "the token never appears in errors");
+
+    kommo.delay(Duration::from_secs(3));
+    let slow = client.lead(1).await.unwrap_err();
+    assert!(matches!(slow, KommoError::Unavailable(_)) && slow.is_retryable(), "a timeout is retryable: {slow:?}");
+}
+
+#[tokio::test]
+async fn two_processes_together_stay_under_the_accounts_rate() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    // Two clients with pools of their own: like two worker processes, they share only PostgreSQL.
+    let second_db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
+    let per_second = 10.0;
+    let a = client(&db, &kommo, per_second);
+    let b = KommoClient::with_timeouts(second_db, ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), per_second, Duration::from_secs(5));
+
+    let calls = (0..24).map(|i| {
+        let client = if i % 2 == 0 { &a } else { &b };
+        async move { client.lead(15318175).await.unwrap() }
+    });
+    futures_util::future::join_all(calls).await;
+
+    let mut arrivals: Vec<_> = kommo.requests().iter().map(|r| r.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 24);
+    // No 11 requests within any one second: request i and request i + 10 are at least 1 s apart.
+    for (first, eleventh) in arrivals.iter().zip(arrivals.iter().skip(10)) {
+        let gap = eleventh.duration_since(*first);
+        assert!(gap >= Duration::from_secs(1), "11 requests within {gap:?}");
+    }
+}
