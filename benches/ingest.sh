@@ -68,7 +68,7 @@ WITH appended AS (
     RETURNING id
 ), enqueued AS (
     INSERT INTO jobs (event_id, kind, args, account, lead_id, max_attempts, unique_key)
-    SELECT id, 'stripe.apply_event', jsonb_build_object('event_id', id), 'bench', 15318175, 20, NULL FROM appended
+    SELECT id, 'stripe.payment', jsonb_build_object('event_id', id), 'bench', 15318175, 20, NULL FROM appended
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM appended), (SELECT count(*) FROM enqueued);

@@ -70,7 +70,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let worker = async {
         if worker {
-            let runner = kommo_pay_worker::Worker::new(pool.clone(), kommo_pay_worker::handlers(), config.worker.clone(), config.jobs.clone());
+            let context = kommo_pay_worker::Context::new(pool.clone(), &config.accounts);
+            let handlers = kommo_pay_worker::handlers(context);
+            let runner = kommo_pay_worker::Worker::new(pool.clone(), handlers, config.worker.clone(), config.jobs.clone());
             runner.run(stopped(stop.clone())).await?;
         }
         anyhow::Ok(())

@@ -17,7 +17,9 @@ use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::money::Currency;
 use crate::retry_policy::RetryPolicy;
+use crate::stripe::client::{Interval, Recurring};
 
 /// Where environment variables come from: the process environment in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -152,7 +154,7 @@ pub struct JobsSection {
     pub retry_base_ms: u64,
     /// Longest wait between attempts, in milliseconds.
     pub retry_cap_ms: u64,
-    /// Overrides by job kind, e.g. `[jobs.kinds."stripe.apply_event"]`.
+    /// Overrides by job kind, e.g. `[jobs.kinds."stripe.payment"]`.
     pub kinds: BTreeMap<String, JobKindSection>,
 }
 
@@ -194,6 +196,90 @@ pub struct AccountSection {
     pub kommo: KommoSection,
     pub stripe: Option<StripeSection>,
     pub lemonsqueezy: Option<LemonSqueezySection>,
+    /// Currency of deals whose currency field is empty or not configured (ISO 4217, e.g. `USD`).
+    #[serde(default = "default_currency")]
+    pub default_currency: String,
+    /// Stages that issue a payment link when a deal enters them.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSection>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+/// A deal entering `pipeline_id`/`status_id` gets a payment link.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSection {
+    /// Names the trigger in jobs and logs; unique within the account.
+    pub name: String,
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    /// Only `stripe` for now.
+    pub provider: String,
+    /// `payment` (one-time) or `subscription`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// For subscriptions: `day`, `week`, `month` or `year`.
+    pub interval: Option<String>,
+    #[serde(default = "one")]
+    pub interval_count: u32,
+    /// Where the client lands after paying.
+    pub redirect_url: Option<String>,
+    /// Stage to move the deal to once its link is issued (same pipeline).
+    pub move_to_status_id: Option<i64>,
+    /// Stage to move the deal to once it is paid, e.g. 142 (won).
+    pub paid_status_id: Option<i64>,
+    /// Add a note with the link to the deal.
+    #[serde(default = "yes")]
+    pub add_note: bool,
+    /// Salesbot to launch for the deal once the link is in its card (it sends the link).
+    pub salesbot_id: Option<i64>,
+}
+
+fn default_mode() -> String {
+    "payment".into()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// Ids of the deal fields kommo-pay writes and reads (`kommo-pay kommo setup` creates them).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsSection {
+    /// URL field: the payment link.
+    pub payment_link: i64,
+    /// Select field: the payment status.
+    pub payment_status: i64,
+    /// `date_time` field: when the deal was paid.
+    pub payment_date: i64,
+    /// Text field: Stripe's payment intent id (or the provider's order id).
+    pub payment_id: i64,
+    /// Numeric field: the amount paid.
+    pub paid_amount: i64,
+    /// Numeric field that, when set, is charged instead of the deal's price.
+    pub amount_due: Option<i64>,
+    /// Text or select field holding an ISO currency code, when deals differ in currency.
+    pub currency: Option<i64>,
+    /// Enum ids of the payment status field's options.
+    pub statuses: StatusesSection,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusesSection {
+    pub not_issued: i64,
+    pub awaiting: i64,
+    pub paid: i64,
+    pub overdue: i64,
+    pub refunded: i64,
+    pub partially_refunded: i64,
+    pub cancelled: i64,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -212,6 +298,8 @@ pub struct KommoSection {
     /// together. Kommo allows 7 per integration and 50 per account for all integrations.
     #[serde(default = "default_kommo_rate")]
     pub requests_per_second: f64,
+    /// The deal fields kommo-pay uses; needed when the account has triggers.
+    pub fields: Option<FieldsSection>,
 }
 
 fn default_kommo_rate() -> f64 {
@@ -346,30 +434,58 @@ impl Accounts {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Account {
     pub slug: String,
     pub kommo: KommoAccount,
     pub stripe: Option<StripeAccount>,
     pub lemonsqueezy: Option<LemonSqueezyAccount>,
+    pub default_currency: Currency,
+    pub triggers: Vec<Trigger>,
 }
 
-#[derive(Debug)]
+impl Account {
+    /// The trigger for a deal now in `stage` (pipeline, status), if any.
+    pub fn trigger_for(&self, (pipeline_id, status_id): (i64, i64)) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.pipeline_id == pipeline_id && t.status_id == status_id)
+    }
+
+    pub fn trigger(&self, name: &str) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub name: String,
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    /// `Some` for a subscription.
+    pub recurring: Option<Recurring>,
+    pub redirect_url: Option<String>,
+    pub move_to_status_id: Option<i64>,
+    pub paid_status_id: Option<i64>,
+    pub add_note: bool,
+    pub salesbot_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
 pub struct KommoAccount {
     pub account_id: i64,
     pub base_url: url::Url,
     pub webhook_secret: SecretString,
     pub auth: KommoAuth,
     pub requests_per_second: f64,
+    pub fields: Option<FieldsSection>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum KommoAuth {
     LongLivedToken { token: SecretString },
     Oauth { client_id: String, client_secret: SecretString, redirect_uri: url::Url, refresh_token: SecretString },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StripeAccount {
     pub api_base_url: url::Url,
     pub secret_key: SecretString,
@@ -377,7 +493,7 @@ pub struct StripeAccount {
     pub signature_tolerance: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LemonSqueezyAccount {
     pub api_base_url: url::Url,
     pub api_key: SecretString,
@@ -692,10 +808,76 @@ impl Validator<'_> {
             Some(LemonSqueezyAccount { api_base_url: api_base_url?, api_key: api_key?, webhook_secrets: webhook_secrets? })
         });
 
+        let default_currency = self.check(
+            &format!("{key}.default_currency"),
+            Currency::parse(&section.default_currency).map_err(|e| e.to_string()),
+        );
+        let mut triggers = Vec::new();
+        for (i, t) in section.triggers.iter().enumerate() {
+            let tkey = format!("{key}.triggers[{i}]");
+            if section.triggers[..i].iter().any(|earlier| earlier.name == t.name) {
+                self.problem(&format!("{tkey}.name"), &format!("{:?} is used by an earlier trigger", t.name));
+            }
+            if section.triggers[..i].iter().any(|e| (e.pipeline_id, e.status_id) == (t.pipeline_id, t.status_id)) {
+                self.problem(&format!("{tkey}.status_id"), "an earlier trigger has the same pipeline and status");
+            }
+            if t.provider != "stripe" {
+                self.problem(&format!("{tkey}.provider"), &format!("{:?} is not supported; use \"stripe\"", t.provider));
+            } else if section.stripe.is_none() {
+                self.problem(&format!("{tkey}.provider"), "is stripe, but the account has no [accounts.stripe] section");
+            }
+            if k.fields.is_none() {
+                self.problem(&format!("{tkey}"), &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
+            }
+            let recurring = match (t.mode.as_str(), t.interval.as_deref()) {
+                ("payment", None) => None,
+                ("payment", Some(_)) => {
+                    self.problem(&format!("{tkey}.interval"), "is only for mode = \"subscription\"");
+                    None
+                }
+                ("subscription", interval) => {
+                    let interval = match interval {
+                        Some("day") => Some(Interval::Day),
+                        Some("week") => Some(Interval::Week),
+                        Some("month") => Some(Interval::Month),
+                        Some("year") => Some(Interval::Year),
+                        _ => {
+                            self.problem(&format!("{tkey}.interval"), "must be day, week, month or year for a subscription");
+                            None
+                        }
+                    };
+                    if t.interval_count == 0 {
+                        self.problem(&format!("{tkey}.interval_count"), "must be at least 1");
+                    }
+                    interval.map(|interval| Recurring { interval, interval_count: t.interval_count })
+                }
+                (other, _) => {
+                    self.problem(&format!("{tkey}.mode"), &format!("{other:?} is neither \"payment\" nor \"subscription\""));
+                    None
+                }
+            };
+            if let Some(url) = &t.redirect_url {
+                self.http_url(&format!("{tkey}.redirect_url"), url);
+            }
+            triggers.push(Trigger {
+                name: t.name.clone(),
+                pipeline_id: t.pipeline_id,
+                status_id: t.status_id,
+                recurring,
+                redirect_url: t.redirect_url.clone(),
+                move_to_status_id: t.move_to_status_id,
+                paid_status_id: t.paid_status_id,
+                add_note: t.add_note,
+                salesbot_id: t.salesbot_id,
+            });
+        }
+
         if self.problems.len() > problems_before {
             return None;
         }
         Some(Account {
+            default_currency: default_currency?,
+            triggers,
             slug: section.slug,
             kommo: KommoAccount {
                 account_id: k.account_id,
@@ -703,6 +885,7 @@ impl Validator<'_> {
                 webhook_secret: webhook_secret?,
                 auth: auth?,
                 requests_per_second: k.requests_per_second,
+                fields: k.fields.clone(),
             },
             stripe: stripe.flatten(),
             lemonsqueezy: lemonsqueezy.flatten(),
@@ -810,9 +993,9 @@ mod tests {
 
     #[test]
     fn job_kinds_override_the_default_retry_policy() {
-        let text = format!("[jobs]\nmax_attempts = 7\n[jobs.kinds.\"stripe.apply_event\"]\nmax_attempts = 3\nretry_cap_ms = 5000\n{VALID}");
+        let text = format!("[jobs]\nmax_attempts = 7\n[jobs.kinds.\"stripe.payment\"]\nmax_attempts = 3\nretry_cap_ms = 5000\n{VALID}");
         let config = Config::parse(&text, "x.toml", &full_env()).unwrap();
-        let special = config.jobs.policy("stripe.apply_event");
+        let special = config.jobs.policy("stripe.payment");
         assert_eq!((special.max_attempts, special.base, special.cap), (3, Duration::from_secs(1), Duration::from_secs(5)));
         assert_eq!(config.jobs.policy("other").max_attempts, 7);
 

@@ -6,15 +6,23 @@
 
 use serde_json::json;
 
-use crate::config::JobPolicies;
+use crate::config::{Account, JobPolicies};
 use crate::event_log::{NewEvent, Source};
 use crate::queue::NewJob;
 
 /// What a job does; the worker has one handler per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
-    /// Bring the deal in line with a Stripe event (payment, renewal, failure, refund, cancel).
-    ApplyStripeEvent,
+    /// A deal entered a trigger stage: issue its payment link and put it in the card.
+    IssuePaymentLink,
+    /// A one-time payment succeeded: mark the deal paid.
+    StripePayment,
+    /// A subscription invoice was paid or failed.
+    StripeInvoice,
+    /// A subscription ended.
+    StripeSubscriptionEnded,
+    /// A charge was refunded, fully or partly.
+    StripeRefund,
     /// Bring the deal in line with a Lemon Squeezy event (order, subscription, refund).
     ApplyLemonSqueezyEvent,
 }
@@ -22,25 +30,30 @@ pub enum JobKind {
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            JobKind::ApplyStripeEvent => "stripe.apply_event",
+            JobKind::IssuePaymentLink => "payment_link.issue",
+            JobKind::StripePayment => "stripe.payment",
+            JobKind::StripeInvoice => "stripe.invoice",
+            JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",
+            JobKind::StripeRefund => "stripe.refund",
             JobKind::ApplyLemonSqueezyEvent => "lemonsqueezy.apply_event",
         }
     }
 
 }
 
-/// Stripe event types that change a deal (reference/stripe.md §2).
-pub const STRIPE_EVENTS: &[&str] = &[
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "payment_intent.succeeded",
-    "invoice.paid",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "customer.subscription.deleted",
-    "charge.refunded",
-];
+/// The job a Stripe event type implies, for the types that change a deal (reference/stripe.md §2).
+fn stripe_job(event_type: &str) -> Option<JobKind> {
+    match event_type {
+        "checkout.session.completed"
+        | "checkout.session.async_payment_succeeded"
+        | "checkout.session.async_payment_failed"
+        | "payment_intent.succeeded" => Some(JobKind::StripePayment),
+        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => Some(JobKind::StripeInvoice),
+        "customer.subscription.deleted" => Some(JobKind::StripeSubscriptionEnded),
+        "charge.refunded" => Some(JobKind::StripeRefund),
+        _ => None,
+    }
+}
 
 /// Lemon Squeezy event names that change a deal (reference/lemonsqueezy.md §2).
 pub const LEMONSQUEEZY_EVENTS: &[&str] = &[
@@ -59,16 +72,26 @@ pub const LEMONSQUEEZY_EVENTS: &[&str] = &[
     "subscription_payment_refunded",
 ];
 
-/// The jobs `event` implies, each with the attempts its kind's policy allows.
-pub fn implied_by(event: &NewEvent, policies: &JobPolicies) -> Vec<NewJob> {
-    let kind = match event.source {
-        Source::Stripe if STRIPE_EVENTS.contains(&event.kind.as_str()) => JobKind::ApplyStripeEvent,
-        Source::LemonSqueezy if LEMONSQUEEZY_EVENTS.contains(&event.kind.as_str()) => JobKind::ApplyLemonSqueezyEvent,
+/// The jobs `event`, received for `account`, implies, each with the attempts its kind's policy
+/// allows.
+pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -> Vec<NewJob> {
+    let (kind, args) = match event.source {
+        Source::Kommo => match (event.lead_id, stage_entered(event).and_then(|stage| account.trigger_for(stage))) {
+            (Some(_), Some(trigger)) => (JobKind::IssuePaymentLink, json!({ "event_id": event.id, "trigger": trigger.name })),
+            _ => return Vec::new(),
+        },
+        Source::Stripe => match stripe_job(&event.kind) {
+            Some(kind) => (kind, json!({ "event_id": event.id })),
+            None => return Vec::new(),
+        },
+        Source::LemonSqueezy if LEMONSQUEEZY_EVENTS.contains(&event.kind.as_str()) => {
+            (JobKind::ApplyLemonSqueezyEvent, json!({ "event_id": event.id }))
+        }
         _ => return Vec::new(),
     };
     vec![NewJob {
         kind: kind.as_str().to_owned(),
-        args: json!({ "event_id": event.id }),
+        args,
         account: event.account.clone(),
         lead_id: event.lead_id,
         event_id: event.id,
@@ -76,6 +99,21 @@ pub fn implied_by(event: &NewEvent, policies: &JobPolicies) -> Vec<NewJob> {
         // The event is unique already; its job needs no key of its own.
         unique_key: None,
     }]
+}
+
+/// The stage a Kommo lead entered: a stage change (`leads.status`), or a lead created in a stage
+/// (`leads.add`). Updates are not stage entries, even when they carry a status (reference/kommo.md §1).
+fn stage_entered(event: &NewEvent) -> Option<(i64, i64)> {
+    if !matches!(event.kind.as_str(), "leads.status" | "leads.add") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Change {
+        item: serde_json::Value,
+    }
+    let change: Change = serde_json::from_str(event.payload.get()).ok()?;
+    let id = |key: &str| change.item.get(key).and_then(crate::kommo::lenient_id);
+    Some((id("pipeline_id")?, id("status_id")?))
 }
 
 #[cfg(test)]
@@ -87,16 +125,62 @@ mod tests {
         NewEvent::new("acme", source, kind.into(), "k".into(), Some(7), RawValue::NULL.to_owned())
     }
 
+    fn kommo_change(kind: &str, pipeline: &str, status: &str) -> NewEvent {
+        let payload = format!(r#"{{"account":{{"id":"1"}},"item":{{"id":"7","pipeline_id":"{pipeline}","status_id":"{status}"}}}}"#);
+        NewEvent::new("acme", Source::Kommo, kind.into(), "k".into(), Some(7), RawValue::from_string(payload).unwrap())
+    }
+
+    fn account() -> Account {
+        let text = r#"
+            [database]
+            url = "postgres://h/db"
+            [[accounts]]
+            slug = "acme"
+            [accounts.kommo]
+            account_id = 1
+            base_url = "https://acme.kommo.com"
+            webhook_secret_env = "S"
+            auth = { kind = "long_lived_token", token_env = "T" }
+            fields = { payment_link = 1, payment_status = 2, payment_date = 3, payment_id = 4, paid_amount = 5, statuses = { not_issued = 10, awaiting = 11, paid = 12, overdue = 13, refunded = 14, partially_refunded = 15, cancelled = 16 } }
+            [accounts.stripe]
+            secret_key_env = "T"
+            webhook_secret_envs = ["T"]
+            [[accounts.triggers]]
+            name = "invoice"
+            pipeline_id = 8572511
+            status_id = 67548619
+            provider = "stripe"
+        "#;
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        let config = crate::config::Config::parse(text, "t", &env).unwrap();
+        config.accounts.get("acme").unwrap().as_ref().clone()
+    }
+
+    #[test]
+    fn a_lead_entering_a_trigger_stage_implies_issuing_its_link() {
+        let account = account();
+        for kind in ["leads.status", "leads.add"] {
+            let e = kommo_change(kind, "8572511", "67548619");
+            let jobs = implied_by(&e, &account, &JobPolicies::default());
+            assert_eq!(jobs.len(), 1, "{kind}");
+            assert_eq!(jobs[0].kind, "payment_link.issue");
+            assert_eq!(jobs[0].args["trigger"], "invoice");
+        }
+        for (kind, pipeline, status) in [("leads.status", "8572511", "142"), ("leads.status", "1", "67548619"), ("leads.update", "8572511", "67548619")] {
+            assert!(implied_by(&kommo_change(kind, pipeline, status), &account, &JobPolicies::default()).is_empty(), "{kind} {pipeline} {status}");
+        }
+    }
+
     #[test]
     fn payment_events_imply_one_apply_job_for_their_event() {
         let e = event(Source::Stripe, "checkout.session.completed");
-        let jobs = implied_by(&e, &JobPolicies::default());
+        let jobs = implied_by(&e, &account(), &JobPolicies::default());
         assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].kind, "stripe.apply_event");
+        assert_eq!(jobs[0].kind, "stripe.payment");
         assert_eq!((jobs[0].event_id, jobs[0].lead_id, jobs[0].account.as_str()), (e.id, Some(7), "acme"));
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
         assert_eq!(jobs[0].max_attempts, 20);
-        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &JobPolicies::default())[0].kind, "lemonsqueezy.apply_event");
+        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.apply_event");
     }
 
     #[test]
@@ -107,7 +191,7 @@ mod tests {
             (Source::Kommo, "leads.update"),
             (Source::Stripe, "order_created"),
         ] {
-            assert!(implied_by(&event(source, kind), &JobPolicies::default()).is_empty(), "{kind}");
+            assert!(implied_by(&event(source, kind), &account(), &JobPolicies::default()).is_empty(), "{kind}");
         }
     }
 }

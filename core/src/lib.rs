@@ -8,6 +8,8 @@ pub mod form;
 pub mod jobs;
 pub mod kommo;
 pub mod money;
+pub mod payment_links;
+pub mod payments;
 pub mod lemonsqueezy;
 pub mod queue;
 pub mod retry_policy;

@@ -98,6 +98,19 @@ impl Money {
         self.currency
     }
 
+    /// The amount in major units with all its minor digits and no grouping (`2000.00`), as
+    /// Kommo's numeric fields take it.
+    pub fn major(self) -> String {
+        let exponent = self.currency.exponent();
+        let scale = 10u64.pow(exponent);
+        let magnitude = self.minor.unsigned_abs();
+        let sign = if self.minor < 0 { "-" } else { "" };
+        match exponent {
+            0 => format!("{sign}{magnitude}"),
+            _ => format!("{sign}{}.{:0width$}", magnitude / scale, magnitude % scale, width = exponent as usize),
+        }
+    }
+
     /// Fails unless the amount is above zero.
     pub fn positive(self) -> Result<Money, MoneyError> {
         if self.minor > 0 { Ok(self) } else { Err(MoneyError::NotPositive) }
@@ -173,5 +186,7 @@ mod tests {
         assert_eq!(Money::from_minor(-1234567, usd).to_string(), "-12,345.67 USD");
         assert_eq!(Money::from_minor(1500, Currency::parse("JPY").unwrap()).to_string(), "1,500 JPY");
         assert_eq!(Money::from_minor(1234, Currency::parse("KWD").unwrap()).to_string(), "1.234 KWD");
+        assert_eq!(Money::from_minor(200000, usd).major(), "2000.00");
+        assert_eq!(Money::from_minor(1500, Currency::parse("JPY").unwrap()).major(), "1500");
     }
 }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use kommo_pay_core::config::{Accounts, Config, JobPolicies};
+use kommo_pay_core::config::{Account, Accounts, Config, JobPolicies};
 use kommo_pay_core::event_log::NewEvent;
 use kommo_pay_core::{jobs, queue};
 use sqlx::PgPool;
@@ -52,10 +52,10 @@ pub(crate) struct Accepted {
 }
 
 impl AppState {
-    /// Appends `events` and the jobs they imply, committed together (with other deliveries
-    /// arriving at the same time); wakes the workers after the commit.
-    async fn append(&self, events: Vec<NewEvent>) -> Result<Accepted, IngestError> {
-        let jobs: Vec<_> = events.iter().flat_map(|event| jobs::implied_by(event, &self.job_policies)).collect();
+    /// Appends `events` of `account` and the jobs they imply, committed together (with other
+    /// deliveries arriving at the same time); wakes the workers after the commit.
+    async fn append(&self, account: &Account, events: Vec<NewEvent>) -> Result<Accepted, IngestError> {
+        let jobs: Vec<_> = events.iter().flat_map(|event| jobs::implied_by(event, account, &self.job_policies)).collect();
         self.appender.append(events, jobs).await
     }
 }

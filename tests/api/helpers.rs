@@ -162,6 +162,11 @@ pub async fn spawn_app_with(server_extra: &str) -> TestApp {
 /// The application over `db` as it is (migrated or not).
 pub async fn spawn_app_on(db: TestDb, server_extra: &str) -> TestApp {
     let config = test_config(&db.url, server_extra);
+    spawn_app_from(db, &config).await
+}
+
+/// The application with `config`, over `db`.
+pub async fn spawn_app_from(db: TestDb, config: &Config) -> TestApp {
     // The app gets a pool of its own, built from the configuration as in production.
     let pool = kommo_pay_core::db::connect(&config.database).await.expect("app pool");
     let app = Application::build(&config, pool).await.expect("app builds");

@@ -11,5 +11,6 @@ mod kommo_client;
 mod lemonsqueezy;
 mod stripe;
 mod stripe_client;
+mod stripe_flow;
 mod unavailable;
 mod worker;

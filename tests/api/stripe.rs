@@ -27,7 +27,7 @@ async fn a_signed_event_is_logged_with_its_job_before_the_answer() {
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-    assert_eq!((job_kind.as_str(), state.as_str(), job_lead), ("stripe.apply_event", "available", Some(15318175)));
+    assert_eq!((job_kind.as_str(), state.as_str(), job_lead), ("stripe.payment", "available", Some(15318175)));
 }
 
 #[tokio::test]

@@ -64,12 +64,14 @@ impl Ran {
     }
 }
 
-/// The one place that decides a failed job's fate: a permanent error is discarded, a retryable
-/// one is retried with the kind's backoff until the job's attempts are used up, then dead.
+/// The one place that decides a failed job's fate: a permanent error is discarded, one that needs
+/// a person is dead at once, a retryable one is retried with the kind's backoff until the job's
+/// attempts are used up, then dead.
 pub fn fate(job: &ClaimedJob, error: &JobError, policy: &RetryPolicy, now: DateTime<Utc>, jitter: f64) -> Fate {
     let failed = job.attempt + 1;
     match error {
         JobError::Permanent(_) => Fate::Discarded,
+        JobError::DeadLetter(_) => Fate::Dead,
         JobError::Retryable(_) if failed >= job.max_attempts => Fate::Dead,
         JobError::Retryable(_) => {
             let delay = policy.delay(failed, jitter);
@@ -207,7 +209,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
             Err(error) => {
                 let fate = fate(&job, &error, &shared.policies.policy(&job.kind), Utc::now(), fastrand::f64());
                 let message = match &error {
-                    JobError::Retryable(e) | JobError::Permanent(e) => format!("{e:#}"),
+                    JobError::Retryable(e) | JobError::Permanent(e) | JobError::DeadLetter(e) => format!("{e:#}"),
                 };
                 match record_failure(&shared, &job, &message, fate).await {
                     true => match fate {
@@ -309,5 +311,6 @@ mod tests {
         assert_eq!(fate(&job(1, 3), &retryable(), &policy, now, 0.0), Fate::Retry(now + chrono::Duration::seconds(10)));
         assert_eq!(fate(&job(2, 3), &retryable(), &policy, now, 1.0), Fate::Dead);
         assert_eq!(fate(&job(0, 3), &JobError::permanent(anyhow!("bad currency")), &policy, now, 1.0), Fate::Discarded);
+        assert_eq!(fate(&job(0, 3), &JobError::dead_letter(anyhow!("Kommo blocked the account")), &policy, now, 1.0), Fate::Dead);
     }
 }

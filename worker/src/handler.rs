@@ -15,6 +15,9 @@ pub enum JobError {
     Retryable(anyhow::Error),
     /// No retry can fix it (a bad currency, a missing amount): the job is discarded at once.
     Permanent(anyhow::Error),
+    /// Only a person can fix it (Kommo blocked the account, credentials were revoked, a payment
+    /// names no deal): the job is dead-lettered at once, to be replayed after the fix.
+    DeadLetter(anyhow::Error),
 }
 
 impl JobError {
@@ -23,6 +26,9 @@ impl JobError {
     }
     pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
         JobError::Permanent(error.into())
+    }
+    pub fn dead_letter(error: impl Into<anyhow::Error>) -> Self {
+        JobError::DeadLetter(error.into())
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod completer;
 pub mod executor;
+pub mod flows;
 pub mod handler;
 pub mod rescuer;
 mod wake;
@@ -12,9 +13,4 @@ mod wake;
 pub use executor::{Outcome, Ran, Worker};
 pub use handler::{Handlers, JobError};
 pub use rescuer::Rescuer;
-
-/// The handlers of this build, by job kind. Empty until the Stripe and Lemon Squeezy flows land:
-/// jobs wait in the queue, durable, for a build that handles them.
-pub fn handlers() -> Handlers {
-    Handlers::new()
-}
+pub use flows::{Context, handlers};

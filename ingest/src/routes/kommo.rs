@@ -52,5 +52,5 @@ async fn accept(state: &AppState, slug: &str, secret: &str, headers: &HeaderMap,
             event
         })
         .collect();
-    state.append(events).await
+    state.append(&account, events).await
 }

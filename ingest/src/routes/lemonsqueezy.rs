@@ -25,5 +25,5 @@ async fn accept(state: &AppState, slug: &str, headers: &HeaderMap, body: &[u8]) 
     let event = LemonSqueezyEvent::parse(body)?;
     let mut new = NewEvent::new(&account.slug, Source::LemonSqueezy, event.kind, event.dedup_key, event.lead_id, event.payload);
     new.headers = kept_headers(headers);
-    state.append(vec![new]).await
+    state.append(&account, vec![new]).await
 }

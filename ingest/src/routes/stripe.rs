@@ -29,5 +29,5 @@ async fn accept(state: &AppState, slug: &str, headers: &HeaderMap, body: &[u8]) 
     let event = StripeEvent::parse(body)?;
     let mut new = NewEvent::new(&account.slug, Source::Stripe, event.kind, event.id, event.lead_id, event.payload);
     new.headers = kept_headers(headers);
-    state.append(vec![new]).await
+    state.append(&account, vec![new]).await
 }

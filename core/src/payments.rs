@@ -1,0 +1,106 @@
+//! Payments received for deals (`payments`), kept with the `payment.received` events: one row
+//! per provider payment, however many events announce it.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::money::Money;
+
+pub struct Received<'a> {
+    pub account: &'a str,
+    pub provider: &'a str,
+    pub payment_id: &'a str,
+    pub lead_id: i64,
+    pub link_id: Option<&'a str>,
+    pub amount: Money,
+    pub paid_at: DateTime<Utc>,
+    pub job_id: i64,
+}
+
+/// Who updates the deal for a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Application {
+    /// This job: update the deal, then [`mark_applied`].
+    Yours,
+    /// Another job is at it right now.
+    Busy,
+    /// The deal was updated already.
+    Done,
+}
+
+/// Records the payment (once) and decides who updates the deal for it: the first job to ask
+/// gets a lease; others find it busy until it is applied (or the lease is abandoned).
+pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Application, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO payments (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(received.account)
+    .bind(received.provider)
+    .bind(received.payment_id)
+    .bind(received.lead_id)
+    .bind(received.link_id)
+    .bind(received.amount.minor())
+    .bind(received.amount.currency().code())
+    .bind(received.paid_at)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        let payload = json!({
+            "provider": received.provider, "payment_id": received.payment_id, "link_id": received.link_id,
+            "amount_minor": received.amount.minor(), "currency": received.amount.currency().code(),
+            "amount": received.amount.to_string(), "paid_at": received.paid_at,
+        });
+        sqlx::query(
+            "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
+             VALUES ($1, $2, 'internal', 'payment.received', $3, $4, $5, $6) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(received.account)
+        .bind(format!("payment.received:{}:{}", received.provider, received.payment_id))
+        .bind(received.lead_id)
+        .bind(received.job_id)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let leased: Option<i64> = sqlx::query_scalar(
+        "UPDATE payments SET applying_job = $4, applying_since = now()
+         WHERE account = $1 AND provider = $2 AND payment_id = $3 AND applied_at IS NULL
+           AND (applying_job IS NULL OR applying_job = $4 OR applying_since < now() - interval '5 minutes')
+         RETURNING applying_job",
+    )
+    .bind(received.account)
+    .bind(received.provider)
+    .bind(received.payment_id)
+    .bind(received.job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let applied: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3")
+            .bind(received.account)
+            .bind(received.provider)
+            .bind(received.payment_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(match (leased, applied) {
+        (Some(_), _) => Application::Yours,
+        (None, Some(_)) => Application::Done,
+        (None, None) => Application::Busy,
+    })
+}
+
+/// The deal was updated for this payment.
+pub async fn mark_applied(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments SET applied_at = now(), applying_job = NULL WHERE account = $1 AND provider = $2 AND payment_id = $3")
+        .bind(account)
+        .bind(provider)
+        .bind(payment_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The Stripe flow end to end: webhooks into ingest, jobs through the worker, effects at the
+//! fake Kommo and the fake Stripe.
+
+use std::collections::HashMap;
+
+use kommo_pay_core::config::Config;
+use kommo_pay_worker::{Context, Worker, handlers};
+use serde_json::{Value, json};
+
+use crate::fakes::kommo::{FakeKommo, TOKEN};
+use crate::fakes::stripe::FakeStripe;
+use crate::helpers::*;
+
+const LEAD: i64 = 15318175;
+const PIPELINE: i64 = 8572511;
+const TRIGGER_STAGE: i64 = 67548619;
+const LINK_FIELD: i64 = 901;
+const STATUS_FIELD: i64 = 902;
+const DATE_FIELD: i64 = 903;
+const PAYMENT_ID_FIELD: i64 = 904;
+const PAID_AMOUNT_FIELD: i64 = 905;
+const AWAITING: i64 = 9022;
+const PAID: i64 = 9023;
+const NOT_ISSUED: i64 = 9021;
+
+struct Flow {
+    app: TestApp,
+    kommo: FakeKommo,
+    stripe: FakeStripe,
+    worker: Worker,
+    last_modified: std::cell::Cell<i64>,
+}
+
+async fn flow() -> Flow {
+    let kommo = FakeKommo::start().await;
+    let stripe = FakeStripe::start().await;
+    let db = TestDb::new().await;
+    let text = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [[accounts]]
+        slug = "{ACCOUNT}"
+        default_currency = "USD"
+        [accounts.kommo]
+        account_id = {KOMMO_ACCOUNT_ID}
+        base_url = "{kommo_url}"
+        webhook_secret_env = "KOMMO_SECRET"
+        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
+        requests_per_second = 50
+        [accounts.kommo.fields]
+        payment_link = {LINK_FIELD}
+        payment_status = {STATUS_FIELD}
+        payment_date = {DATE_FIELD}
+        payment_id = {PAYMENT_ID_FIELD}
+        paid_amount = {PAID_AMOUNT_FIELD}
+        statuses = {{ not_issued = {NOT_ISSUED}, awaiting = {AWAITING}, paid = {PAID}, overdue = 9024, refunded = 9025, partially_refunded = 9026, cancelled = 9027 }}
+        [accounts.stripe]
+        api_base_url = "{stripe_url}"
+        secret_key_env = "STRIPE_KEY"
+        webhook_secret_envs = ["STRIPE_WHSEC"]
+        [[accounts.triggers]]
+        name = "invoice"
+        pipeline_id = {PIPELINE}
+        status_id = {TRIGGER_STAGE}
+        provider = "stripe"
+        paid_status_id = 142
+        "#,
+        kommo_url = kommo.url,
+        stripe_url = stripe.url,
+    );
+    let mut env: HashMap<String, String> = test_env(&db.url);
+    env.insert("KOMMO_TOKEN".into(), TOKEN.into());
+    let config = Config::parse(&text, "flow config", &|name| env.get(name).cloned()).unwrap();
+    let worker = Worker::new(db.pool.clone(), handlers(Context::new(db.pool.clone(), &config.accounts)), config.worker.clone(), config.jobs.clone());
+    let app = spawn_app_from(db, &config).await;
+    kommo.add_lead(json!({
+        "id": LEAD, "name": "Website redesign", "price": 2000, "pipeline_id": PIPELINE, "status_id": TRIGGER_STAGE,
+        "responsible_user_id": 504141, "custom_fields_values": null, "_embedded": { "contacts": [{ "id": 9012345, "is_main": true }] }
+    }));
+    Flow { app, kommo, stripe, worker, last_modified: std::cell::Cell::new(1764160000) }
+}
+
+impl Flow {
+    /// Kommo's hook for the deal entering the trigger stage (each call a new change).
+    async fn deal_enters_stage(&self) {
+        self.last_modified.set(self.last_modified.get() + 1);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("account[id]", KOMMO_ACCOUNT_ID.to_string()),
+                ("account[subdomain]", "acme".into()),
+                ("leads[status][0][id]", LEAD.to_string()),
+                ("leads[status][0][status_id]", TRIGGER_STAGE.to_string()),
+                ("leads[status][0][pipeline_id]", PIPELINE.to_string()),
+                ("leads[status][0][last_modified]", self.last_modified.get().to_string()),
+            ])
+            .finish();
+        assert_eq!(self.app.post_kommo(ACCOUNT, KOMMO_SECRET, &body).await.status(), 200);
+    }
+
+    async fn stripe_sends(&self, event: Value) {
+        assert_eq!(self.app.post_signed_stripe(&event.to_string()).await.status(), 200);
+    }
+
+    /// Runs jobs until none is runnable.
+    async fn drain(&self) {
+        for _ in 0..20 {
+            if self.worker.run_once().await.unwrap().claimed == 0 {
+                return;
+            }
+        }
+        panic!("the queue did not drain");
+    }
+
+    /// Runs jobs until none is left to run, retries included: their waits are cut short.
+    async fn drain_with_retries(&self) {
+        for _ in 0..10 {
+            self.drain().await;
+            let due = sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'retryable'").execute(&self.app.db.pool).await.unwrap();
+            if due.rows_affected() == 0 {
+                return;
+            }
+        }
+        panic!("jobs kept failing");
+    }
+
+    fn field(&self, field_id: i64) -> Option<Value> {
+        let lead = self.kommo.lead(LEAD).unwrap();
+        lead["custom_fields_values"].as_array()?.iter().find(|f| f["field_id"] == field_id).map(|f| f["values"][0].clone())
+    }
+
+    fn note_texts(&self) -> Vec<String> {
+        self.kommo.notes().iter().map(|n| n["params"]["text"].as_str().unwrap().to_owned()).collect()
+    }
+
+    fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
+        self.stripe.requests().into_iter().filter(|r| r.path == "/v1/payment_links").collect()
+    }
+}
+
+fn checkout_completed(event_id: &str, link: &str, intent: &str, amount: i64) -> Value {
+    json!({
+        "id": event_id, "object": "event", "type": "checkout.session.completed", "created": 1764170000, "livemode": false,
+        "api_version": "2025-07-30.basil",
+        "data": { "object": {
+            "id": format!("cs_test_{event_id}"), "object": "checkout.session", "mode": "payment", "status": "complete",
+            "payment_status": "paid", "payment_link": link, "payment_intent": intent,
+            "amount_total": amount, "currency": "usd",
+            "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+        }}
+    })
+}
+
+fn payment_intent_succeeded(event_id: &str, intent: &str, amount: i64) -> Value {
+    json!({
+        "id": event_id, "object": "event", "type": "payment_intent.succeeded", "created": 1764170001, "livemode": false,
+        "data": { "object": {
+            "id": intent, "object": "payment_intent", "amount": amount, "amount_received": amount, "currency": "usd", "status": "succeeded",
+            "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+        }}
+    })
+}
+
+#[tokio::test]
+async fn a_deal_entering_the_stage_gets_a_link_and_paying_it_closes_the_deal() {
+    let f = flow().await;
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    let creates = f.link_creates();
+    assert_eq!(creates.len(), 1);
+    let params = &creates[0].params;
+    assert_eq!(params["line_items"][0]["price_data"]["unit_amount"], "200000");
+    assert_eq!(params["line_items"][0]["price_data"]["currency"], "usd");
+    assert_eq!(params["line_items"][0]["price_data"]["product_data"]["name"], "Website redesign");
+    assert_eq!(params["payment_intent_data"]["metadata"]["kommo_lead_id"], LEAD.to_string());
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
+    assert_eq!(f.note_texts(), vec!["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"]);
+
+    f.stripe_sends(checkout_completed("evt_paid_1", "plink_fake1", "pi_test_1", 200000)).await;
+    f.drain().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+    assert_eq!(f.field(PAID_AMOUNT_FIELD).unwrap()["value"], "2000.00");
+    assert_eq!(f.field(PAYMENT_ID_FIELD).unwrap()["value"], "pi_test_1");
+    assert_eq!(f.field(DATE_FIELD).unwrap()["value"], 1764170000);
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 142, "moved to won");
+    assert_eq!(f.note_texts()[1], "Payment received: 2,000.00 USD via Stripe");
+    assert_eq!(f.stripe.link("plink_fake1").unwrap()["active"], false, "the paid link is deactivated");
+    let facts: Vec<String> = sqlx::query_scalar("SELECT kind FROM events WHERE source = 'internal' AND lead_id = $1 ORDER BY seq")
+        .bind(LEAD)
+        .fetch_all(&f.app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(facts, vec!["payment_link.issued", "payment.received"]);
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_payment_events_apply_once() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    // The payment intent's event first, then the session's, each delivered twice.
+    for event in [
+        payment_intent_succeeded("evt_pi", "pi_test_2", 200000),
+        payment_intent_succeeded("evt_pi", "pi_test_2", 200000),
+        checkout_completed("evt_cs", "plink_fake1", "pi_test_2", 200000),
+        checkout_completed("evt_cs", "plink_fake1", "pi_test_2", 200000),
+    ] {
+        f.stripe_sends(event).await;
+    }
+    f.drain_with_retries().await;
+
+    let received: Vec<String> = f.note_texts().into_iter().filter(|t| t.starts_with("Payment received")).collect();
+    assert_eq!(received.len(), 1, "{:?}", f.note_texts());
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+    assert_eq!(f.stripe.link("plink_fake1").unwrap()["active"], false);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'payment.received'").await, 1);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0);
+}
+
+#[tokio::test]
+async fn reentering_the_stage_reuses_the_link_and_a_new_amount_replaces_it() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+    assert_eq!(f.link_creates().len(), 1, "same amount: the active link is reused");
+    assert_eq!(f.note_texts().len(), 1, "and its note is not repeated");
+
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["price"] = json!(2500);
+    f.kommo.add_lead(lead);
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    assert_eq!(f.link_creates().len(), 2);
+    assert_eq!(f.link_creates()[1].params["line_items"][0]["price_data"]["unit_amount"], "250000");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake2");
+    assert_eq!(f.stripe.link("plink_fake1").unwrap()["active"], false, "the old link no longer takes payments");
+    assert_eq!(f.stripe.link("plink_fake2").unwrap()["active"], true);
+}
+
+#[tokio::test]
+async fn a_deal_without_an_amount_gets_a_task_and_no_link() {
+    let f = flow().await;
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["price"] = Value::Null;
+    f.kommo.add_lead(lead);
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    assert!(f.link_creates().is_empty());
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], NOT_ISSUED);
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["responsible_user_id"], 504141);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("the deal's budget is empty"), "{tasks:?}");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await, 1, "done, not retried");
+}
+
+#[tokio::test]
+async fn stripe_refusing_the_link_tells_the_manager_without_retrying() {
+    let f = flow().await;
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["price"] = json!("0.10");
+    f.kommo.add_lead(lead);
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    assert_eq!(f.link_creates().len(), 1, "asked once: Stripe's 400 is not retried");
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("Amount must be at least 50 cents"), "{tasks:?}");
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], NOT_ISSUED);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'payment_link.failed'").await, 1);
+}
+
+#[tokio::test]
+async fn a_deal_that_left_the_stage_gets_nothing() {
+    let f = flow().await;
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["status_id"] = json!(143);
+    f.kommo.add_lead(lead);
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    assert!(f.link_creates().is_empty());
+    assert!(f.field(LINK_FIELD).is_none());
+}
+
+#[tokio::test]
+async fn a_stripe_outage_is_retried_later_with_the_same_idempotency_key() {
+    let f = flow().await;
+    for _ in 0..3 {
+        f.stripe.fail_next(503, json!({ "error": { "type": "api_error", "message": "Stripe is down" } }), None);
+    }
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'retryable'").await, 1);
+    assert!(f.field(LINK_FIELD).is_none());
+
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'retryable'").execute(&f.app.db.pool).await.unwrap();
+    f.drain().await;
+
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    let keys: Vec<String> = f.link_creates().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
+    assert_eq!(keys.len(), 4);
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key across attempts: {keys:?}");
+}
+
+#[tokio::test]
+async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
+    let f = flow().await;
+    f.kommo.answer_next(403, "text/html", "<html><body><h1>403 Forbidden</h1></body></html>");
+
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 1);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'job.dead_lettered'").await, 1);
+    assert_eq!(f.kommo.requests().len(), 1, "no retry hammered the blocked account");
+}

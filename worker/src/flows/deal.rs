@@ -1,0 +1,133 @@
+//! A Kommo deal as the flows read it (API v4 shape) and the writes they make to it.
+
+use anyhow::anyhow;
+use kommo_pay_core::config::FieldsSection;
+use kommo_pay_core::kommo::client::KommoClient;
+use kommo_pay_core::kommo::lenient_id;
+use kommo_pay_core::money::{Currency, Money};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{db_failed, kommo_failed};
+use crate::JobError;
+
+/// What the flows need of a lead read back from Kommo.
+pub(super) struct Deal {
+    pub id: i64,
+    pub name: String,
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    pub responsible_user_id: Option<i64>,
+    price: Option<String>,
+    custom_fields: Vec<Value>,
+}
+
+impl Deal {
+    pub fn from_lead(lead: &Value) -> Result<Deal, JobError> {
+        let id = |key: &str| lead.get(key).and_then(lenient_id);
+        Ok(Deal {
+            id: id("id").ok_or_else(|| JobError::permanent(anyhow!("Kommo returned a lead without an id")))?,
+            name: lead.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            pipeline_id: id("pipeline_id").unwrap_or_default(),
+            status_id: id("status_id").unwrap_or_default(),
+            responsible_user_id: id("responsible_user_id"),
+            price: lead.get("price").filter(|p| !p.is_null()).map(text),
+            custom_fields: lead.get("custom_fields_values").and_then(Value::as_array).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// The first value of custom field `field_id`, as text.
+    fn field(&self, field_id: i64) -> Option<String> {
+        self.custom_fields
+            .iter()
+            .find(|f| f.get("field_id").and_then(lenient_id) == Some(field_id))
+            .and_then(|f| f.pointer("/values/0/value"))
+            .map(text)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// What the client is to pay: the "amount due" field when configured and set, else the deal's
+    /// price; in the deal's currency field when configured and set, else the account's default.
+    /// The error says, for the manager, what to fix.
+    pub fn amount_due(&self, fields: &FieldsSection, default_currency: Currency) -> Result<Money, String> {
+        let currency = match fields.currency.and_then(|id| self.field(id)) {
+            Some(code) => Currency::parse(&code).map_err(|e| format!("the deal's currency field: {e}"))?,
+            None => default_currency,
+        };
+        let (amount, source) = match fields.amount_due.and_then(|id| self.field(id)) {
+            Some(amount) => (amount, "the Amount Due field"),
+            None => (self.price.clone().unwrap_or_default(), "the deal's budget"),
+        };
+        if amount.trim().is_empty() || amount.trim() == "0" {
+            return Err(format!("{source} is empty"));
+        }
+        let money = Money::parse_major(&amount, currency).map_err(|e| format!("{source}: {e}"))?;
+        money.positive().map_err(|e| format!("{source}: {e}"))
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A custom field value to write: `{"field_id", "values": [{"value"}]}`.
+pub(super) fn field_value(field_id: i64, value: Value) -> Value {
+    json!({ "field_id": field_id, "values": [{ "value": value }] })
+}
+
+/// A select field value to write: `{"field_id", "values": [{"enum_id"}]}`.
+pub(super) fn field_enum(field_id: i64, enum_id: i64) -> Value {
+    json!({ "field_id": field_id, "values": [{ "enum_id": enum_id }] })
+}
+
+/// Appends an internal fact about a deal to the log, once per `dedup_key`.
+pub(super) async fn log_fact(pool: &PgPool, account: &str, lead_id: i64, kind: &str, dedup_key: &str, job_id: i64, payload: Value) -> Result<(), JobError> {
+    sqlx::query(
+        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
+         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(account)
+    .bind(kind)
+    .bind(dedup_key)
+    .bind(lead_id)
+    .bind(job_id)
+    .bind(payload)
+    .execute(pool)
+    .await
+    .map_err(db_failed)?;
+    Ok(())
+}
+
+/// Something went wrong that a manager must fix: a task for the deal's responsible manager, due
+/// within a day, and the fact in the log. Done once per job (the log entry is written after the
+/// task, and its presence stops a retry from adding a second one).
+pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Deal, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
+    let dedup_key = format!("{kind}:job:{job_id}");
+    let logged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2)")
+        .bind(account)
+        .bind(&dedup_key)
+        .fetch_one(pool)
+        .await
+        .map_err(db_failed)?;
+    if logged {
+        return Ok(());
+    }
+    let mut task = json!({
+        "text": text,
+        "complete_till": chrono::Utc::now().timestamp() + 24 * 3600,
+        "entity_id": deal.id,
+        "entity_type": "leads",
+        "task_type_id": 1,
+    });
+    if let Some(user) = deal.responsible_user_id {
+        task["responsible_user_id"] = json!(user);
+    }
+    kommo.add_tasks(&json!([task])).await.map_err(kommo_failed)?;
+    tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
+    log_fact(pool, account, deal.id, kind, &dedup_key, job_id, json!({ "task": text })).await
+}

@@ -1,0 +1,120 @@
+//! The payment flows: what each job kind does to deals, Kommo and the providers.
+
+mod deal;
+mod stripe_link;
+mod stripe_payment;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use kommo_pay_core::config::{Account, Accounts, KommoAuth};
+use kommo_pay_core::jobs::JobKind;
+use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::stripe::client::{StripeClient, StripeError};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::{Handlers, JobError};
+
+/// What the handlers share: the database and one client per provider per account.
+pub struct Context {
+    pool: PgPool,
+    accounts: HashMap<String, AccountClients>,
+}
+
+struct AccountClients {
+    account: Arc<Account>,
+    /// `None` for OAuth accounts, which this version cannot call yet.
+    kommo: Option<KommoClient>,
+    stripe: Option<StripeClient>,
+}
+
+impl Context {
+    pub fn new(pool: PgPool, accounts: &Accounts) -> Arc<Context> {
+        let accounts = accounts
+            .iter()
+            .map(|account| {
+                let kommo = match &account.kommo.auth {
+                    KommoAuth::LongLivedToken { token } => Some(KommoClient::new(
+                        pool.clone(),
+                        &account.slug,
+                        account.kommo.base_url.clone(),
+                        token.clone(),
+                        account.kommo.requests_per_second,
+                    )),
+                    KommoAuth::Oauth { .. } => None,
+                };
+                let stripe = account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()));
+                (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe })
+            })
+            .collect();
+        Arc::new(Context { pool, accounts })
+    }
+
+    fn clients(&self, job: &ClaimedJob) -> Result<&AccountClients, JobError> {
+        self.accounts
+            .get(&job.account)
+            .ok_or_else(|| JobError::dead_letter(anyhow!("account {:?} is no longer configured", job.account)))
+    }
+}
+
+impl AccountClients {
+    fn kommo(&self) -> Result<&KommoClient, JobError> {
+        self.kommo.as_ref().ok_or_else(|| {
+            JobError::dead_letter(anyhow!(
+                "account {} uses Kommo OAuth, which this version cannot call yet; configure a long-lived token",
+                self.account.slug
+            ))
+        })
+    }
+
+    fn stripe(&self) -> Result<&StripeClient, JobError> {
+        self.stripe.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
+    }
+}
+
+/// The handlers of this build, by job kind. Kinds without a handler here (Stripe invoices,
+/// cancellations and refunds, Lemon Squeezy) wait in the queue for a build that has one.
+pub fn handlers(context: Arc<Context>) -> Handlers {
+    let issue = context.clone();
+    let pay = context;
+    Handlers::new()
+        .on(JobKind::IssuePaymentLink.as_str(), move |job| stripe_link::issue(issue.clone(), job))
+        .on(JobKind::StripePayment.as_str(), move |job| stripe_payment::apply(pay.clone(), job))
+}
+
+fn kommo_failed(error: KommoError) -> JobError {
+    if error.needs_operator() {
+        JobError::dead_letter(error)
+    } else if error.is_retryable() {
+        JobError::retryable(error)
+    } else {
+        JobError::permanent(error)
+    }
+}
+
+fn stripe_failed(error: StripeError) -> JobError {
+    if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
+}
+
+fn db_failed(error: sqlx::Error) -> JobError {
+    JobError::retryable(error)
+}
+
+/// The `event_id` a job's arguments name, and that event's payload.
+async fn causing_event(pool: &PgPool, job: &ClaimedJob) -> Result<Value, JobError> {
+    let id = job
+        .args
+        .get("event_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .ok_or_else(|| JobError::permanent(anyhow!("the job's arguments name no event_id")))?;
+    sqlx::query_scalar("SELECT payload FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_failed)?
+        .ok_or_else(|| JobError::permanent(anyhow!("event {id} is not in the log")))
+}

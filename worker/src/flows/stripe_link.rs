@@ -1,0 +1,130 @@
+//! `payment_link.issue`: a deal entered a trigger stage; give it a Stripe Payment Link.
+//!
+//! Every step is safe to repeat, so a retry after any failure finishes the work once:
+//! the Stripe create carries an idempotency key fixed for the job; the link is recorded before
+//! anything uses it; the deal's card is written with idempotent PATCHes; the note and the
+//! Salesbot launch are recorded on the link and skipped once done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use kommo_pay_core::payment_links::{self, Issued};
+use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::stripe::client::NewPaymentLink;
+use serde_json::{Value, json};
+
+use super::deal::{Deal, field_enum, field_value, tell_manager};
+use super::{Context, db_failed, kommo_failed, stripe_failed};
+use crate::JobError;
+
+pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let account = &clients.account;
+    let pool = &context.pool;
+    let trigger_name = job.args.get("trigger").and_then(Value::as_str).unwrap_or_default();
+    let trigger = account
+        .trigger(trigger_name)
+        .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
+    let (kommo, stripe) = (clients.kommo()?, clients.stripe()?);
+
+    // The webhook was a snapshot: act on the deal as it is now.
+    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
+        tracing::info!(lead_id, "the deal no longer exists; no link issued");
+        return Ok(());
+    };
+    let deal = Deal::from_lead(&lead)?;
+    if (deal.pipeline_id, deal.status_id) != (trigger.pipeline_id, trigger.status_id) {
+        tracing::info!(lead_id, "the deal left the trigger stage before its link was issued; nothing to do");
+        return Ok(());
+    }
+    let amount = match deal.amount_due(fields, account.default_currency) {
+        Ok(amount) => amount,
+        Err(problem) => {
+            let text = format!("No payment link was issued: {problem}. Fix it, then move the deal into the stage again.");
+            return not_issued(&context, clients, &deal, job.id, &text).await;
+        }
+    };
+
+    // The same amount reuses the deal's active link; a new amount gets a new link.
+    let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
+    let link = match active.filter(|link| link.amount() == Some(amount)) {
+        Some(link) => link,
+        None => {
+            let metadata = BTreeMap::from([
+                ("kommo_account_id".to_owned(), account.kommo.account_id.to_string()),
+                ("kommo_lead_id".to_owned(), lead_id.to_string()),
+                ("kommo_pay_account".to_owned(), account.slug.clone()),
+            ]);
+            let request = NewPaymentLink {
+                product_name: if deal.name.trim().is_empty() { format!("Deal #{lead_id}") } else { deal.name.clone() },
+                amount,
+                recurring: trigger.recurring,
+                metadata,
+                redirect_url: trigger.redirect_url.clone(),
+            };
+            let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
+            let created = match stripe.create_payment_link(&request, &key).await {
+                Ok(created) => created,
+                Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
+                Err(error) => {
+                    let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
+                    return not_issued(&context, clients, &deal, job.id, &text).await;
+                }
+            };
+            let issued = Issued {
+                account: &account.slug,
+                lead_id,
+                trigger: &trigger.name,
+                link_id: &created.id,
+                url: &created.url,
+                amount,
+                job_id: job.id,
+            };
+            payment_links::record_issued(pool, &issued).await.map_err(db_failed)?
+        }
+    };
+
+    // Links the new one replaced must not stay payable.
+    for old in payment_links::replaced(pool, &account.slug, lead_id).await.map_err(db_failed)? {
+        stripe.deactivate_payment_link(&old, &format!("kommo-pay:deactivate:{old}")).await.map_err(stripe_failed)?;
+        payment_links::set_status(pool, &account.slug, &old, "deactivated").await.map_err(db_failed)?;
+    }
+
+    let mut changes = json!({
+        "custom_fields_values": [
+            field_value(fields.payment_link, json!(link.url)),
+            field_enum(fields.payment_status, fields.statuses.awaiting),
+        ]
+    });
+    if let Some(status_id) = trigger.move_to_status_id {
+        changes["status_id"] = json!(status_id);
+    }
+    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+
+    if trigger.add_note && link.note_added_at.is_none() {
+        let text = format!("Payment link for {amount}: {}", link.url);
+        let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": text } }]);
+        kommo.add_lead_notes(&note).await.map_err(kommo_failed)?;
+        payment_links::mark_note_added(pool, &account.slug, &link.link_id).await.map_err(db_failed)?;
+    }
+    if let Some(bot) = trigger.salesbot_id.filter(|_| link.salesbot_run_at.is_none()) {
+        kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
+        payment_links::mark_salesbot_run(pool, &account.slug, &link.link_id).await.map_err(db_failed)?;
+    }
+    tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
+    Ok(())
+}
+
+/// A link could not be issued for a reason no retry fixes: Payment Status stays "Not issued",
+/// and the manager gets a task saying why. The job is done.
+async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Deal, job_id: i64, text: &str) -> Result<(), JobError> {
+    let kommo = clients.kommo()?;
+    if let Some(fields) = &clients.account.kommo.fields {
+        let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, fields.statuses.not_issued)] });
+        kommo.update_lead(deal.id, &changes).await.map_err(kommo_failed)?;
+    }
+    tell_manager(&context.pool, kommo, &clients.account.slug, deal, job_id, "payment_link.failed", text).await
+}
