@@ -872,6 +872,16 @@ impl Validator<'_> {
             });
         }
 
+        // Our own stage moves come back as webhooks: a move into a trigger stage would issue
+        // links forever.
+        for (i, t) in triggers.iter().enumerate() {
+            for (name, target) in [("move_to_status_id", t.move_to_status_id), ("paid_status_id", t.paid_status_id)] {
+                if target.is_some_and(|status| triggers.iter().any(|other| (other.pipeline_id, other.status_id) == (t.pipeline_id, status))) {
+                    self.problem(&format!("{key}.triggers[{i}].{name}"), "is a trigger stage itself: the move would issue another link");
+                }
+            }
+        }
+
         if self.problems.len() > problems_before {
             return None;
         }
@@ -1003,6 +1013,22 @@ mod tests {
         let err = Config::parse(&bad, "x.toml", &full_env()).unwrap_err();
         assert!(err.problems.iter().any(|p| p.starts_with("jobs.kinds.\"x\".max_attempts")), "{err}");
         assert!(err.problems.iter().any(|p| p.starts_with("jobs.kinds.\"x\".retry_cap_ms")), "{err}");
+    }
+
+    #[test]
+    fn triggers_are_checked_against_loops_and_missing_parts() {
+        let trigger = |extra: &str| {
+            format!(
+                "{VALID}\n[[accounts.triggers]]\nname = \"t\"\npipeline_id = 1\nstatus_id = 10\nprovider = \"stripe\"\n{extra}\n"
+            )
+        };
+        let err = Config::parse(&trigger("move_to_status_id = 10"), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].move_to_status_id: is a trigger stage")), "{err}");
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0]: needs accounts[0].kommo.fields")), "{err}");
+        let err = Config::parse(&trigger("mode = \"subscription\""), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].interval: must be day")), "{err}");
+        let err = Config::parse(&trigger("provider = \"paypal\""), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems[0].contains("duplicate key"), "{err}");
     }
 
     #[test]
