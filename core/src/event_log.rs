@@ -112,6 +112,37 @@ SELECT coalesce((SELECT array_agg(id) FROM appended), '{}') AS appended,
        (SELECT count(*) FROM enqueued) AS enqueued
 "#;
 
+/// A fact kommo-pay itself records about a deal (`payment_link.issued`, `payment.received`, …).
+pub struct Fact<'a> {
+    pub account: &'a str,
+    pub kind: &'a str,
+    /// Once per key: a retry that records the same fact again changes nothing.
+    pub dedup_key: &'a str,
+    pub lead_id: i64,
+    /// The job that established it.
+    pub job_id: i64,
+    pub payload: Value,
+}
+
+/// Appends an internal fact, inside the caller's transaction when it passes one, so that the
+/// fact and the state it describes are committed together.
+pub async fn append_fact<'e>(db: impl PgExecutor<'e>, fact: Fact<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
+         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(fact.account)
+    .bind(fact.kind)
+    .bind(fact.dedup_key)
+    .bind(fact.lead_id)
+    .bind(fact.job_id)
+    .bind(fact.payload)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Appends `events` and enqueues `jobs` (each naming its event by `event_id`) atomically.
 /// Jobs of events that turn out to be duplicates are dropped with them.
 pub async fn append<'e>(db: impl PgExecutor<'e>, events: &[NewEvent], jobs: &[NewJob]) -> Result<Appended, sqlx::Error> {

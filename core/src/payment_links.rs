@@ -2,8 +2,8 @@
 
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
+use crate::event_log::{self, Fact};
 use crate::money::{Currency, Money};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -90,18 +90,9 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
             "amount_minor": issued.amount.minor(), "currency": issued.amount.currency().code(),
             "amount": issued.amount.to_string(),
         });
-        sqlx::query(
-            "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
-             VALUES ($1, $2, 'internal', 'payment_link.issued', $3, $4, $5, $6) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(issued.account)
-        .bind(format!("payment_link.issued:stripe:{}", issued.link_id))
-        .bind(issued.lead_id)
-        .bind(issued.job_id)
-        .bind(payload)
-        .execute(&mut *tx)
-        .await?;
+        let dedup_key = format!("payment_link.issued:stripe:{}", issued.link_id);
+        let fact = Fact { account: issued.account, kind: "payment_link.issued", dedup_key: &dedup_key, lead_id: issued.lead_id, job_id: issued.job_id, payload };
+        event_log::append_fact(&mut *tx, fact).await?;
     }
     tx.commit().await?;
     Ok(find(pool, issued.account, issued.link_id).await?.expect("just recorded"))

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
+use crate::event_log::{self, Fact};
 use crate::money::Money;
 
 pub struct Received<'a> {
@@ -54,18 +54,9 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
             "amount_minor": received.amount.minor(), "currency": received.amount.currency().code(),
             "amount": received.amount.to_string(), "paid_at": received.paid_at,
         });
-        sqlx::query(
-            "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
-             VALUES ($1, $2, 'internal', 'payment.received', $3, $4, $5, $6) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(received.account)
-        .bind(format!("payment.received:{}:{}", received.provider, received.payment_id))
-        .bind(received.lead_id)
-        .bind(received.job_id)
-        .bind(payload)
-        .execute(&mut *tx)
-        .await?;
+        let dedup_key = format!("payment.received:{}:{}", received.provider, received.payment_id);
+        let fact = Fact { account: received.account, kind: "payment.received", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
+        event_log::append_fact(&mut *tx, fact).await?;
     }
     let leased: Option<i64> = sqlx::query_scalar(
         "UPDATE payments SET applying_job = $4, applying_since = now()

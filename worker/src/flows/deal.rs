@@ -5,9 +5,9 @@ use kommo_pay_core::config::FieldsSection;
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lenient_id;
 use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::event_log::{self, Fact};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::{db_failed, kommo_failed};
 use crate::JobError;
@@ -84,25 +84,6 @@ pub(super) fn field_enum(field_id: i64, enum_id: i64) -> Value {
     json!({ "field_id": field_id, "values": [{ "enum_id": enum_id }] })
 }
 
-/// Appends an internal fact about a deal to the log, once per `dedup_key`.
-pub(super) async fn log_fact(pool: &PgPool, account: &str, lead_id: i64, kind: &str, dedup_key: &str, job_id: i64, payload: Value) -> Result<(), JobError> {
-    sqlx::query(
-        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
-         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(account)
-    .bind(kind)
-    .bind(dedup_key)
-    .bind(lead_id)
-    .bind(job_id)
-    .bind(payload)
-    .execute(pool)
-    .await
-    .map_err(db_failed)?;
-    Ok(())
-}
-
 /// Something went wrong that a manager must fix: a task for the deal's responsible manager, due
 /// within a day, and the fact in the log. Done once per job (the log entry is written after the
 /// task, and its presence stops a retry from adding a second one).
@@ -129,5 +110,6 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     }
     kommo.add_tasks(&json!([task])).await.map_err(kommo_failed)?;
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
-    log_fact(pool, account, deal.id, kind, &dedup_key, job_id, json!({ "task": text })).await
+    let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
+    event_log::append_fact(pool, fact).await.map_err(db_failed)
 }
