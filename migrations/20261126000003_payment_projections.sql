@@ -26,13 +26,17 @@ CREATE INDEX payment_links_lead ON payment_links (account, lead_id, issued_at);
 CREATE TABLE payments (
     account      text        NOT NULL,
     provider     text        NOT NULL CHECK (provider IN ('stripe', 'lemonsqueezy')),
-    -- pi_… for Stripe: one payment, however many events announce it.
+    -- pi_… (one-time) or in_… (subscription invoice) for Stripe: one payment, however many
+    -- events announce it.
     payment_id   text        NOT NULL,
     lead_id      bigint      NOT NULL,
     link_id      text,
     amount_minor bigint      NOT NULL,
     currency     text        NOT NULL,
     paid_at      timestamptz NOT NULL,
+    -- Refunded so far (Stripe reports the running total); only ever grows, so refunds and the
+    -- payment may arrive in any order and the deal ends in the same state.
+    refunded_minor bigint    NOT NULL DEFAULT 0,
     -- When the deal was updated for it; NULL while that is still to do.
     applied_at   timestamptz,
     -- The job updating the deal for it, and since when: one job at a time applies a payment,

@@ -264,6 +264,8 @@ pub struct FieldsSection {
     pub paid_amount: i64,
     /// Numeric field that, when set, is charged instead of the deal's price.
     pub amount_due: Option<i64>,
+    /// Numeric field: the amount refunded so far.
+    pub refunded_amount: Option<i64>,
     /// Text or select field holding an ISO currency code, when deals differ in currency.
     pub currency: Option<i64>,
     /// Enum ids of the payment status field's options.

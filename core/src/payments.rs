@@ -85,6 +85,50 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
     })
 }
 
+/// A payment as the deal shows it: how much was paid and how much of it refunded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Settled {
+    pub lead_id: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub refunded_minor: i64,
+    pub paid_at: DateTime<Utc>,
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
+pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
+    sqlx::query_as("SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3")
+        .bind(account)
+        .bind(provider)
+        .bind(payment_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Records a refund of payment `payment_id` (the running total Stripe reports): creates the
+/// payment when its own events have not arrived yet, and never lowers the refunded amount.
+/// Returns whether the total grew (a refund the deal has not been told about).
+pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_total: i64) -> Result<bool, sqlx::Error> {
+    let grew: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO payments AS p (account, provider, payment_id, lead_id, amount_minor, currency, paid_at, refunded_minor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (account, provider, payment_id) DO UPDATE SET refunded_minor = excluded.refunded_minor
+             WHERE p.refunded_minor < excluded.refunded_minor
+         RETURNING refunded_minor",
+    )
+    .bind(received.account)
+    .bind(received.provider)
+    .bind(received.payment_id)
+    .bind(received.lead_id)
+    .bind(received.amount.minor())
+    .bind(received.amount.currency().code())
+    .bind(received.paid_at)
+    .bind(refunded_total)
+    .fetch_optional(pool)
+    .await?;
+    Ok(grew.is_some())
+}
+
 /// The deal was updated for this payment.
 pub async fn mark_applied(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE payments SET applied_at = now(), applying_job = NULL WHERE account = $1 AND provider = $2 AND payment_id = $3")

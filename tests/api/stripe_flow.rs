@@ -19,9 +19,14 @@ const STATUS_FIELD: i64 = 902;
 const DATE_FIELD: i64 = 903;
 const PAYMENT_ID_FIELD: i64 = 904;
 const PAID_AMOUNT_FIELD: i64 = 905;
+const REFUNDED_FIELD: i64 = 906;
 const AWAITING: i64 = 9022;
 const PAID: i64 = 9023;
 const NOT_ISSUED: i64 = 9021;
+const OVERDUE: i64 = 9024;
+const REFUNDED: i64 = 9025;
+const PARTIALLY_REFUNDED: i64 = 9026;
+const CANCELLED: i64 = 9027;
 
 struct Flow {
     app: TestApp,
@@ -54,6 +59,7 @@ async fn flow() -> Flow {
         payment_date = {DATE_FIELD}
         payment_id = {PAYMENT_ID_FIELD}
         paid_amount = {PAID_AMOUNT_FIELD}
+        refunded_amount = {REFUNDED_FIELD}
         statuses = {{ not_issued = {NOT_ISSUED}, awaiting = {AWAITING}, paid = {PAID}, overdue = 9024, refunded = 9025, partially_refunded = 9026, cancelled = 9027 }}
         [accounts.stripe]
         api_base_url = "{stripe_url}"
@@ -329,4 +335,117 @@ async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 1);
     assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'job.dead_lettered'").await, 1);
     assert_eq!(f.kommo.requests().len(), 1, "no retry hammered the blocked account");
+}
+
+fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {
+    json!({
+        "id": event_id, "object": "event", "type": kind, "created": 1764180000, "livemode": false,
+        "data": { "object": {
+            "id": invoice_id, "object": "invoice", "amount_due": 4990, "amount_paid": paid, "currency": "eur",
+            "status": if paid > 0 { "paid" } else { "open" },
+            "parent": { "type": "subscription_details", "subscription_details": {
+                "subscription": "sub_test_1",
+                "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+            }}
+        }}
+    })
+}
+
+fn charge_refunded(event_id: &str, intent: &str, amount: i64, refunded: i64) -> Value {
+    json!({
+        "id": event_id, "object": "event", "type": "charge.refunded", "created": 1764190000, "livemode": false,
+        "data": { "object": {
+            "id": "ch_test_1", "object": "charge", "payment_intent": intent, "amount": amount, "amount_captured": amount,
+            "amount_refunded": refunded, "refunded": refunded == amount, "currency": "usd", "status": "succeeded",
+            "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+        }}
+    })
+}
+
+#[tokio::test]
+async fn each_subscription_invoice_is_paid_once_and_a_failed_one_makes_the_deal_overdue() {
+    let f = flow().await;
+
+    for event in [
+        invoice("evt_in1_paid", "invoice.paid", "in_1", 4990),
+        invoice("evt_in1_succeeded", "invoice.payment_succeeded", "in_1", 4990),
+        invoice("evt_in1_paid", "invoice.paid", "in_1", 4990),
+    ] {
+        f.stripe_sends(event).await;
+    }
+    f.drain_with_retries().await;
+    assert_eq!(f.note_texts(), vec!["Payment received: 49.90 EUR via Stripe (subscription invoice in_1)"]);
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+
+    f.stripe_sends(invoice("evt_in2_failed", "invoice.payment_failed", "in_2", 0)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("49.90 EUR failed"), "{tasks:?}");
+
+    f.stripe_sends(invoice("evt_in2_paid", "invoice.paid", "in_2", 4990)).await;
+    f.stripe_sends(invoice("evt_in1_failed_late", "invoice.payment_failed", "in_1", 0)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "a late failure of a paid invoice changes nothing");
+    assert_eq!(f.note_texts().len(), 2);
+    assert_eq!(f.kommo.tasks().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_subscription_marks_the_deal_and_tells_its_manager() {
+    let f = flow().await;
+    let deleted = json!({
+        "id": "evt_sub_deleted", "object": "event", "type": "customer.subscription.deleted", "created": 1764200000,
+        "data": { "object": { "id": "sub_test_1", "object": "subscription", "status": "canceled",
+            "metadata": { "kommo_lead_id": LEAD.to_string() } } }
+    });
+
+    f.stripe_sends(deleted).await;
+    f.drain_with_retries().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
+    assert!(f.kommo.tasks()[0]["text"].as_str().unwrap().contains("sub_test_1 was cancelled"));
+}
+
+#[tokio::test]
+async fn partial_then_full_refunds_update_the_deal_forward_only() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    f.stripe_sends(checkout_completed("evt_cs_r", "plink_fake1", "pi_r", 200000)).await;
+    f.drain_with_retries().await;
+
+    f.stripe_sends(charge_refunded("evt_refund_1", "pi_r", 200000, 50000)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
+    assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "500.00");
+
+    f.stripe_sends(charge_refunded("evt_refund_2", "pi_r", 200000, 200000)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED);
+    assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "2000.00");
+
+    // An event reporting an older, smaller total arriving late changes nothing.
+    f.stripe_sends(charge_refunded("evt_refund_1_replayed", "pi_r", 200000, 50000)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED);
+    let refund_notes: Vec<String> = f.note_texts().into_iter().filter(|t| t.starts_with("Refunded")).collect();
+    assert_eq!(refund_notes, vec!["Refunded partly: 500.00 USD of 2,000.00 USD via Stripe", "Refunded in full: 2,000.00 USD of 2,000.00 USD via Stripe"]);
+}
+
+#[tokio::test]
+async fn a_refund_that_arrives_before_its_payment_still_ends_refunded() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    f.stripe_sends(charge_refunded("evt_refund_early", "pi_early", 200000, 200000)).await;
+    f.drain_with_retries().await;
+    f.stripe_sends(checkout_completed("evt_cs_late", "plink_fake1", "pi_early", 200000)).await;
+    f.drain_with_retries().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED, "the same end state as in order");
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], TRIGGER_STAGE, "a refunded deal is not moved to won");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0);
 }

@@ -75,14 +75,20 @@ impl AccountClients {
     }
 }
 
-/// The handlers of this build, by job kind. Kinds without a handler here (Stripe invoices,
-/// cancellations and refunds, Lemon Squeezy) wait in the queue for a build that has one.
+type HandlerFuture = futures_util::future::BoxFuture<'static, Result<(), JobError>>;
+
+/// The handlers of this build, by job kind. Kinds without a handler here (Lemon Squeezy) wait in
+/// the queue for a build that has one.
 pub fn handlers(context: Arc<Context>) -> Handlers {
-    let issue = context.clone();
-    let pay = context;
-    Handlers::new()
-        .on(JobKind::IssuePaymentLink.as_str(), move |job| stripe_link::issue(issue.clone(), job))
-        .on(JobKind::StripePayment.as_str(), move |job| stripe_payment::apply(pay.clone(), job))
+    let on = |handlers: Handlers, kind: JobKind, handler: fn(Arc<Context>, ClaimedJob) -> HandlerFuture| {
+        let context = context.clone();
+        handlers.on(kind.as_str(), move |job| handler(context.clone(), job))
+    };
+    let handlers = on(Handlers::new(), JobKind::IssuePaymentLink, |c, j| Box::pin(stripe_link::issue(c, j)));
+    let handlers = on(handlers, JobKind::StripePayment, |c, j| Box::pin(stripe_payment::apply(c, j)));
+    let handlers = on(handlers, JobKind::StripeInvoice, |c, j| Box::pin(stripe_payment::apply_invoice(c, j)));
+    let handlers = on(handlers, JobKind::StripeRefund, |c, j| Box::pin(stripe_payment::apply_refund(c, j)));
+    on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)))
 }
 
 fn kommo_failed(error: KommoError) -> JobError {

@@ -1,5 +1,6 @@
-//! `stripe.payment`: a one-time payment succeeded (or an asynchronous one failed); bring the
-//! deal in line.
+//! Stripe's money events: `stripe.payment` (a one-time payment succeeded, or an asynchronous one
+//! failed), `stripe.invoice` (a subscription invoice was paid or failed), `stripe.refund` and
+//! `stripe.subscription_ended`.
 //!
 //! Stripe announces one payment several times (`checkout.session.completed`,
 //! `payment_intent.succeeded`), in any order, each possibly redelivered. The payment intent id
@@ -9,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
+use kommo_pay_core::config::StatusesSection;
+use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Application, Received};
@@ -16,7 +19,7 @@ use kommo_pay_core::queue::ClaimedJob;
 use serde_json::{Value, json};
 
 use super::deal::{Deal, field_enum, field_value, tell_manager};
-use super::{Context, causing_event, db_failed, kommo_failed, stripe_failed};
+use super::{AccountClients, Context, causing_event, db_failed, kommo_failed, stripe_failed};
 use crate::JobError;
 
 /// One payment as an event describes it.
@@ -66,6 +69,98 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     };
 
     let lead_id = lead_of(&context, &account.slug, payment.link_id.as_deref(), job.lead_id).await?;
+    settle(&context, clients, &job, &payment, lead_id, "").await
+}
+
+/// `stripe.invoice`: a subscription invoice was paid, or its payment failed.
+pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let account = &clients.account;
+    let event = causing_event(&context.pool, &job).await?;
+    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    let invoice = &event["data"]["object"];
+    let id = invoice.get("id").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?.to_owned();
+    // The subscription's metadata travels on its invoices; ingest read the lead from it.
+    let lead_id = job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("invoice {id} names no deal: its subscription metadata has no kommo_lead_id")))?;
+    match kind {
+        "invoice.paid" | "invoice.payment_succeeded" => {
+            let payment = payment(id.clone(), None, invoice, "amount_paid", &event)?;
+            if payment.amount.minor() == 0 {
+                tracing::info!(invoice = %id, "a zero invoice (a trial): nothing was paid");
+                return Ok(());
+            }
+            settle(&context, clients, &job, &payment, lead_id, &format!(" (subscription invoice {id})")).await
+        }
+        "invoice.payment_failed" => {
+            if payments::find(&context.pool, &account.slug, "stripe", &id).await.map_err(db_failed)?.is_some() {
+                tracing::info!(invoice = %id, "the invoice is paid already; a late failure changes nothing");
+                return Ok(());
+            }
+            let amount = payment(id.clone(), None, invoice, "amount_due", &event)?.amount;
+            let text = format!(
+                "The client's subscription payment of {amount} failed (Stripe invoice {id}). Stripe retries the card; ask the client to update it."
+            );
+            mark_and_tell(&context, clients, &job, lead_id, |s| s.overdue, "payment.failed", &text).await
+        }
+        other => Err(JobError::permanent(anyhow!("{other} is not an invoice event"))),
+    }
+}
+
+/// `stripe.subscription_ended`: the client's subscription was cancelled.
+pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let event = causing_event(&context.pool, &job).await?;
+    let id = event["data"]["object"]["id"].as_str().unwrap_or("?").to_owned();
+    let lead_id = job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
+    let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
+    mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, "subscription.cancelled", &text).await
+}
+
+/// `stripe.refund`: a charge was refunded, fully or partly. Stripe reports the running total.
+pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let account = &clients.account;
+    let pool = &context.pool;
+    let event = causing_event(pool, &job).await?;
+    let charge = &event["data"]["object"];
+    let intent = charge.get("payment_intent").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("a refunded charge without a payment_intent")))?;
+    let refunded_total = charge.get("amount_refunded").and_then(Value::as_i64).unwrap_or(0);
+    let paid = payment(intent.to_owned(), None, charge, "amount", &event)?;
+    // Our payment record first (the charge's metadata is only a copy), then the metadata.
+    let lead_id = match payments::find(pool, &account.slug, "stripe", intent).await.map_err(db_failed)? {
+        Some(known) => known.lead_id,
+        None => job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("refunded payment {intent} names no deal")))?,
+    };
+    let received = Received {
+        account: &account.slug,
+        provider: "stripe",
+        payment_id: intent,
+        lead_id,
+        link_id: None,
+        amount: paid.amount,
+        paid_at: paid.at,
+        job_id: job.id,
+    };
+    if !payments::record_refund(pool, &received, refunded_total).await.map_err(db_failed)? {
+        tracing::info!(payment = intent, "no new refund: the deal shows this total already");
+        return Ok(());
+    }
+    let refunded = Money::from_minor(refunded_total, paid.amount.currency());
+    let fact_key = format!("refund.applied:stripe:{intent}:{refunded_total}");
+    let fact = Fact { account: &account.slug, kind: "refund.applied", dedup_key: &fact_key, lead_id, job_id: job.id, payload: json!({ "payment_id": intent, "refunded": refunded.to_string(), "of": paid.amount.to_string() }) };
+    event_log::append_fact(pool, fact).await.map_err(db_failed)?;
+    let kommo = clients.kommo()?;
+    write_payment_state(&context, clients, lead_id, intent, None).await?;
+    let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
+    let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } }]);
+    kommo.add_lead_notes(&note).await.map_err(kommo_failed)?;
+    Ok(())
+}
+
+/// Records a payment once and, in the one job that wins the lease, brings the deal in line.
+async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, payment: &Payment, lead_id: i64, what: &str) -> Result<(), JobError> {
+    let account = &clients.account;
+    let pool = &context.pool;
     let received = Received {
         account: &account.slug,
         provider: "stripe",
@@ -83,24 +178,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         return Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id)));
     }
     if application == Application::Yours {
-        let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
-        let mut changes = json!({
-            "custom_fields_values": [
-                field_enum(fields.payment_status, fields.statuses.paid),
-                field_value(fields.payment_date, json!(payment.at.timestamp())),
-                field_value(fields.paid_amount, json!(payment.amount.major())),
-                field_value(fields.payment_id, json!(payment.id)),
-            ]
-        });
         let link = match &payment.link_id {
             Some(id) => payment_links::find(pool, &account.slug, id).await.map_err(db_failed)?,
             None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
         };
-        if let Some(status_id) = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id)) {
-            changes["status_id"] = json!(status_id);
-        }
-        kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
-        let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Payment received: {} via Stripe", payment.amount) } }]);
+        let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
+        write_payment_state(context, clients, lead_id, &payment.id, won_stage).await?;
+        let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Payment received: {} via Stripe{what}", payment.amount) } }]);
         kommo.add_lead_notes(&note).await.map_err(kommo_failed)?;
         payments::mark_applied(pool, &account.slug, "stripe", &payment.id).await.map_err(db_failed)?;
         tracing::info!(lead_id, payment = %payment.id, amount = %payment.amount, "deal marked paid");
@@ -113,6 +197,61 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         payment_links::set_status(pool, &account.slug, &link, "paid").await.map_err(db_failed)?;
     }
     Ok(())
+}
+
+/// Writes what our record of payment `payment_id` says to the deal: Paid, Partially refunded or
+/// Refunded (whichever of the payment and its refunds arrived first), the date, the amounts and
+/// the payment id; and, when it stands paid, `won_stage`.
+async fn write_payment_state(context: &Context, clients: &AccountClients, lead_id: i64, payment_id: &str, won_stage: Option<i64>) -> Result<(), JobError> {
+    let account = &clients.account;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let settled = payments::find(&context.pool, &account.slug, "stripe", payment_id)
+        .await
+        .map_err(db_failed)?
+        .ok_or_else(|| JobError::retryable(anyhow!("payment {payment_id} is not recorded yet")))?;
+    let currency = Currency::parse(&settled.currency).map_err(JobError::permanent)?;
+    let statuses = &fields.statuses;
+    let status = match settled.refunded_minor {
+        0 => statuses.paid,
+        refunded if refunded >= settled.amount_minor => statuses.refunded,
+        _ => statuses.partially_refunded,
+    };
+    let mut values = vec![
+        field_enum(fields.payment_status, status),
+        field_value(fields.payment_date, json!(settled.paid_at.timestamp())),
+        field_value(fields.paid_amount, json!(Money::from_minor(settled.amount_minor, currency).major())),
+        field_value(fields.payment_id, json!(payment_id)),
+    ];
+    if let Some(field) = fields.refunded_amount.filter(|_| settled.refunded_minor > 0) {
+        values.push(field_value(field, json!(Money::from_minor(settled.refunded_minor, currency).major())));
+    }
+    let mut changes = json!({ "custom_fields_values": values });
+    if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
+        changes["status_id"] = json!(stage);
+    }
+    clients.kommo()?.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+}
+
+/// Sets the deal's payment status to `status` (picked from the configured options) and tells
+/// its manager `text` with a task.
+async fn mark_and_tell(
+    context: &Context,
+    clients: &AccountClients,
+    job: &ClaimedJob,
+    lead_id: i64,
+    status: impl Fn(&StatusesSection) -> i64,
+    kind: &str,
+    text: &str,
+) -> Result<(), JobError> {
+    let kommo = clients.kommo()?;
+    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
+        tracing::info!(lead_id, "the deal no longer exists");
+        return Ok(());
+    };
+    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
+    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+    tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, kind, text).await
 }
 
 fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str, event: &Value) -> Result<Payment, JobError> {
