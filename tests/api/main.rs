@@ -2,6 +2,7 @@
 //! One binary (files by feature) so the suite links once.
 
 mod binary;
+mod crash;
 mod event_log;
 mod fakes;
 mod health;

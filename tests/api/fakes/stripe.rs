@@ -29,6 +29,7 @@ struct Fake {
     links: HashMap<String, Value>,
     replies: HashMap<String, Value>,
     failures: VecDeque<(u16, Value, Option<bool>)>,
+    delay: Option<std::time::Duration>,
 }
 
 #[derive(Clone)]
@@ -50,6 +51,11 @@ impl FakeStripe {
     /// The next request is answered `status` with `body` (and `Stripe-Should-Retry` if given).
     pub fn fail_next(&self, status: u16, body: Value, should_retry: Option<bool>) {
         self.state.lock().unwrap().failures.push_back((status, body, should_retry));
+    }
+
+    /// Link creations wait this long before they are handled (`None`: no wait).
+    pub fn delay_creates(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -88,8 +94,16 @@ fn answer(status: u16, body: Value, should_retry: Option<bool>) -> Response {
 }
 
 async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let delay = {
+        let mut fake = state.lock().unwrap();
+        record(&mut fake, "/v1/payment_links".into(), &headers, &body);
+        fake.delay
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut fake = state.lock().unwrap();
-    let request = record(&mut fake, "/v1/payment_links".into(), &headers, &body);
+    let request = fake.requests.last().expect("recorded above").clone();
     if let Some((status, body, retry)) = fake.failures.pop_front() {
         return answer(status, body, retry);
     }

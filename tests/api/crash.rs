@@ -1,0 +1,100 @@
+//! A worker process killed with SIGKILL in the middle of a job: another process finishes it,
+//! and the job's effects happen once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::fakes::kommo::{FakeKommo, TOKEN};
+use crate::fakes::stripe::FakeStripe;
+use crate::helpers::*;
+
+fn start_worker(config: &std::path::Path, env: &std::collections::HashMap<String, String>) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+        .args(["worker", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kommo-pay worker starts")
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_once() {
+    let kommo = FakeKommo::start().await;
+    let stripe = FakeStripe::start().await;
+    kommo.add_lead(json!({
+        "id": 15318175, "name": "Website redesign", "price": 2000, "pipeline_id": 8572511, "status_id": 67548619,
+        "responsible_user_id": 504141, "custom_fields_values": null
+    }));
+    let db = TestDb::new().await;
+    let text = format!(
+        r#"
+        [log]
+        filter = "warn"
+        [worker]
+        heartbeat_interval_ms = 300
+        poll_interval_ms = 100
+        [[accounts]]
+        slug = "{ACCOUNT}"
+        [accounts.kommo]
+        account_id = {KOMMO_ACCOUNT_ID}
+        base_url = "{kommo}"
+        webhook_secret_env = "KOMMO_SECRET"
+        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
+        requests_per_second = 50
+        fields = {{ payment_link = 901, payment_status = 902, payment_date = 903, payment_id = 904, paid_amount = 905, statuses = {{ not_issued = 1, awaiting = 2, paid = 3, overdue = 4, refunded = 5, partially_refunded = 6, cancelled = 7 }} }}
+        [accounts.stripe]
+        api_base_url = "{stripe}"
+        secret_key_env = "STRIPE_KEY"
+        webhook_secret_envs = ["STRIPE_WHSEC"]
+        [[accounts.triggers]]
+        name = "invoice"
+        pipeline_id = 8572511
+        status_id = 67548619
+        provider = "stripe"
+        "#,
+        kommo = kommo.url,
+        stripe = stripe.url,
+    );
+    let path = std::env::temp_dir().join(format!("kommo-pay-crash-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).unwrap();
+    let mut env = test_env(&db.url);
+    env.insert("KOMMO_TOKEN".into(), TOKEN.into());
+
+    // The deal enters the stage: the event and its job are committed.
+    let config = kommo_pay_core::config::Config::load(&path, &|name| env.get(name).cloned()).unwrap();
+    let app = spawn_app_from(db, &config).await;
+    let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=15318175&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511";
+    assert_eq!(app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await.status(), 200);
+
+    // The first worker is inside Stripe's (slow) answer when it is killed.
+    stripe.delay_creates(Some(Duration::from_secs(30)));
+    let mut first = start_worker(&path, &env);
+    eventually(Duration::from_secs(30), "the first worker calls Stripe", || async { !stripe.requests().is_empty() }).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    stripe.delay_creates(None);
+
+    let mut second = start_worker(&path, &env);
+    eventually(Duration::from_secs(30), "the second worker completes the job", || async {
+        app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1
+    })
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    std::fs::remove_file(&path).ok();
+
+    let keys: Vec<String> = stripe.requests().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
+    assert_eq!(keys.len(), 2, "one try per worker");
+    assert_eq!(keys[0], keys[1], "the same idempotency key across the crash");
+    assert!(stripe.link("plink_fake1").is_some() && stripe.link("plink_fake2").is_none(), "exactly one link at Stripe");
+    let (state, attempt): (String, i32) = sqlx::query_as("SELECT state, attempt FROM jobs").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!((state.as_str(), attempt), ("completed", 2), "the killed run counted as an attempt");
+    assert_eq!(kommo.notes().len(), 1, "one note with the link");
+    let lead = kommo.lead(15318175).unwrap();
+    assert_eq!(lead["custom_fields_values"][0]["values"][0]["value"], "https://buy.stripe.com/test_fake1");
+}
