@@ -15,6 +15,9 @@ use crate::queue::NewJob;
 pub enum JobKind {
     /// A deal entered a trigger stage: issue its payment link and put it in the card.
     IssuePaymentLink,
+    /// A job about a deal failed for good: tell the deal's manager with a task. Enqueued by the
+    /// queue itself when it dead-letters or discards a job (`queue::fail`, `queue::rescue`).
+    AlertManager,
     /// A one-time payment succeeded: mark the deal paid.
     StripePayment,
     /// A subscription invoice was paid or failed.
@@ -31,6 +34,7 @@ impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::IssuePaymentLink => "payment_link.issue",
+            JobKind::AlertManager => "deal.alert",
             JobKind::StripePayment => "stripe.payment",
             JobKind::StripeInvoice => "stripe.invoice",
             JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",

@@ -129,7 +129,9 @@ pub enum Fate {
 }
 
 /// Records a failed attempt of job `id` and its fate. A dead or discarded job is also written to
-/// the event log (`job.dead_lettered` / `job.discarded`), in the same statement. Returns false
+/// the event log (`job.dead_lettered` / `job.discarded`) and, when it concerns a deal, gets a
+/// `deal.alert` job that tells the deal's manager; all in the same statement. Alerts raise no
+/// alerts of their own, so a blocked Kommo account cannot make them loop. Returns false
 /// when the job was no longer this owner's (rescued meanwhile): nothing was written.
 pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) -> Result<bool, sqlx::Error> {
     let (state, run_at) = match fate {
@@ -155,6 +157,12 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
                     jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts, 'error', $5::text)
              FROM failed WHERE state IN ('dead', 'discarded')
              ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
+         ), alerted AS (
+             INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
+             SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', $5::text), account, lead_id, event_id,
+                    10, 'deal.alert:' || id || ':' || attempt
+             FROM failed WHERE state IN ('dead', 'discarded') AND lead_id IS NOT NULL AND kind <> 'deal.alert'
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          )
          SELECT id FROM failed",
     )
@@ -228,6 +236,12 @@ pub async fn rescue(pool: &PgPool, stale_after: Duration, overdue_after: Duratio
                                        'error', errors -> -1 ->> 'error')
              FROM rescued WHERE state = 'dead'
              ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
+         ), alerted AS (
+             INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
+             SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', errors -> -1 ->> 'error'), account,
+                    lead_id, event_id, 10, 'deal.alert:' || id || ':' || attempt
+             FROM rescued WHERE state = 'dead' AND lead_id IS NOT NULL AND kind <> 'deal.alert'
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          )
          SELECT state FROM rescued",
     )

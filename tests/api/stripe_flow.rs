@@ -325,6 +325,27 @@ async fn a_stripe_outage_is_retried_later_with_the_same_idempotency_key() {
 }
 
 #[tokio::test]
+async fn a_job_that_gives_up_leaves_a_task_for_the_deals_manager() {
+    let f = flow().await;
+    // Stripe stays down through every try of the job's only attempt (one try and two retries).
+    for _ in 0..3 {
+        f.stripe.fail_next(503, json!({ "error": { "type": "api_error", "message": "Stripe is down" } }), None);
+    }
+    f.deal_enters_stage().await;
+    sqlx::query("UPDATE jobs SET max_attempts = 1").execute(&f.app.db.pool).await.unwrap();
+
+    f.drain().await;
+
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE kind = 'payment_link.issue' AND state = 'dead'").await, 1);
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let text = tasks[0]["text"].as_str().unwrap();
+    assert!(text.contains("could not finish \"issue the payment link\"") && text.contains("Stripe is down"), "{text}");
+    assert_eq!(tasks[0]["responsible_user_id"], 504141);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'deal.alerted'").await, 1);
+}
+
+#[tokio::test]
 async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
     let f = flow().await;
     f.kommo.answer_next(403, "text/html", "<html><body><h1>403 Forbidden</h1></body></html>");
@@ -332,9 +353,10 @@ async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
     f.deal_enters_stage().await;
     f.drain().await;
 
-    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 1);
-    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'job.dead_lettered'").await, 1);
-    assert_eq!(f.kommo.requests().len(), 1, "no retry hammered the blocked account");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE kind = 'payment_link.issue' AND state = 'dead'").await, 1);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'job.dead_lettered'").await, 2, "the job and its alert");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE kind = 'deal.alert'").await, 1, "an alert raises no alert of its own");
+    assert_eq!(f.kommo.requests().len(), 1, "no retry, and no alert, hammered the blocked account");
 }
 
 fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {

@@ -1,5 +1,6 @@
 //! The payment flows: what each job kind does to deals, Kommo and the providers.
 
+mod alert;
 mod deal;
 mod stripe_link;
 mod stripe_payment;
@@ -85,6 +86,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
         handlers.on(kind.as_str(), move |job| handler(context.clone(), job))
     };
     let handlers = on(Handlers::new(), JobKind::IssuePaymentLink, |c, j| Box::pin(stripe_link::issue(c, j)));
+    let handlers = on(handlers, JobKind::AlertManager, |c, j| Box::pin(alert::tell(c, j)));
     let handlers = on(handlers, JobKind::StripePayment, |c, j| Box::pin(stripe_payment::apply(c, j)));
     let handlers = on(handlers, JobKind::StripeInvoice, |c, j| Box::pin(stripe_payment::apply_invoice(c, j)));
     let handlers = on(handlers, JobKind::StripeRefund, |c, j| Box::pin(stripe_payment::apply_refund(c, j)));
