@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use kommo_pay_core::kommo::client::{Credentials, KommoClient, KommoError};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -11,7 +11,7 @@ use crate::fakes::kommo::{FakeKommo, TOKEN};
 use crate::helpers::*;
 
 fn client(db: &TestDb, kommo: &FakeKommo, per_second: f64) -> KommoClient {
-    KommoClient::with_timeouts(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), per_second, Duration::from_millis(500))
+    KommoClient::with_timeouts(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), per_second, Duration::from_millis(500))
 }
 
 fn lead() -> serde_json::Value {
@@ -66,7 +66,7 @@ async fn a_429_pauses_the_account_for_every_client() {
     assert!(error.is_retryable());
 
     // Another process's client does not call Kommo during the pause.
-    let other = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), 50.0);
+    let other = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), 50.0);
     assert!(matches!(other.lead(15318175).await, Err(KommoError::RateLimited { .. })));
     assert_eq!(kommo.requests().len(), 1);
 }
@@ -104,7 +104,7 @@ async fn errors_are_classified() {
     kommo.answer_next(500, "application/problem+json", r#"{"title":"Internal Server Error","status":500,"trace_id":"abc"}"#);
     assert!(client.lead(1).await.unwrap_err().is_retryable());
 
-    let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), SecretString::from("revoked"), 50.0);
+    let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
     let unauthorized = wrong_token.lead(1).await.unwrap_err();
     assert!(unauthorized.needs_operator(), "{unauthorized:?}");
     assert!(!unauthorized.to_string().contains("revoked"), "the token never appears in errors");
@@ -123,7 +123,7 @@ async fn two_processes_together_stay_under_the_accounts_rate() {
     let second_db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
     let per_second = 10.0;
     let a = client(&db, &kommo, per_second);
-    let b = KommoClient::with_timeouts(second_db, ACCOUNT, kommo.url.parse().unwrap(), SecretString::from(TOKEN), per_second, Duration::from_secs(5));
+    let b = KommoClient::with_timeouts(second_db, ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), per_second, Duration::from_secs(5));
 
     let calls = (0..24).map(|i| {
         let client = if i % 2 == 0 { &a } else { &b };
@@ -139,4 +139,64 @@ async fn two_processes_together_stay_under_the_accounts_rate() {
         let gap = eleventh.duration_since(*first);
         assert!(gap >= Duration::from_secs(1), "11 requests within {gap:?}");
     }
+}
+
+fn oauth_client(db_pool: sqlx::PgPool, kommo: &FakeKommo) -> KommoClient {
+    let credentials = Credentials::Oauth {
+        client_id: "integration-uuid".into(),
+        client_secret: SecretString::from("client-secret"),
+        redirect_uri: "https://kommo-pay.example/oauth".into(),
+        initial_refresh_token: SecretString::from("first-refresh-token"),
+    };
+    KommoClient::new(db_pool, ACCOUNT, kommo.url.parse().unwrap(), credentials, 50.0)
+}
+
+#[tokio::test]
+async fn oauth_refreshes_once_across_processes_and_stores_the_rotated_pair_first() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    kommo.enable_oauth("integration-uuid", "client-secret", "first-refresh-token", 86400);
+    let other_process = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
+    let (a, b) = (oauth_client(db.pool.clone(), &kommo), oauth_client(other_process, &kommo));
+
+    let (ra, rb) = tokio::join!(a.lead(15318175), b.lead(15318175));
+
+    assert!(ra.unwrap().is_some() && rb.unwrap().is_some());
+    assert_eq!(kommo.oauth().refreshes, 1, "one refresh for both: the first refresh token is single-use");
+    let (access, refresh): (String, String) = sqlx::query_as("SELECT access_token, refresh_token FROM kommo_tokens").fetch_one(&db.pool).await.unwrap();
+    assert_eq!((access.as_str(), refresh.as_str()), ("oauth-access-1", "oauth-refresh-1"));
+    a.lead(15318175).await.unwrap();
+    assert_eq!(kommo.oauth().refreshes, 1, "a fresh token is reused");
+}
+
+#[tokio::test]
+async fn oauth_refreshes_before_expiry_and_after_a_401() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.add_lead(lead());
+    kommo.enable_oauth("integration-uuid", "client-secret", "first-refresh-token", 60);
+    let client = oauth_client(db.pool.clone(), &kommo);
+
+    client.lead(15318175).await.unwrap();
+    client.lead(15318175).await.unwrap();
+    assert_eq!(kommo.oauth().refreshes, 2, "a token with a minute left is refreshed before use");
+
+    kommo.enable_oauth("integration-uuid", "client-secret", "oauth-refresh-2", 86400);
+    kommo.revoke_access_token();
+    assert!(client.lead(15318175).await.unwrap().is_some(), "a 401 refreshes once and tries again");
+    assert_eq!(kommo.oauth().refreshes, 1);
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_needs_an_operator() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.enable_oauth("integration-uuid", "client-secret", "some-other-token", 86400);
+
+    let error = oauth_client(db.pool.clone(), &kommo).lead(15318175).await.unwrap_err();
+
+    assert!(error.needs_operator(), "{error:?}");
+    assert!(error.to_string().contains("authorise the integration again"), "{error}");
+    assert!(!error.to_string().contains("first-refresh-token") && !error.to_string().contains("client-secret"));
 }

@@ -10,6 +10,9 @@
 //!   calls fail at once without reaching Kommo until an operator clears `blocked_at`. Hammering a
 //!   blocked account only prolongs the block.
 //! - **204** is an empty result, not an error.
+//! - **OAuth 2.0**: the access token is refreshed five minutes before it expires and once on a
+//!   401; one refresh at a time per account (a row lock on `kommo_tokens`), and the rotated pair
+//!   is committed before the new access token is used.
 
 use std::time::Duration;
 
@@ -32,10 +35,23 @@ pub struct KommoClient {
     http: reqwest::Client,
     base: url::Url,
     account: String,
-    token: SecretString,
+    credentials: Credentials,
     pool: PgPool,
     spacing: Duration,
 }
+
+/// How the client authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A private integration's long-lived token.
+    LongLived(SecretString),
+    /// OAuth 2.0: access tokens from `kommo_tokens`, refreshed with the stored refresh token
+    /// (at first use, with `initial_refresh_token`).
+    Oauth { client_id: String, client_secret: SecretString, redirect_uri: String, initial_refresh_token: SecretString },
+}
+
+/// Refresh this long before the access token expires.
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 
 /// Why a Kommo call failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +89,22 @@ impl KommoError {
 }
 
 impl KommoClient {
-    /// A client for `account` at `base` with a long-lived token, sending at most
-    /// `requests_per_second` together with every other client of the account.
-    pub fn new(pool: PgPool, account: &str, base: url::Url, token: SecretString, requests_per_second: f64) -> KommoClient {
-        Self::with_timeouts(pool, account, base, token, requests_per_second, Duration::from_secs(20))
+    /// A client for `account` at `base`, sending at most `requests_per_second` together with
+    /// every other client of the account.
+    pub fn new(pool: PgPool, account: &str, base: url::Url, credentials: Credentials, requests_per_second: f64) -> KommoClient {
+        Self::with_timeouts(pool, account, base, credentials, requests_per_second, Duration::from_secs(20))
     }
 
     /// As [`KommoClient::new`], with another request timeout (connect: 5 s, as Kommo's own
     /// library; request: 20 s by default).
-    pub fn with_timeouts(pool: PgPool, account: &str, base: url::Url, token: SecretString, requests_per_second: f64, request_timeout: Duration) -> KommoClient {
+    pub fn with_timeouts(pool: PgPool, account: &str, base: url::Url, credentials: Credentials, requests_per_second: f64, request_timeout: Duration) -> KommoClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(request_timeout)
             .build()
             .expect("a TLS backend is available");
         let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
-        KommoClient { http, base, account: account.to_owned(), token, pool, spacing }
+        KommoClient { http, base, account: account.to_owned(), credentials, pool, spacing }
     }
 
     /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead.
@@ -123,15 +139,11 @@ impl KommoClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
-        self.wait_for_slot().await?;
-        let url = self.base.join(path).expect("API paths join onto the base URL");
-        let mut request = self.http.request(method, url).bearer_auth(self.token.expose_secret());
-        if let Some(body) = body {
-            request = request.json(body);
+        let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None).await?;
+        if status == 401 && matches!(self.credentials, Credentials::Oauth { .. }) {
+            // Revoked or expired early: refresh (unless another process already did), try once more.
+            (status, bytes, _) = self.send(method, path, body, Some(&used)).await?;
         }
-        let response = request.send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
         let detail = || problem_detail(&bytes);
         match status {
             204 => Ok(None),
@@ -151,6 +163,96 @@ impl KommoClient {
             500.. => Err(KommoError::Unavailable(format!("{status}: {}", detail()))),
             _ => Err(KommoError::Refused { status, detail: detail() }),
         }
+    }
+
+    /// Sends one request; returns its status, body and the token it used.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>, refused: Option<&SecretString>) -> Result<(u16, bytes::Bytes, SecretString), KommoError> {
+        let token = self.access_token(refused).await?;
+        self.wait_for_slot().await?;
+        let url = self.base.join(path).expect("API paths join onto the base URL");
+        let mut request = self.http.request(method, url).bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        Ok((status, bytes, token))
+    }
+
+    /// The token to send: the long-lived one, or a current OAuth access token, refreshed when it
+    /// expires within [`REFRESH_AHEAD`] or when it is the `refused` one.
+    async fn access_token(&self, refused: Option<&SecretString>) -> Result<SecretString, KommoError> {
+        let (client_id, client_secret, redirect_uri, initial_refresh_token) = match &self.credentials {
+            Credentials::LongLived(token) => return Ok(token.clone()),
+            Credentials::Oauth { client_id, client_secret, redirect_uri, initial_refresh_token } => {
+                (client_id, client_secret, redirect_uri, initial_refresh_token)
+            }
+        };
+        let fresh = |expires_at: Option<DateTime<Utc>>| {
+            expires_at.is_some_and(|at| at - Utc::now() > chrono::Duration::from_std(REFRESH_AHEAD).expect("small"))
+        };
+        if refused.is_none() {
+            let stored: Option<(Option<String>, Option<DateTime<Utc>>)> =
+                sqlx::query_as("SELECT access_token, expires_at FROM kommo_tokens WHERE account = $1").bind(&self.account).fetch_optional(&self.pool).await?;
+            if let Some((Some(token), _)) = stored.filter(|(_, at)| fresh(*at)) {
+                return Ok(SecretString::from(token));
+            }
+        }
+        // One refresh at a time per account, across processes: whoever holds the row lock
+        // refreshes; the others then find the new token.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO kommo_tokens (account) VALUES ($1) ON CONFLICT DO NOTHING").bind(&self.account).execute(&mut *tx).await?;
+        let (access, refresh, expires_at): (Option<String>, Option<String>, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT access_token, refresh_token, expires_at FROM kommo_tokens WHERE account = $1 FOR UPDATE")
+                .bind(&self.account)
+                .fetch_one(&mut *tx)
+                .await?;
+        let was_refused = |token: &String| refused.is_some_and(|r| r.expose_secret() == token);
+        if let Some(token) = access.filter(|t| fresh(expires_at) && !was_refused(t)) {
+            // Another process refreshed while we waited for the lock.
+            return Ok(SecretString::from(token));
+        }
+        let refresh_token = refresh.map(SecretString::from).unwrap_or_else(|| initial_refresh_token.clone());
+        let url = self.base.join("oauth2/access_token").expect("joins");
+        let body = serde_json::json!({
+            "client_id": client_id, "client_secret": client_secret.expose_secret(), "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose_secret(), "redirect_uri": redirect_uri,
+        });
+        let response = self.http.post(url).json(&body).send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        #[derive(serde::Deserialize)]
+        struct Pair {
+            access_token: String,
+            refresh_token: String,
+            expires_in: i64,
+        }
+        let pair: Pair = match status {
+            200 => serde_json::from_slice(&bytes).map_err(|e| KommoError::Unavailable(format!("unreadable token answer: {e}")))?,
+            500.. => return Err(KommoError::Unavailable(format!("token refresh: {status}: {}", problem_detail(&bytes)))),
+            _ => {
+                return Err(KommoError::Unauthorized {
+                    account: self.account.clone(),
+                    status,
+                    detail: format!("the refresh token was refused ({}); authorise the integration again", problem_detail(&bytes)),
+                });
+            }
+        };
+        sqlx::query(
+            "UPDATE kommo_tokens SET access_token = $2, refresh_token = $3, expires_at = now() + make_interval(secs => $4), refreshed_at = now()
+             WHERE account = $1",
+        )
+        .bind(&self.account)
+        .bind(&pair.access_token)
+        .bind(&pair.refresh_token)
+        .bind(pair.expires_in as f64)
+        .execute(&mut *tx)
+        .await?;
+        // Stored before it is used: Kommo has already invalidated the old refresh token.
+        tx.commit().await?;
+        tracing::info!(account = %self.account, "Kommo OAuth tokens refreshed");
+        Ok(SecretString::from(pair.access_token))
     }
 
     /// Reserves the account's next send slot and waits for it.

@@ -35,6 +35,18 @@ struct Fake {
     tasks: Vec<Value>,
     script: VecDeque<Scripted>,
     delay: Option<Duration>,
+    oauth: Option<Oauth>,
+}
+
+/// The integration's OAuth state at Kommo: the one valid refresh token and access token.
+#[derive(Debug, Clone)]
+pub struct Oauth {
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refreshes: u32,
 }
 
 #[derive(Clone)]
@@ -52,6 +64,7 @@ impl FakeKommo {
             .route("/api/v4/leads/notes", post(add_notes))
             .route("/api/v4/tasks", post(add_tasks))
             .route("/api/v4/bots/{id}/run", post(run_bot))
+            .route("/oauth2/access_token", post(access_token))
             .with_state(state.clone());
         FakeKommo { url: super::serve(router).await, state }
     }
@@ -73,6 +86,28 @@ impl FakeKommo {
     /// Every request waits this long before it is answered.
     pub fn delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = Some(delay);
+    }
+
+    /// Accepts OAuth: `refresh_token` is the one valid refresh token; access tokens last
+    /// `expires_in` seconds.
+    pub fn enable_oauth(&self, client_id: &str, client_secret: &str, refresh_token: &str, expires_in: i64) {
+        self.state.lock().unwrap().oauth = Some(Oauth {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            refresh_token: refresh_token.into(),
+            access_token: String::new(),
+            expires_in,
+            refreshes: 0,
+        });
+    }
+
+    pub fn oauth(&self) -> Oauth {
+        self.state.lock().unwrap().oauth.clone().expect("OAuth enabled")
+    }
+
+    /// The current access token stops working (revoked, or expired early).
+    pub fn revoke_access_token(&self) {
+        self.state.lock().unwrap().oauth.as_mut().expect("OAuth enabled").access_token = "revoked".into();
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -111,7 +146,9 @@ async fn intake(state: &Arc<Mutex<Fake>>, method: Method, uri: &Uri, headers: &H
     if let Some((status, content_type, body)) = state.lock().unwrap().script.pop_front() {
         return Some((StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body).into_response());
     }
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"));
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().to_owned();
+    let oauth_token = state.lock().unwrap().oauth.as_ref().map(|o| o.access_token.clone()).filter(|t| !t.is_empty());
+    let authorized = bearer == TOKEN || Some(&bearer) == oauth_token.as_ref();
     (!authorized).then(|| problem(401, "Unauthorized", "Token is invalid"))
 }
 
@@ -192,4 +229,23 @@ async fn run_bot(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri
         return answer;
     }
     hal(202, json!({ "success": true }))
+}
+
+/// `POST /oauth2/access_token` (JSON): a refresh rotates both tokens; the old refresh token dies.
+async fn access_token(State(state): State<Arc<Mutex<Fake>>>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap();
+    let mut fake = state.lock().unwrap();
+    let Some(oauth) = fake.oauth.as_mut() else { return problem(404, "Not Found", "no OAuth here") };
+    let valid = request["client_id"] == oauth.client_id.as_str()
+        && request["client_secret"] == oauth.client_secret.as_str()
+        && request["grant_type"] == "refresh_token"
+        && request["refresh_token"] == oauth.refresh_token.as_str();
+    if !valid {
+        return problem(400, "Bad Request", "Token has been revoked");
+    }
+    oauth.refreshes += 1;
+    oauth.access_token = format!("oauth-access-{}", oauth.refreshes);
+    oauth.refresh_token = format!("oauth-refresh-{}", oauth.refreshes);
+    let answer = json!({ "token_type": "Bearer", "expires_in": oauth.expires_in, "access_token": oauth.access_token, "refresh_token": oauth.refresh_token });
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }

@@ -13,7 +13,7 @@ use crate::JobError;
 
 pub(super) async fn tell(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
-    let kommo = clients.kommo()?;
+    let kommo = &clients.kommo;
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("an alert without a deal")))?;
     let failed_job = job.args.get("job_id").and_then(Value::as_i64).unwrap_or_default();
     let kind = job.args.get("job_kind").and_then(Value::as_str).unwrap_or("?");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use kommo_pay_core::config::{Account, Accounts, KommoAuth};
 use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use kommo_pay_core::kommo::client::{Credentials, KommoClient, KommoError};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
 use serde_json::Value;
@@ -27,8 +27,7 @@ pub struct Context {
 
 struct AccountClients {
     account: Arc<Account>,
-    /// `None` for OAuth accounts, which this version cannot call yet.
-    kommo: Option<KommoClient>,
+    kommo: KommoClient,
     stripe: Option<StripeClient>,
 }
 
@@ -37,16 +36,16 @@ impl Context {
         let accounts = accounts
             .iter()
             .map(|account| {
-                let kommo = match &account.kommo.auth {
-                    KommoAuth::LongLivedToken { token } => Some(KommoClient::new(
-                        pool.clone(),
-                        &account.slug,
-                        account.kommo.base_url.clone(),
-                        token.clone(),
-                        account.kommo.requests_per_second,
-                    )),
-                    KommoAuth::Oauth { .. } => None,
+                let credentials = match &account.kommo.auth {
+                    KommoAuth::LongLivedToken { token } => Credentials::LongLived(token.clone()),
+                    KommoAuth::Oauth { client_id, client_secret, redirect_uri, refresh_token } => Credentials::Oauth {
+                        client_id: client_id.clone(),
+                        client_secret: client_secret.clone(),
+                        redirect_uri: redirect_uri.to_string(),
+                        initial_refresh_token: refresh_token.clone(),
+                    },
                 };
+                let kommo = KommoClient::new(pool.clone(), &account.slug, account.kommo.base_url.clone(), credentials, account.kommo.requests_per_second);
                 let stripe = account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()));
                 (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe })
             })
@@ -62,15 +61,6 @@ impl Context {
 }
 
 impl AccountClients {
-    fn kommo(&self) -> Result<&KommoClient, JobError> {
-        self.kommo.as_ref().ok_or_else(|| {
-            JobError::dead_letter(anyhow!(
-                "account {} uses Kommo OAuth, which this version cannot call yet; configure a long-lived token",
-                self.account.slug
-            ))
-        })
-    }
-
     fn stripe(&self) -> Result<&StripeClient, JobError> {
         self.stripe.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
     }

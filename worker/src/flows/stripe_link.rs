@@ -28,7 +28,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
-    let (kommo, stripe) = (clients.kommo()?, clients.stripe()?);
+    let (kommo, stripe) = (&clients.kommo, clients.stripe()?);
 
     // The webhook was a snapshot: act on the deal as it is now.
     let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
@@ -121,7 +121,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 /// A link could not be issued for a reason no retry fixes: Payment Status stays "Not issued",
 /// and the manager gets a task saying why. The job is done.
 async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Deal, job_id: i64, text: &str) -> Result<(), JobError> {
-    let kommo = clients.kommo()?;
+    let kommo = &clients.kommo;
     if let Some(fields) = &clients.account.kommo.fields {
         let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, fields.statuses.not_issued)] });
         kommo.update_lead(deal.id, &changes).await.map_err(kommo_failed)?;

@@ -60,7 +60,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         }
         "checkout.session.async_payment_failed" => {
             let lead_id = lead_of(&context, &account.slug, text("payment_link").as_deref(), job.lead_id).await?;
-            let kommo = clients.kommo()?;
+            let kommo = &clients.kommo;
             let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let text = "The client's bank payment through the Stripe link failed. Contact the client; the link stays open for another try.";
             return tell_manager(pool, kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "payment.failed", text).await;
@@ -149,7 +149,7 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let fact_key = format!("refund.applied:stripe:{intent}:{refunded_total}");
     let fact = Fact { account: &account.slug, kind: "refund.applied", dedup_key: &fact_key, lead_id, job_id: job.id, payload: json!({ "payment_id": intent, "refunded": refunded.to_string(), "of": paid.amount.to_string() }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)?;
-    let kommo = clients.kommo()?;
+    let kommo = &clients.kommo;
     write_payment_state(&context, clients, lead_id, intent, None).await?;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } }]);
@@ -171,7 +171,7 @@ async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, p
         paid_at: payment.at,
         job_id: job.id,
     };
-    let kommo = clients.kommo()?;
+    let kommo = &clients.kommo;
     let application = payments::record(pool, &received).await.map_err(db_failed)?;
     if application == Application::Busy {
         // Another announcement of the same payment is being applied right now; look again later.
@@ -229,7 +229,7 @@ async fn write_payment_state(context: &Context, clients: &AccountClients, lead_i
     if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
         changes["status_id"] = json!(stage);
     }
-    clients.kommo()?.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
 }
 
 /// Sets the deal's payment status to `status` (picked from the configured options) and tells
@@ -243,7 +243,7 @@ async fn mark_and_tell(
     kind: &str,
     text: &str,
 ) -> Result<(), JobError> {
-    let kommo = clients.kommo()?;
+    let kommo = &clients.kommo;
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
     let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
         tracing::info!(lead_id, "the deal no longer exists");
