@@ -39,6 +39,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Prepare a Kommo account.
+    Kommo {
+        #[command(subcommand)]
+        command: KommoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KommoCommand {
+    /// Create the deal fields kommo-pay uses where they are missing (found by their code, so
+    /// running it again changes nothing), then print the `[accounts.kommo.fields]` section to
+    /// paste into the account's configuration. Needs an admin's token.
+    Setup {
+        /// The account's slug in the configuration.
+        #[arg(long)]
+        account: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

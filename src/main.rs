@@ -10,7 +10,7 @@ use kommo_pay_core::config::{self, Config};
 use kommo_pay_core::{db, telemetry};
 use tokio::sync::watch;
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::{Cli, Command, ConfigCommand, KommoCommand};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -49,6 +49,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("migrations applied");
         return Ok(());
     }
+    if let Command::Kommo { command: KommoCommand::Setup { account } } = &cli.command {
+        let account = config.accounts.get(account).with_context(|| format!("no account {account:?} in the configuration"))?;
+        db::migrate(&pool).await?;
+        let kommo = kommo_pay_core::kommo::client::KommoClient::for_account(pool.clone(), account);
+        let done = kommo_pay_core::kommo::setup::run(&kommo).await?;
+        match done.created.as_slice() {
+            [] => eprintln!("all fields exist already; nothing was created"),
+            created => eprintln!("created the fields: {}", created.join(", ")),
+        }
+        eprintln!("paste this into the [[accounts]] entry of {:?}:\n", account.slug);
+        print!("{}", done.config);
+        return Ok(());
+    }
     if config.database.migrate_on_start {
         db::migrate(&pool).await?;
     }
@@ -59,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest => (true, false, false),
         Command::Worker => (false, true, false),
         Command::Scheduler => (false, false, true),
-        Command::Migrate | Command::Config { .. } => unreachable!("handled above"),
+        Command::Migrate | Command::Config { .. } | Command::Kommo { .. } => unreachable!("handled above"),
     };
     let ingest = async {
         if ingest {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod event_log;
 pub mod form;
+pub mod http;
 pub mod jobs;
 pub mod kommo;
 pub mod money;

@@ -126,3 +126,49 @@ fn the_example_config_is_valid_with_its_example_env() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.accounts.len(), 1);
 }
+
+// Multi-threaded: the fake Kommo must answer while this thread waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kommo_setup_creates_the_missing_fields_once_and_prints_their_config() {
+    let kommo = crate::fakes::kommo::FakeKommo::start().await;
+    let db = TestDb::new().await;
+    let account = format!(
+        r#"
+        [[accounts]]
+        slug = "{ACCOUNT}"
+        [accounts.kommo]
+        account_id = {KOMMO_ACCOUNT_ID}
+        base_url = "{}"
+        webhook_secret_env = "KOMMO_SECRET"
+        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
+        "#,
+        kommo.url
+    );
+    let config = write_config(&account);
+    let mut env = test_env(&db.url);
+    env.insert("KOMMO_TOKEN".into(), crate::fakes::kommo::TOKEN.into());
+    let setup = || kommo_pay().args(["kommo", "setup", "--account", ACCOUNT, "--config"]).arg(&config).envs(&env).output().unwrap();
+
+    let first = setup();
+    let second = setup();
+
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("created the fields: payment_link, payment_status"));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("nothing was created"), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(first.stdout, second.stdout, "the same fields both times");
+    let fields = kommo.custom_fields();
+    assert_eq!(fields.len(), 7);
+    let status = fields.iter().find(|f| f["code"] == "KOMMO_PAY_STATUS").unwrap();
+    assert_eq!((status["type"].as_str(), status["is_api_only"].as_bool()), (Some("select"), Some(true)));
+    assert_eq!(status["enums"].as_array().unwrap().len(), 7);
+
+    // The printed section completes the account's configuration.
+    let printed = String::from_utf8(first.stdout).unwrap();
+    let env_map: std::collections::HashMap<String, String> = env.clone();
+    let resolved = kommo_pay_core::config::Config::parse(&format!("{account}\n{printed}"), "pasted", &|name| env_map.get(name).cloned())
+        .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    let pasted = resolved.accounts.get(ACCOUNT).unwrap().kommo.fields.clone().unwrap();
+    assert_eq!(pasted.payment_link, 1246500);
+    assert_eq!(pasted.statuses.paid, status["enums"][2]["id"].as_i64().unwrap());
+    std::fs::remove_file(config).ok();
+}

@@ -112,6 +112,7 @@ async fn errors_are_classified() {
     kommo.delay(Duration::from_secs(3));
     let slow = client.lead(1).await.unwrap_err();
     assert!(matches!(slow, KommoError::Unavailable(_)) && slow.is_retryable(), "a timeout is retryable: {slow:?}");
+    assert!(slow.to_string().contains("timed out"), "{slow}");
 }
 
 #[tokio::test]

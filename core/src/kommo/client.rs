@@ -89,6 +89,21 @@ impl KommoError {
 }
 
 impl KommoClient {
+    /// The client for a configured account, with its credentials and rate.
+    pub fn for_account(pool: PgPool, account: &crate::config::Account) -> KommoClient {
+        use crate::config::KommoAuth;
+        let credentials = match &account.kommo.auth {
+            KommoAuth::LongLivedToken { token } => Credentials::LongLived(token.clone()),
+            KommoAuth::Oauth { client_id, client_secret, redirect_uri, refresh_token } => Credentials::Oauth {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+                redirect_uri: redirect_uri.to_string(),
+                initial_refresh_token: refresh_token.clone(),
+            },
+        };
+        Self::new(pool, &account.slug, account.kommo.base_url.clone(), credentials, account.kommo.requests_per_second)
+    }
+
     /// A client for `account` at `base`, sending at most `requests_per_second` together with
     /// every other client of the account.
     pub fn new(pool: PgPool, account: &str, base: url::Url, credentials: Credentials, requests_per_second: f64) -> KommoClient {
@@ -130,6 +145,28 @@ impl KommoClient {
     /// Creates tasks: `[{"text", "complete_till", "entity_id", "entity_type", …}]`, at most 50.
     pub async fn add_tasks(&self, tasks: &Value) -> Result<Value, KommoError> {
         self.call(reqwest::Method::POST, "api/v4/tasks", Some(tasks)).await.map(Option::unwrap_or_default)
+    }
+
+    /// Every custom field of leads, all pages.
+    pub async fn lead_custom_fields(&self) -> Result<Vec<Value>, KommoError> {
+        let mut fields = Vec::new();
+        for page in 1.. {
+            let Some(answer) = self.call::<Value>(reqwest::Method::GET, &format!("api/v4/leads/custom_fields?limit=250&page={page}"), None).await? else {
+                break;
+            };
+            let found = answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default();
+            fields.extend(found);
+            if answer.pointer("/_links/next").is_none() {
+                break;
+            }
+        }
+        Ok(fields)
+    }
+
+    /// Creates lead custom fields: `[{"type", "name", "code", "is_api_only", "enums"}]`.
+    pub async fn add_lead_custom_fields(&self, fields: &Value) -> Result<Vec<Value>, KommoError> {
+        let answer = self.call::<Value>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(fields)).await?.unwrap_or_default();
+        Ok(answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
     /// Launches Salesbot `bot_id` for lead `lead_id` (Kommo answers 202).
@@ -174,9 +211,9 @@ impl KommoClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let response = request.send().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
         Ok((status, bytes, token))
     }
 
@@ -219,9 +256,9 @@ impl KommoClient {
             "client_id": client_id, "client_secret": client_secret.expose_secret(), "grant_type": "refresh_token",
             "refresh_token": refresh_token.expose_secret(), "redirect_uri": redirect_uri,
         });
-        let response = self.http.post(url).json(&body).send().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let response = self.http.post(url).json(&body).send().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(e.without_url().to_string()))?;
+        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
         #[derive(serde::Deserialize)]
         struct Pair {
             access_token: String,

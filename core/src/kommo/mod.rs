@@ -1,6 +1,7 @@
 //! Kommo (amoCRM): the CRM whose deals we keep in step with payments.
 
 pub mod client;
+pub mod setup;
 pub mod webhook;
 
 use serde_json::Value;

@@ -204,12 +204,12 @@ impl StripeClient {
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
         // reqwest's errors name the URL, which holds no secret (the key travels in a header).
-        let response = request.send().await.map_err(|e| StripeError::Unreachable(e.without_url().to_string()))?;
+        let response = request.send().await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let should_retry = header("stripe-should-retry").map(|v| v == "true");
         let request_id = header("request-id");
-        let body = response.bytes().await.map_err(|e| StripeError::Unreachable(e.without_url().to_string()))?;
+        let body = response.bytes().await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body).map_err(|e| StripeError::Unreadable { status, detail: e.to_string() });
         }

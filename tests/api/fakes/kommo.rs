@@ -36,6 +36,7 @@ struct Fake {
     script: VecDeque<Scripted>,
     delay: Option<Duration>,
     oauth: Option<Oauth>,
+    custom_fields: Vec<Value>,
 }
 
 /// The integration's OAuth state at Kommo: the one valid refresh token and access token.
@@ -65,6 +66,7 @@ impl FakeKommo {
             .route("/api/v4/tasks", post(add_tasks))
             .route("/api/v4/bots/{id}/run", post(run_bot))
             .route("/oauth2/access_token", post(access_token))
+            .route("/api/v4/leads/custom_fields", get(list_fields).post(add_fields))
             .with_state(state.clone());
         FakeKommo { url: super::serve(router).await, state }
     }
@@ -112,6 +114,10 @@ impl FakeKommo {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn custom_fields(&self) -> Vec<Value> {
+        self.state.lock().unwrap().custom_fields.clone()
     }
 
     pub fn notes(&self) -> Vec<Value> {
@@ -248,4 +254,33 @@ async fn access_token(State(state): State<Arc<Mutex<Fake>>>, body: Bytes) -> Res
     oauth.refresh_token = format!("oauth-refresh-{}", oauth.refreshes);
     let answer = json!({ "token_type": "Bearer", "expires_in": oauth.expires_in, "access_token": oauth.access_token, "refresh_token": oauth.refresh_token });
     (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+async fn list_fields(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let fields = state.lock().unwrap().custom_fields.clone();
+    hal(200, json!({ "_page": 1, "_links": { "self": { "href": uri.to_string() } }, "_embedded": { "custom_fields": fields } }))
+}
+
+async fn add_fields(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let requested: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let mut fake = state.lock().unwrap();
+    let mut created = Vec::new();
+    for mut field in requested {
+        let n = fake.custom_fields.len() as i64;
+        field["id"] = json!(1246500 + n);
+        if let Some(enums) = field.get_mut("enums").and_then(Value::as_array_mut) {
+            for (i, option) in enums.iter_mut().enumerate() {
+                option["id"] = json!(900000 + n * 100 + i as i64);
+            }
+        }
+        fake.custom_fields.push(field.clone());
+        created.push(field);
+    }
+    hal(200, json!({ "_embedded": { "custom_fields": created } }))
 }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::config::{Account, Accounts, KommoAuth};
+use kommo_pay_core::config::{Account, Accounts};
 use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::kommo::client::{Credentials, KommoClient, KommoError};
+use kommo_pay_core::kommo::client::{KommoClient, KommoError};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
 use serde_json::Value;
@@ -36,16 +36,7 @@ impl Context {
         let accounts = accounts
             .iter()
             .map(|account| {
-                let credentials = match &account.kommo.auth {
-                    KommoAuth::LongLivedToken { token } => Credentials::LongLived(token.clone()),
-                    KommoAuth::Oauth { client_id, client_secret, redirect_uri, refresh_token } => Credentials::Oauth {
-                        client_id: client_id.clone(),
-                        client_secret: client_secret.clone(),
-                        redirect_uri: redirect_uri.to_string(),
-                        initial_refresh_token: refresh_token.clone(),
-                    },
-                };
-                let kommo = KommoClient::new(pool.clone(), &account.slug, account.kommo.base_url.clone(), credentials, account.kommo.requests_per_second);
+                let kommo = KommoClient::for_account(pool.clone(), account);
                 let stripe = account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()));
                 (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe })
             })
