@@ -14,6 +14,7 @@ use crate::helpers::*;
 const LEAD: i64 = 15318175;
 const PIPELINE: i64 = 8572511;
 const TRIGGER_STAGE: i64 = 67548619;
+const LINK_SENT_STAGE: i64 = 67548620;
 const LINK_FIELD: i64 = 901;
 const STATUS_FIELD: i64 = 902;
 const DATE_FIELD: i64 = 903;
@@ -71,6 +72,8 @@ async fn flow() -> Flow {
         status_id = {TRIGGER_STAGE}
         provider = "stripe"
         paid_status_id = 142
+        move_to_status_id = {LINK_SENT_STAGE}
+        salesbot_id = 77
         "#,
         kommo_url = kommo.url,
         stripe_url = stripe.url,
@@ -88,8 +91,12 @@ async fn flow() -> Flow {
 }
 
 impl Flow {
-    /// Kommo's hook for the deal entering the trigger stage (each call a new change).
+    /// A manager moves the deal into the trigger stage: Kommo's state changes, and its hook
+    /// arrives (each call a new change).
     async fn deal_enters_stage(&self) {
+        let mut lead = self.kommo.lead(LEAD).unwrap();
+        lead["status_id"] = json!(TRIGGER_STAGE);
+        self.kommo.add_lead(lead);
         self.last_modified.set(self.last_modified.get() + 1);
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs([
@@ -184,6 +191,10 @@ async fn a_deal_entering_the_stage_gets_a_link_and_paying_it_closes_the_deal() {
     assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
     assert_eq!(f.note_texts(), vec!["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"]);
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], LINK_SENT_STAGE, "moved on once the link is in the card");
+    let bot_runs: Vec<_> = f.kommo.requests().into_iter().filter(|r| r.path == "/api/v4/bots/77/run").collect();
+    assert_eq!(bot_runs.len(), 1, "the Salesbot that sends the link is launched once");
+    assert_eq!(bot_runs[0].body, json!({ "entity_id": LEAD, "entity_type": "leads" }));
 
     f.stripe_sends(checkout_completed("evt_paid_1", "plink_fake1", "pi_test_1", 200000)).await;
     f.drain().await;
@@ -292,11 +303,12 @@ async fn stripe_refusing_the_link_tells_the_manager_without_retrying() {
 #[tokio::test]
 async fn a_deal_that_left_the_stage_gets_nothing() {
     let f = flow().await;
+    f.deal_enters_stage().await;
+    // Before the job runs, a manager moves the deal on (lost).
     let mut lead = f.kommo.lead(LEAD).unwrap();
     lead["status_id"] = json!(143);
     f.kommo.add_lead(lead);
 
-    f.deal_enters_stage().await;
     f.drain().await;
 
     assert!(f.link_creates().is_empty());
@@ -468,6 +480,6 @@ async fn a_refund_that_arrives_before_its_payment_still_ends_refunded() {
     f.drain_with_retries().await;
 
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED, "the same end state as in order");
-    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], TRIGGER_STAGE, "a refunded deal is not moved to won");
+    assert_ne!(f.kommo.lead(LEAD).unwrap()["status_id"], 142, "a refunded deal is not moved to won");
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0);
 }
