@@ -88,17 +88,19 @@ async fn main() {
         tokio::time::sleep_until((start + interval * n as u32).into()).await;
         let lead = first_lead + n;
         let body = format!("account%5Bid%5D=1&leads%5Bstatus%5D%5B0%5D%5Bid%5D={lead}&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D={STAGE}&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D={PIPELINE}");
-        sent.insert(format!("/api/v4/leads/{lead}"), Instant::now());
+        sent.insert(lead, Instant::now());
         let status = client.post(&webhook).body(body).send().await.unwrap().status();
         assert_eq!(status, 200);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut latencies = loop {
+        // Lead updates go out batched: every lead in a PATCH gets that request's arrival time.
         let patches: Vec<Duration> = kommo
             .requests()
             .iter()
             .filter(|r| r.method == axum::http::Method::PATCH)
-            .filter_map(|r| sent.get(&r.path).map(|at| r.at.duration_since(*at)))
+            .flat_map(|r| r.body.as_array().cloned().unwrap_or_default().into_iter().map(move |update| (update, r.at)))
+            .filter_map(|(update, at)| sent.get(&update["id"].as_i64()?).map(|sent| at.duration_since(*sent)))
             .collect();
         if patches.len() as i64 == deals {
             break patches;

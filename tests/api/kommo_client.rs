@@ -44,8 +44,8 @@ async fn writes_fields_notes_tasks_and_launches_a_salesbot() {
 
     let fields = json!({ "custom_fields_values": [{ "field_id": 1, "values": [{ "value": "https://buy.stripe.com/test_1" }] }] });
     client.update_lead(15318175, &fields).await.unwrap();
-    client.add_lead_notes(&json!([{ "entity_id": 15318175, "note_type": "common", "params": { "text": "Payment link issued" } }])).await.unwrap();
-    client.add_tasks(&json!([{ "text": "Call", "complete_till": 1764200000, "entity_id": 15318175, "entity_type": "leads" }])).await.unwrap();
+    client.add_lead_note(json!({ "entity_id": 15318175, "note_type": "common", "params": { "text": "Payment link issued" } })).await.unwrap();
+    client.add_task(json!({ "text": "Call", "complete_till": 1764200000, "entity_id": 15318175, "entity_type": "leads" })).await.unwrap();
     client.run_salesbot(77, 15318175).await.unwrap();
 
     assert_eq!(kommo.requests()[0].method, axum::http::Method::PATCH);
@@ -200,4 +200,52 @@ async fn a_refused_refresh_token_needs_an_operator() {
     assert!(error.needs_operator(), "{error:?}");
     assert!(error.to_string().contains("authorise the integration again"), "{error}");
     assert!(!error.to_string().contains("first-refresh-token") && !error.to_string().contains("client-secret"));
+}
+
+#[tokio::test]
+async fn concurrent_writes_to_an_account_share_requests() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    for id in 1..=12 {
+        kommo.add_lead(json!({ "id": id, "name": format!("Deal {id}"), "status_id": 1, "pipeline_id": 1 }));
+    }
+    let client = client(&db, &kommo, 2.0);
+
+    let changes: Vec<_> = (1..=12).map(|id| (id, json!({ "price": id * 100 }))).collect();
+    let writes = changes.iter().map(|(id, change)| client.update_lead(*id, change));
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+
+    let patches: Vec<_> = kommo.requests().into_iter().filter(|r| r.method == axum::http::Method::PATCH).collect();
+    let items: usize = patches.iter().map(|r| r.body.as_array().unwrap().len()).sum();
+    assert_eq!(items, 12);
+    assert!(patches.len() <= 3, "12 writes in {} requests", patches.len());
+    assert_eq!(kommo.lead(7).unwrap()["price"], 700);
+}
+
+#[tokio::test]
+async fn one_refused_write_fails_alone_not_its_whole_batch() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    let client = client(&db, &kommo, 2.0);
+    let task = |text: &str, due: Option<i64>| {
+        let mut task = json!({ "text": text, "entity_id": 1, "entity_type": "leads" });
+        if let Some(due) = due {
+            task["complete_till"] = json!(due);
+        }
+        task
+    };
+
+    let (a, bad, c) = tokio::join!(
+        client.add_task(task("first", Some(1764200000))),
+        client.add_task(task("no due date", None)),
+        client.add_task(task("third", Some(1764200000))),
+    );
+
+    assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+    assert!(matches!(bad, Err(KommoError::Refused { status: 400, .. })), "{bad:?}");
+    let created: Vec<String> = kommo.tasks().iter().map(|t| t["text"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(created.len(), 2);
+    assert!(created.contains(&"first".to_owned()) && created.contains(&"third".to_owned()));
 }

@@ -14,6 +14,7 @@
 //!   401; one refresh at a time per account (a row lock on `kommo_tokens`), and the rotated pair
 //!   is committed before the new access token is used.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +23,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
+
+use super::batch::Batcher;
 
 /// Reserved slots further away than this are given up: the job retries later instead of
 /// holding a worker slot while it waits.
@@ -32,6 +35,16 @@ const SPACING_MARGIN: f64 = 1.05;
 const DEFAULT_PAUSE: Duration = Duration::from_secs(60);
 
 pub struct KommoClient {
+    api: Arc<Api>,
+    /// Writes that Kommo takes in arrays go out batched, up to 50 per request: while one request
+    /// waits for its rate-limit slot or its answer, the next writes gather.
+    lead_updates: Batcher,
+    lead_notes: Batcher,
+    tasks: Batcher,
+}
+
+/// One request to Kommo at a time, within the account's limits.
+pub(super) struct Api {
     http: reqwest::Client,
     base: url::Url,
     account: String,
@@ -77,6 +90,18 @@ pub enum KommoError {
 }
 
 impl KommoError {
+    /// The same error for another caller (each write of a failed batch gets its own).
+    pub fn replicate(&self) -> KommoError {
+        match self {
+            KommoError::Blocked { account, since, reason } => KommoError::Blocked { account: account.clone(), since: *since, reason: reason.clone() },
+            KommoError::RateLimited { account, retry_after } => KommoError::RateLimited { account: account.clone(), retry_after: *retry_after },
+            KommoError::Unauthorized { account, status, detail } => KommoError::Unauthorized { account: account.clone(), status: *status, detail: detail.clone() },
+            KommoError::Refused { status, detail } => KommoError::Refused { status: *status, detail: detail.clone() },
+            KommoError::Unavailable(detail) => KommoError::Unavailable(detail.clone()),
+            KommoError::Database(error) => KommoError::Unavailable(format!("the rate-limit state could not be read: {error}")),
+        }
+    }
+
     /// Worth trying again later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, KommoError::RateLimited { .. } | KommoError::Unavailable(_) | KommoError::Database(_))
@@ -119,39 +144,47 @@ impl KommoClient {
             .build()
             .expect("a TLS backend is available");
         let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
-        KommoClient { http, base, account: account.to_owned(), credentials, pool, spacing }
+        let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, spacing });
+        KommoClient {
+            lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads"),
+            lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes"),
+            tasks: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/tasks"),
+            api,
+        }
     }
 
     /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead.
     pub async fn lead(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        self.call(reqwest::Method::GET, &format!("api/v4/leads/{id}?with=contacts"), None).await
+        self.api.call(reqwest::Method::GET, &format!("api/v4/leads/{id}?with=contacts"), None).await
     }
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
     pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        self.call(reqwest::Method::GET, &format!("api/v4/contacts/{id}"), None).await
+        self.api.call(reqwest::Method::GET, &format!("api/v4/contacts/{id}"), None).await
     }
 
-    /// Changes the fields in `changes` (only those) of lead `id`.
+    /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.
     pub async fn update_lead(&self, id: i64, changes: &Value) -> Result<(), KommoError> {
-        self.call::<Value>(reqwest::Method::PATCH, &format!("api/v4/leads/{id}"), Some(changes)).await.map(drop)
+        let mut update = changes.clone();
+        update["id"] = serde_json::json!(id);
+        self.lead_updates.submit(update).await
     }
 
-    /// Adds notes to leads: `[{"entity_id", "note_type", "params"}]`, at most 50.
-    pub async fn add_lead_notes(&self, notes: &Value) -> Result<Value, KommoError> {
-        self.call(reqwest::Method::POST, "api/v4/leads/notes", Some(notes)).await.map(Option::unwrap_or_default)
+    /// Adds a note to a lead: `{"entity_id", "note_type", "params"}`. Batched with other notes.
+    pub async fn add_lead_note(&self, note: Value) -> Result<(), KommoError> {
+        self.lead_notes.submit(note).await
     }
 
-    /// Creates tasks: `[{"text", "complete_till", "entity_id", "entity_type", …}]`, at most 50.
-    pub async fn add_tasks(&self, tasks: &Value) -> Result<Value, KommoError> {
-        self.call(reqwest::Method::POST, "api/v4/tasks", Some(tasks)).await.map(Option::unwrap_or_default)
+    /// Creates a task: `{"text", "complete_till", "entity_id", "entity_type", …}`. Batched.
+    pub async fn add_task(&self, task: Value) -> Result<(), KommoError> {
+        self.tasks.submit(task).await
     }
 
     /// Every custom field of leads, all pages.
     pub async fn lead_custom_fields(&self) -> Result<Vec<Value>, KommoError> {
         let mut fields = Vec::new();
         for page in 1.. {
-            let Some(answer) = self.call::<Value>(reqwest::Method::GET, &format!("api/v4/leads/custom_fields?limit=250&page={page}"), None).await? else {
+            let Some(answer) = self.api.call::<Value>(reqwest::Method::GET, &format!("api/v4/leads/custom_fields?limit=250&page={page}"), None).await? else {
                 break;
             };
             let found = answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -165,17 +198,19 @@ impl KommoClient {
 
     /// Creates lead custom fields: `[{"type", "name", "code", "is_api_only", "enums"}]`.
     pub async fn add_lead_custom_fields(&self, fields: &Value) -> Result<Vec<Value>, KommoError> {
-        let answer = self.call::<Value>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(fields)).await?.unwrap_or_default();
+        let answer = self.api.call::<Value>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(fields)).await?.unwrap_or_default();
         Ok(answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
     /// Launches Salesbot `bot_id` for lead `lead_id` (Kommo answers 202).
     pub async fn run_salesbot(&self, bot_id: i64, lead_id: i64) -> Result<(), KommoError> {
         let body = serde_json::json!({ "entity_id": lead_id, "entity_type": "leads" });
-        self.call::<Value>(reqwest::Method::POST, &format!("api/v4/bots/{bot_id}/run"), Some(&body)).await.map(drop)
+        self.api.call::<Value>(reqwest::Method::POST, &format!("api/v4/bots/{bot_id}/run"), Some(&body)).await.map(drop)
     }
+}
 
-    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
+impl Api {
+    pub(super) async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
         let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None).await?;
         if status == 401 && matches!(self.credentials, Credentials::Oauth { .. }) {
             // Revoked or expired early: refresh (unless another process already did), try once more.

@@ -1,5 +1,6 @@
 //! Kommo (amoCRM): the CRM whose deals we keep in step with payments.
 
+mod batch;
 pub mod client;
 pub mod setup;
 pub mod webhook;

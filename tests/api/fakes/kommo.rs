@@ -60,7 +60,8 @@ impl FakeKommo {
     pub async fn start() -> FakeKommo {
         let state = Arc::new(Mutex::new(Fake::default()));
         let router = Router::new()
-            .route("/api/v4/leads/{id}", get(get_lead).patch(patch_lead))
+            .route("/api/v4/leads/{id}", get(get_lead))
+            .route("/api/v4/leads", axum::routing::patch(patch_leads))
             .route("/api/v4/contacts/{id}", get(get_contact))
             .route("/api/v4/leads/notes", post(add_notes))
             .route("/api/v4/tasks", post(add_tasks))
@@ -178,13 +179,30 @@ async fn get_contact(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>,
     }
 }
 
-async fn patch_lead(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// `PATCH /api/v4/leads`: an array of `{id, …changes}`; all or nothing, like Kommo's validation.
+async fn patch_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    let changes: Value = serde_json::from_slice(&body).unwrap();
+    let updates: Vec<Value> = serde_json::from_slice(&body).unwrap();
     let mut fake = state.lock().unwrap();
-    let Some(lead) = fake.leads.get_mut(&id) else { return problem(404, "Not Found", "Lead not found") };
+    for (i, update) in updates.iter().enumerate() {
+        if !fake.leads.contains_key(&update["id"].as_i64().unwrap_or_default()) {
+            let body = json!({ "validation-errors": [{ "request_id": i.to_string(), "errors": [{ "code": "NotFound", "path": "id", "detail": "lead not found" }] }],
+                               "title": "Bad Request", "status": 400, "detail": "Request validation failed" });
+            return (StatusCode::BAD_REQUEST, [("content-type", "application/problem+json")], body.to_string()).into_response();
+        }
+    }
+    let mut updated = Vec::new();
+    for changes in updates {
+        let id = changes["id"].as_i64().unwrap();
+        apply_changes(fake.leads.get_mut(&id).unwrap(), &changes);
+        updated.push(json!({ "id": id, "updated_at": 1764160000 }));
+    }
+    hal(200, json!({ "_embedded": { "leads": updated } }))
+}
+
+fn apply_changes(lead: &mut Value, changes: &Value) {
     for (key, value) in changes.as_object().unwrap() {
         if key == "custom_fields_values" {
             // Kommo replaces the values of the fields it is sent and keeps the others.
@@ -198,7 +216,6 @@ async fn patch_lead(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, 
             lead[key] = value.clone();
         }
     }
-    hal(200, json!({ "id": id, "updated_at": 1764160000 }))
 }
 
 async fn add_notes(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

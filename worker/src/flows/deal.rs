@@ -108,7 +108,7 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     if let Some(user) = deal.responsible_user_id {
         task["responsible_user_id"] = json!(user);
     }
-    kommo.add_tasks(&json!([task])).await.map_err(kommo_failed)?;
+    kommo.add_task(task).await.map_err(kommo_failed)?;
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)

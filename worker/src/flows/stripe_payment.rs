@@ -152,8 +152,8 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let kommo = &clients.kommo;
     write_payment_state(&context, clients, lead_id, intent, None).await?;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
-    let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } }]);
-    kommo.add_lead_notes(&note).await.map_err(kommo_failed)?;
+    let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } });
+    kommo.add_lead_note(note).await.map_err(kommo_failed)?;
     Ok(())
 }
 
@@ -184,8 +184,8 @@ async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, p
         };
         let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
         write_payment_state(context, clients, lead_id, &payment.id, won_stage).await?;
-        let note = json!([{ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Payment received: {} via Stripe{what}", payment.amount) } }]);
-        kommo.add_lead_notes(&note).await.map_err(kommo_failed)?;
+        let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Payment received: {} via Stripe{what}", payment.amount) } });
+        kommo.add_lead_note(note).await.map_err(kommo_failed)?;
         payments::mark_applied(pool, &account.slug, "stripe", &payment.id).await.map_err(db_failed)?;
         tracing::info!(lead_id, payment = %payment.id, amount = %payment.amount, "deal marked paid");
     }
