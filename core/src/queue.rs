@@ -122,14 +122,13 @@ pub async fn complete(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<Vec<i64
 pub enum Fate {
     /// Run again at this time.
     Retry(DateTime<Utc>),
-    /// Attempts used up: kept as a dead letter for an operator to inspect and replay.
+    /// Attempts used up, or an error no retry can fix: kept as a dead letter for an operator to
+    /// inspect and replay.
     Dead,
-    /// An error no retry can fix: not retried.
-    Discarded,
 }
 
-/// Records a failed attempt of job `id` and its fate. A dead or discarded job is also written to
-/// the event log (`job.dead_lettered` / `job.discarded`) and, when it concerns a deal, gets a
+/// Records a failed attempt of job `id` and its fate. A dead job is also written to the event
+/// log (`job.dead_lettered`) and, when it concerns a deal, gets a
 /// `deal.alert` job that tells the deal's manager; all in the same statement. Alerts raise no
 /// alerts of their own, so a blocked Kommo account cannot make them loop. Returns false
 /// when the job was no longer this owner's (rescued meanwhile): nothing was written.
@@ -137,7 +136,6 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
     let (state, run_at) = match fate {
         Fate::Retry(at) => ("retryable", Some(at)),
         Fate::Dead => ("dead", None),
-        Fate::Discarded => ("discarded", None),
     };
     let written: Option<i64> = sqlx::query_scalar(
         "WITH failed AS (
@@ -145,23 +143,23 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
                  state = $3,
                  attempt = attempt + 1,
                  run_at = coalesce($4, run_at),
-                 finished_at = CASE WHEN $3 = 'retryable' THEN NULL ELSE now() END,
+                 finished_at = CASE WHEN $3 = 'dead' THEN now() END,
                  locked_by = NULL, locked_at = NULL, heartbeat_at = NULL,
                  errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1, 'error', $5::text))
              WHERE id = $1 AND locked_by = $2 AND state = 'running'
              RETURNING *
          ), logged AS (
              INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
-             SELECT gen_random_uuid(), account, 'internal', CASE WHEN state = 'dead' THEN 'job.dead_lettered' ELSE 'job.discarded' END,
+             SELECT gen_random_uuid(), account, 'internal', 'job.dead_lettered',
                     'job:' || id || ':' || attempt || ':' || state, lead_id, event_id, id,
                     jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts, 'error', $5::text)
-             FROM failed WHERE state IN ('dead', 'discarded')
+             FROM failed WHERE state = 'dead'
              ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
          ), alerted AS (
              INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
              SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', $5::text), account, lead_id, event_id,
                     10, 'deal.alert:' || id || ':' || attempt
-             FROM failed WHERE state IN ('dead', 'discarded') AND lead_id IS NOT NULL AND kind <> 'deal.alert'
+             FROM failed WHERE state = 'dead' AND lead_id IS NOT NULL AND kind <> 'deal.alert'
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          )
          SELECT id FROM failed",

@@ -152,16 +152,17 @@ async fn a_job_out_of_attempts_is_dead_lettered_and_logged() {
 }
 
 #[tokio::test]
-async fn a_permanent_error_discards_the_job_without_retries() {
+async fn a_permanent_error_dead_letters_the_job_without_retries() {
     let db = TestDb::new().await;
     let id = enqueue(&db, KIND, 5).await;
     let handlers = Handlers::new().on(KIND, |_job| async { Err(JobError::permanent(anyhow!("currency XYZ is not supported"))) });
     let worker = worker(&db, handlers, worker_config());
 
-    assert_eq!(worker.run_once().await.unwrap().discarded, 1);
+    assert_eq!(worker.run_once().await.unwrap().dead, 1);
 
-    assert_eq!(state(&db, id).await, ("discarded".into(), 1));
-    assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'job.discarded'").await, 1);
+    assert_eq!(state(&db, id).await, ("dead".into(), 1));
+    assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'job.dead_lettered'").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE kind = 'deal.alert'").await, 1, "its deal's manager is told");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! ```text
 //!            claim (SKIP LOCKED, ≤ free slots)          ok ──> completer (batched UPDATE)
 //!  queue ──────────────────────────────────> handler ──┤
-//!    ^   woken by NOTIFY, or every poll interval         err ─> fate(): retry at t / dead / discarded
+//!    ^   woken by NOTIFY, or every poll interval         err ─> fate(): retry at t, or dead
 //!    └── rescuer: running rows whose owner stopped heartbeating, or that outlived the timeout
 //! ```
 
@@ -35,7 +35,6 @@ pub enum Outcome {
     Completed,
     Retried,
     Dead,
-    Discarded,
     /// The job was no longer ours to record (rescued meanwhile, or the write failed): the
     /// rescuer owns its fate now.
     Lost,
@@ -48,7 +47,6 @@ pub struct Ran {
     pub completed: usize,
     pub retried: usize,
     pub dead: usize,
-    pub discarded: usize,
     pub lost: usize,
 }
 
@@ -58,20 +56,18 @@ impl Ran {
             Outcome::Completed => self.completed += 1,
             Outcome::Retried => self.retried += 1,
             Outcome::Dead => self.dead += 1,
-            Outcome::Discarded => self.discarded += 1,
             Outcome::Lost => self.lost += 1,
         }
     }
 }
 
-/// The one place that decides a failed job's fate: a permanent error is discarded, one that needs
-/// a person is dead at once, a retryable one is retried with the kind's backoff until the job's
-/// attempts are used up, then dead.
+/// The one place that decides a failed job's fate: a permanent error is dead-lettered at once; a
+/// retryable one is retried with the kind's backoff until the job's attempts are used up, then
+/// dead-lettered.
 pub fn fate(job: &ClaimedJob, error: &JobError, policy: &RetryPolicy, now: DateTime<Utc>, jitter: f64) -> Fate {
     let failed = job.attempt + 1;
     match error {
-        JobError::Permanent(_) => Fate::Discarded,
-        JobError::DeadLetter(_) => Fate::Dead,
+        JobError::Permanent(_) => Fate::Dead,
         JobError::Retryable(_) if failed >= job.max_attempts => Fate::Dead,
         JobError::Retryable(_) => {
             let delay = policy.delay(failed, jitter);
@@ -209,7 +205,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
             Err(error) => {
                 let fate = fate(&job, &error, &shared.policies.policy(&job.kind), Utc::now(), fastrand::f64());
                 let message = match &error {
-                    JobError::Retryable(e) | JobError::Permanent(e) | JobError::DeadLetter(e) => format!("{e:#}"),
+                    JobError::Retryable(e) | JobError::Permanent(e) => format!("{e:#}"),
                 };
                 match record_failure(&shared, &job, &message, fate).await {
                     true => match fate {
@@ -218,12 +214,8 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
                             Outcome::Retried
                         }
                         Fate::Dead => {
-                            tracing::error!(error = %message, "attempts used up: job dead-lettered");
+                            tracing::error!(error = %message, "job dead-lettered");
                             Outcome::Dead
-                        }
-                        Fate::Discarded => {
-                            tracing::error!(error = %message, "permanent error: job discarded");
-                            Outcome::Discarded
                         }
                     },
                     false => Outcome::Lost,
@@ -234,7 +226,6 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
             Outcome::Completed => "completed",
             Outcome::Retried => "retried",
             Outcome::Dead => "dead",
-            Outcome::Discarded => "discarded",
             Outcome::Lost => "lost",
         };
         metrics::counter!("kommo_pay_jobs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
@@ -310,7 +301,6 @@ mod tests {
         assert_eq!(fate(&job(0, 3), &retryable(), &policy, now, 1.0), Fate::Retry(now + chrono::Duration::seconds(10)));
         assert_eq!(fate(&job(1, 3), &retryable(), &policy, now, 0.0), Fate::Retry(now + chrono::Duration::seconds(10)));
         assert_eq!(fate(&job(2, 3), &retryable(), &policy, now, 1.0), Fate::Dead);
-        assert_eq!(fate(&job(0, 3), &JobError::permanent(anyhow!("bad currency")), &policy, now, 1.0), Fate::Discarded);
-        assert_eq!(fate(&job(0, 3), &JobError::dead_letter(anyhow!("Kommo blocked the account")), &policy, now, 1.0), Fate::Dead);
+        assert_eq!(fate(&job(0, 3), &JobError::permanent(anyhow!("Kommo blocked the account")), &policy, now, 1.0), Fate::Dead);
     }
 }

@@ -13,11 +13,10 @@ use kommo_pay_core::queue::ClaimedJob;
 pub enum JobError {
     /// Worth another attempt later (a provider outage, a timeout, a 5xx, a 429).
     Retryable(anyhow::Error),
-    /// No retry can fix it (a bad currency, a missing amount): the job is discarded at once.
+    /// No retry can fix it (Kommo blocked the account, credentials were revoked, a payment names
+    /// no deal, a malformed event): the job is dead-lettered at once, for an operator to replay
+    /// once the cause is fixed.
     Permanent(anyhow::Error),
-    /// Only a person can fix it (Kommo blocked the account, credentials were revoked, a payment
-    /// names no deal): the job is dead-lettered at once, to be replayed after the fix.
-    DeadLetter(anyhow::Error),
 }
 
 impl JobError {
@@ -26,9 +25,6 @@ impl JobError {
     }
     pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
         JobError::Permanent(error.into())
-    }
-    pub fn dead_letter(error: impl Into<anyhow::Error>) -> Self {
-        JobError::DeadLetter(error.into())
     }
 }
 

@@ -1,4 +1,4 @@
-//! `deal.alert`: a job about a deal was dead-lettered or discarded; its manager gets a task
+//! `deal.alert`: a job about a deal was dead-lettered; its manager gets a task
 //! saying what failed, so that nothing fails in silence.
 
 use std::sync::Arc;

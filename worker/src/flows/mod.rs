@@ -47,13 +47,13 @@ impl Context {
     fn clients(&self, job: &ClaimedJob) -> Result<&AccountClients, JobError> {
         self.accounts
             .get(&job.account)
-            .ok_or_else(|| JobError::dead_letter(anyhow!("account {:?} is no longer configured", job.account)))
+            .ok_or_else(|| JobError::permanent(anyhow!("account {:?} is no longer configured", job.account)))
     }
 }
 
 impl AccountClients {
     fn stripe(&self) -> Result<&StripeClient, JobError> {
-        self.stripe.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
+        self.stripe.as_ref().ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
     }
 }
 
@@ -76,7 +76,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
 
 fn kommo_failed(error: KommoError) -> JobError {
     if error.needs_operator() {
-        JobError::dead_letter(error)
+        JobError::permanent(error)
     } else if error.is_retryable() {
         JobError::retryable(error)
     } else {

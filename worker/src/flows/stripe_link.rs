@@ -26,7 +26,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let trigger = account
         .trigger(trigger_name)
         .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
-    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
     let (kommo, stripe) = (&clients.kommo, clients.stripe()?);
 

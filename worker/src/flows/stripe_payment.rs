@@ -81,7 +81,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
     let invoice = &event["data"]["object"];
     let id = invoice.get("id").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?.to_owned();
     // The subscription's metadata travels on its invoices; ingest read the lead from it.
-    let lead_id = job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("invoice {id} names no deal: its subscription metadata has no kommo_lead_id")))?;
+    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("invoice {id} names no deal: its subscription metadata has no kommo_lead_id")))?;
     match kind {
         "invoice.paid" | "invoice.payment_succeeded" => {
             let payment = payment(id.clone(), None, invoice, "amount_paid", &event)?;
@@ -111,7 +111,7 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
     let clients = context.clients(&job)?;
     let event = causing_event(&context.pool, &job).await?;
     let id = event["data"]["object"]["id"].as_str().unwrap_or("?").to_owned();
-    let lead_id = job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
+    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
     mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, "subscription.cancelled", &text).await
 }
@@ -129,7 +129,7 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     // Our payment record first (the charge's metadata is only a copy), then the metadata.
     let lead_id = match payments::find(pool, &account.slug, "stripe", intent).await.map_err(db_failed)? {
         Some(known) => known.lead_id,
-        None => job.lead_id.ok_or_else(|| JobError::dead_letter(anyhow!("refunded payment {intent} names no deal")))?,
+        None => job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("refunded payment {intent} names no deal")))?,
     };
     let received = Received {
         account: &account.slug,
@@ -204,7 +204,7 @@ async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, p
 /// the payment id; and, when it stands paid, `won_stage`.
 async fn write_payment_state(context: &Context, clients: &AccountClients, lead_id: i64, payment_id: &str, won_stage: Option<i64>) -> Result<(), JobError> {
     let account = &clients.account;
-    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let settled = payments::find(&context.pool, &account.slug, "stripe", payment_id)
         .await
         .map_err(db_failed)?
@@ -244,7 +244,7 @@ async fn mark_and_tell(
     text: &str,
 ) -> Result<(), JobError> {
     let kommo = &clients.kommo;
-    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::dead_letter(anyhow!("the account has no kommo.fields")))?;
+    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
         tracing::info!(lead_id, "the deal no longer exists");
         return Ok(());
@@ -270,7 +270,7 @@ async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metada
         }
     }
     metadata_lead.ok_or_else(|| {
-        JobError::dead_letter(anyhow!(
+        JobError::permanent(anyhow!(
             "the payment names no deal: its link {link_id:?} is not one of ours and its metadata has no kommo_lead_id"
         ))
     })
