@@ -13,6 +13,7 @@ pub mod payment_links;
 pub mod payments;
 pub mod lemonsqueezy;
 pub mod queue;
+pub mod rate_limit;
 pub mod retry_policy;
 pub mod signature;
 pub mod stripe;

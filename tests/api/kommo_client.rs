@@ -86,7 +86,7 @@ async fn a_403_blocks_the_account_until_an_operator_clears_it() {
     assert!(matches!(again, KommoError::Blocked { .. }));
     assert_eq!(kommo.requests().len(), 1, "nothing reaches Kommo while blocked");
 
-    sqlx::query("UPDATE kommo_api_state SET blocked_at = NULL, blocked_reason = NULL").execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE api_limits SET blocked_at = NULL, blocked_reason = NULL WHERE provider = 'kommo'").execute(&db.pool).await.unwrap();
     assert!(client.lead(15318175).await.unwrap().is_some());
 }
 

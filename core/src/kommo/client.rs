@@ -2,8 +2,8 @@
 //! pauses and blocks hold for all of kommo-pay.
 //!
 //! - **Rate**: before each request the client reserves the account's next send slot in
-//!   PostgreSQL (`kommo_api_state.next_slot`, one upsert) and waits for it, so any number of
-//!   worker processes together send at most `requests_per_second`.
+//!   PostgreSQL (`api_limits`, one upsert; `crate::rate_limit`) and waits for it, so any number
+//!   of worker processes together send at most `requests_per_second`.
 //! - **429**: the account is paused for everyone for `retry_after` (or a minute), and the job
 //!   retries later.
 //! - **403** (Kommo's block, JSON or an nginx HTML page): the account is blocked for everyone;
@@ -22,15 +22,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::types::PgInterval;
 
 use super::batch::Batcher;
+use crate::rate_limit::{RateLimiter, Slot};
 
-/// Reserved slots further away than this are given up: the job retries later instead of
-/// holding a worker slot while it waits.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-/// Spacing margin over 1/rate, so that network jitter never lands rate + 1 requests in a second.
-const SPACING_MARGIN: f64 = 1.05;
 /// The pause after a 429 that names no `retry_after`.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(60);
 
@@ -50,7 +45,7 @@ pub(super) struct Api {
     account: String,
     credentials: Credentials,
     pool: PgPool,
-    spacing: Duration,
+    limiter: RateLimiter,
 }
 
 /// How the client authenticates.
@@ -143,8 +138,8 @@ impl KommoClient {
             .timeout(request_timeout)
             .build()
             .expect("a TLS backend is available");
-        let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
-        let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, spacing });
+        let limiter = RateLimiter::new(pool.clone(), "kommo", account, requests_per_second);
+        let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, limiter });
         KommoClient {
             lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads"),
             lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes"),
@@ -327,56 +322,24 @@ impl Api {
         Ok(SecretString::from(pair.access_token))
     }
 
-    /// Reserves the account's next send slot and waits for it.
+    /// Waits for the account's next send slot (ADR 0006).
     async fn wait_for_slot(&self) -> Result<(), KommoError> {
-        let spacing = PgInterval::try_from(self.spacing).expect("a spacing fits an interval");
-        let (slot, blocked_at, blocked_reason): (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
-            "INSERT INTO kommo_api_state AS s (account, next_slot) VALUES ($1, now() + $2)
-             ON CONFLICT (account) DO UPDATE SET next_slot =
-                 CASE WHEN s.blocked_at IS NULL
-                      THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $2
-                      ELSE s.next_slot END
-             RETURNING next_slot - $2, blocked_at, blocked_reason",
-        )
-        .bind(&self.account)
-        .bind(spacing)
-        .fetch_one(&self.pool)
-        .await?;
-        if let Some(since) = blocked_at {
-            return Err(KommoError::Blocked { account: self.account.clone(), since, reason: blocked_reason.unwrap_or_default() });
+        match self.limiter.acquire().await? {
+            Slot::Go => Ok(()),
+            Slot::TooFar(wait) => Err(KommoError::RateLimited { account: self.account.clone(), retry_after: wait }),
+            Slot::Blocked { since, reason } => Err(KommoError::Blocked { account: self.account.clone(), since, reason }),
         }
-        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
-        if wait > MAX_WAIT {
-            return Err(KommoError::RateLimited { account: self.account.clone(), retry_after: wait });
-        }
-        if !wait.is_zero() {
-            metrics::histogram!("kommo_pay_kommo_rate_limit_wait_seconds", "account" => self.account.clone()).record(wait.as_secs_f64());
-            tokio::time::sleep(wait).await;
-        }
-        Ok(())
     }
 
     async fn pause(&self, retry_after: Duration) -> Result<(), sqlx::Error> {
         tracing::warn!(account = %self.account, ?retry_after, "Kommo answered 429: pausing the account");
-        sqlx::query("UPDATE kommo_api_state SET paused_until = greatest(coalesce(paused_until, now()), now() + $2) WHERE account = $1")
-            .bind(&self.account)
-            .bind(PgInterval::try_from(retry_after).unwrap_or_default())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.limiter.pause(retry_after).await
     }
 
     async fn block(&self, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
         tracing::error!(account = %self.account, reason, "Kommo answered 403: all calls for this account stop until an operator unblocks it");
         metrics::counter!("kommo_pay_kommo_blocked_total", "account" => self.account.clone()).increment(1);
-        sqlx::query_scalar(
-            "UPDATE kommo_api_state SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(blocked_reason, $2)
-             WHERE account = $1 RETURNING blocked_at",
-        )
-        .bind(&self.account)
-        .bind(reason)
-        .fetch_one(&self.pool)
-        .await
+        self.limiter.block(reason).await
     }
 }
 

@@ -1,0 +1,98 @@
+//! Request pacing per provider and account, shared by every process through PostgreSQL
+//! (`api_limits`, docs/adr/0006): each request reserves the next send slot with one upsert and
+//! waits for it; a 429 pauses the account for everyone; a block stops it until an operator acts.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
+
+/// Slots further away than this are given up: the caller's job retries later instead of holding
+/// a worker slot while it waits.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Spacing margin over 1/rate, so that network jitter never lands rate + 1 requests in a second.
+const SPACING_MARGIN: f64 = 1.05;
+
+pub struct RateLimiter {
+    pool: PgPool,
+    provider: &'static str,
+    account: String,
+    spacing: Duration,
+}
+
+/// What the limiter says about the next request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// Send now (any wait is over).
+    Go,
+    /// The account's next free slot is this far away; try again later.
+    TooFar(Duration),
+    /// The account is blocked.
+    Blocked { since: DateTime<Utc>, reason: String },
+}
+
+impl RateLimiter {
+    pub fn new(pool: PgPool, provider: &'static str, account: &str, requests_per_second: f64) -> RateLimiter {
+        let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
+        RateLimiter { pool, provider, account: account.to_owned(), spacing }
+    }
+
+    /// Reserves the account's next send slot and waits for it.
+    pub async fn acquire(&self) -> Result<Slot, sqlx::Error> {
+        let spacing = PgInterval::try_from(self.spacing).expect("a spacing fits an interval");
+        let (slot, blocked_at, blocked_reason): (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
+            "INSERT INTO api_limits AS s (provider, account, next_slot) VALUES ($1, $2, now() + $3)
+             ON CONFLICT (provider, account) DO UPDATE SET next_slot =
+                 CASE WHEN s.blocked_at IS NULL
+                      THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $3
+                      ELSE s.next_slot END
+             RETURNING next_slot - $3, blocked_at, blocked_reason",
+        )
+        .bind(self.provider)
+        .bind(&self.account)
+        .bind(spacing)
+        .fetch_one(&self.pool)
+        .await?;
+        if let Some(since) = blocked_at {
+            return Ok(Slot::Blocked { since, reason: blocked_reason.unwrap_or_default() });
+        }
+        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+        if wait > MAX_WAIT {
+            return Ok(Slot::TooFar(wait));
+        }
+        if !wait.is_zero() {
+            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider, "account" => self.account.clone())
+                .record(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        Ok(Slot::Go)
+    }
+
+    /// Nobody calls for this account during `pause`.
+    pub async fn pause(&self, pause: Duration) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE api_limits SET paused_until = greatest(coalesce(paused_until, now()), now() + $3)
+             WHERE provider = $1 AND account = $2",
+        )
+        .bind(self.provider)
+        .bind(&self.account)
+        .bind(PgInterval::try_from(pause).unwrap_or_default())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Nobody calls for this account until an operator clears `blocked_at`; returns since when.
+    pub async fn block(&self, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE api_limits SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(blocked_reason, $3)
+             WHERE provider = $1 AND account = $2 RETURNING blocked_at",
+        )
+        .bind(self.provider)
+        .bind(&self.account)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+    }
+}
