@@ -10,6 +10,7 @@ mod helpers;
 mod kommo;
 mod kommo_client;
 mod lemonsqueezy;
+mod lemonsqueezy_client;
 mod stripe;
 mod stripe_client;
 mod stripe_flow;

@@ -1,3 +1,4 @@
 //! Lemon Squeezy: checkouts, orders and subscriptions, as merchant of record.
 
+pub mod client;
 pub mod webhook;

@@ -1,6 +1,7 @@
 //! Fakes of the external SaaS APIs, speaking their real wire formats, on loopback port 0.
 
 pub mod kommo;
+pub mod lemonsqueezy;
 pub mod stripe;
 
 /// Serves `router` on a free loopback port; returns its base URL.
