@@ -216,8 +216,14 @@ pub struct TriggerSection {
     pub name: String,
     pub pipeline_id: i64,
     pub status_id: i64,
-    /// Only `stripe` for now.
+    /// `stripe` (a Payment Link) or `lemonsqueezy` (a checkout).
     pub provider: String,
+    /// Lemon Squeezy: the store and the product variant the checkout sells (its price is
+    /// replaced by the deal's amount; a subscription variant makes a subscription).
+    pub store_id: Option<String>,
+    pub variant_id: Option<String>,
+    /// Lemon Squeezy: hours until the checkout URL expires (none: it never does).
+    pub checkout_expires_hours: Option<u32>,
     /// `payment` (one-time) or `subscription`.
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -353,6 +359,9 @@ pub struct LemonSqueezySection {
     pub api_key_env: String,
     /// Environment variables holding the webhook signing secrets; several while rotating.
     pub webhook_secret_envs: Vec<String>,
+    /// Create checkouts in test mode (with a test-mode API key).
+    #[serde(default)]
+    pub test_mode: bool,
 }
 
 fn default_stripe_api() -> String {
@@ -462,6 +471,7 @@ pub struct Trigger {
     pub name: String,
     pub pipeline_id: i64,
     pub status_id: i64,
+    pub provider: TriggerProvider,
     /// `Some` for a subscription.
     pub recurring: Option<Recurring>,
     pub redirect_url: Option<String>,
@@ -500,6 +510,14 @@ pub struct LemonSqueezyAccount {
     pub api_base_url: url::Url,
     pub api_key: SecretString,
     pub webhook_secrets: Vec<SecretString>,
+    pub test_mode: bool,
+}
+
+/// Where a trigger's link comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerProvider {
+    Stripe,
+    LemonSqueezy { store_id: String, variant_id: String, expires_hours: Option<u32> },
 }
 
 /// Why a configuration could not be used: every problem found, each naming its key.
@@ -807,7 +825,7 @@ impl Validator<'_> {
             let api_key = self.secret(&format!("{key}.lemonsqueezy.api_key_env"), &s.api_key_env);
             let webhook_secrets =
                 self.secrets(&format!("{key}.lemonsqueezy.webhook_secret_envs"), &s.webhook_secret_envs);
-            Some(LemonSqueezyAccount { api_base_url: api_base_url?, api_key: api_key?, webhook_secrets: webhook_secrets? })
+            Some(LemonSqueezyAccount { api_base_url: api_base_url?, api_key: api_key?, webhook_secrets: webhook_secrets?, test_mode: s.test_mode })
         });
 
         let default_currency = self.check(
@@ -823,15 +841,42 @@ impl Validator<'_> {
             if section.triggers[..i].iter().any(|e| (e.pipeline_id, e.status_id) == (t.pipeline_id, t.status_id)) {
                 self.problem(&format!("{tkey}.status_id"), "an earlier trigger has the same pipeline and status");
             }
-            if t.provider != "stripe" {
-                self.problem(&format!("{tkey}.provider"), &format!("{:?} is not supported; use \"stripe\"", t.provider));
-            } else if section.stripe.is_none() {
-                self.problem(&format!("{tkey}.provider"), "is stripe, but the account has no [accounts.stripe] section");
-            }
+            let provider = match t.provider.as_str() {
+                "stripe" => {
+                    if section.stripe.is_none() {
+                        self.problem(&format!("{tkey}.provider"), "is stripe, but the account has no [accounts.stripe] section");
+                    }
+                    Some(TriggerProvider::Stripe)
+                }
+                "lemonsqueezy" => {
+                    if section.lemonsqueezy.is_none() {
+                        self.problem(&format!("{tkey}.provider"), "is lemonsqueezy, but the account has no [accounts.lemonsqueezy] section");
+                    }
+                    if t.interval.is_some() || t.mode != "payment" {
+                        self.problem(&format!("{tkey}.mode"), "Lemon Squeezy sells what the variant is: leave mode and interval out");
+                    }
+                    match (&t.store_id, &t.variant_id) {
+                        (Some(store_id), Some(variant_id)) => Some(TriggerProvider::LemonSqueezy {
+                            store_id: store_id.clone(),
+                            variant_id: variant_id.clone(),
+                            expires_hours: t.checkout_expires_hours,
+                        }),
+                        _ => {
+                            self.problem(&format!("{tkey}.variant_id"), "a lemonsqueezy trigger needs store_id and variant_id");
+                            None
+                        }
+                    }
+                }
+                other => {
+                    self.problem(&format!("{tkey}.provider"), &format!("{other:?} is neither \"stripe\" nor \"lemonsqueezy\""));
+                    None
+                }
+            };
             if k.fields.is_none() {
                 self.problem(&format!("{tkey}"), &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
             }
             let recurring = match (t.mode.as_str(), t.interval.as_deref()) {
+                _ if t.provider == "lemonsqueezy" => None,
                 ("payment", None) => None,
                 ("payment", Some(_)) => {
                     self.problem(&format!("{tkey}.interval"), "is only for mode = \"subscription\"");
@@ -861,10 +906,12 @@ impl Validator<'_> {
             if let Some(url) = &t.redirect_url {
                 self.http_url(&format!("{tkey}.redirect_url"), url);
             }
+            let Some(provider) = provider else { continue };
             triggers.push(Trigger {
                 name: t.name.clone(),
                 pipeline_id: t.pipeline_id,
                 status_id: t.status_id,
+                provider,
                 recurring,
                 redirect_url: t.redirect_url.clone(),
                 move_to_status_id: t.move_to_status_id,
@@ -1031,6 +1078,10 @@ mod tests {
         assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].interval: must be day")), "{err}");
         let err = Config::parse(&trigger("provider = \"paypal\""), "x.toml", &full_env()).unwrap_err();
         assert!(err.problems[0].contains("duplicate key"), "{err}");
+        let ls = trigger("").replace("provider = \"stripe\"", "provider = \"lemonsqueezy\"");
+        let err = Config::parse(&ls, "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].provider: is lemonsqueezy, but the account has no")), "{err}");
+        assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].variant_id: a lemonsqueezy trigger needs")), "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::money::{Currency, Money};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentLink {
+    /// `stripe` or `lemonsqueezy`.
+    pub provider: String,
     pub link_id: String,
     pub lead_id: i64,
     pub trigger: String,
@@ -25,10 +27,10 @@ impl PaymentLink {
     }
 }
 
-/// The deal's active Stripe link, if it has one.
+/// The deal's active link, whichever provider issued it.
 pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT * FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'active'
+        "SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND status = 'active'
          ORDER BY issued_at DESC LIMIT 1",
     )
     .bind(account)
@@ -37,7 +39,7 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
     .await
 }
 
-/// The link with provider id `link_id`, if it is ours.
+/// The Stripe link with id `link_id`, if it is ours.
 pub async fn find(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND provider = 'stripe' AND link_id = $2")
         .bind(account)
@@ -49,6 +51,8 @@ pub async fn find(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<
 /// A link just created for a deal.
 pub struct Issued<'a> {
     pub account: &'a str,
+    /// `stripe` or `lemonsqueezy`.
+    pub provider: &'a str,
     pub lead_id: i64,
     pub trigger: &'a str,
     pub link_id: &'a str,
@@ -63,7 +67,7 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_by_job)
-         VALUES ($1, 'stripe', $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+         VALUES ($1, $9, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(issued.account)
     .bind(issued.link_id)
@@ -73,12 +77,13 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
     .bind(issued.amount.minor())
     .bind(issued.amount.currency().code())
     .bind(issued.job_id)
+    .bind(issued.provider)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 1 {
         sqlx::query(
             "UPDATE payment_links SET status = 'replaced'
-             WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'active' AND link_id <> $3",
+             WHERE account = $1 AND lead_id = $2 AND status = 'active' AND link_id <> $3",
         )
         .bind(issued.account)
         .bind(issued.lead_id)
@@ -86,19 +91,26 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
         .execute(&mut *tx)
         .await?;
         let payload = json!({
-            "provider": "stripe", "link_id": issued.link_id, "url": issued.url, "trigger": issued.trigger,
+            "provider": issued.provider, "link_id": issued.link_id, "url": issued.url, "trigger": issued.trigger,
             "amount_minor": issued.amount.minor(), "currency": issued.amount.currency().code(),
             "amount": issued.amount.to_string(),
         });
-        let dedup_key = format!("payment_link.issued:stripe:{}", issued.link_id);
+        let dedup_key = format!("payment_link.issued:{}:{}", issued.provider, issued.link_id);
         let fact = Fact { account: issued.account, kind: "payment_link.issued", dedup_key: &dedup_key, lead_id: issued.lead_id, job_id: issued.job_id, payload };
         event_log::append_fact(&mut *tx, fact).await?;
     }
     tx.commit().await?;
-    Ok(find(pool, issued.account, issued.link_id).await?.expect("just recorded"))
+    let link = sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND provider = $2 AND link_id = $3")
+        .bind(issued.account)
+        .bind(issued.provider)
+        .bind(issued.link_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(link)
 }
 
-/// The deal's links that a newer link replaced and that may still be payable at Stripe.
+/// The deal's Stripe links that a newer link replaced and that may still be payable. (Lemon
+/// Squeezy checkouts cannot be deactivated: they stay `replaced` until their `expires_at`.)
 pub async fn replaced(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT link_id FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'replaced'",

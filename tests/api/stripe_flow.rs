@@ -8,6 +8,7 @@ use kommo_pay_worker::{Context, Worker, handlers};
 use serde_json::{Value, json};
 
 use crate::fakes::kommo::{FakeKommo, TOKEN};
+use crate::fakes::lemonsqueezy::FakeLemonSqueezy;
 use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
@@ -15,6 +16,7 @@ const LEAD: i64 = 15318175;
 const PIPELINE: i64 = 8572511;
 const TRIGGER_STAGE: i64 = 67548619;
 const LINK_SENT_STAGE: i64 = 67548620;
+const LS_STAGE: i64 = 67548630;
 const LINK_FIELD: i64 = 901;
 const STATUS_FIELD: i64 = 902;
 const DATE_FIELD: i64 = 903;
@@ -33,6 +35,7 @@ struct Flow {
     app: TestApp,
     kommo: FakeKommo,
     stripe: FakeStripe,
+    lemonsqueezy: FakeLemonSqueezy,
     worker: Worker,
     last_modified: std::cell::Cell<i64>,
 }
@@ -40,6 +43,7 @@ struct Flow {
 async fn flow() -> Flow {
     let kommo = FakeKommo::start().await;
     let stripe = FakeStripe::start().await;
+    let lemonsqueezy = FakeLemonSqueezy::start().await;
     let db = TestDb::new().await;
     let text = format!(
         r#"
@@ -74,12 +78,27 @@ async fn flow() -> Flow {
         paid_status_id = 142
         move_to_status_id = {LINK_SENT_STAGE}
         salesbot_id = 77
+        [accounts.lemonsqueezy]
+        api_base_url = "{ls_url}"
+        api_key_env = "LS_KEY"
+        webhook_secret_envs = ["LS_WHSEC"]
+        test_mode = true
+        [[accounts.triggers]]
+        name = "checkout"
+        pipeline_id = {PIPELINE}
+        status_id = {LS_STAGE}
+        provider = "lemonsqueezy"
+        store_id = "12345"
+        variant_id = "67890"
+        checkout_expires_hours = 72
         "#,
         kommo_url = kommo.url,
         stripe_url = stripe.url,
+        ls_url = lemonsqueezy.url,
     );
     let mut env: HashMap<String, String> = test_env(&db.url);
     env.insert("KOMMO_TOKEN".into(), TOKEN.into());
+    env.insert("LS_KEY".into(), crate::fakes::lemonsqueezy::API_KEY.into());
     let config = Config::parse(&text, "flow config", &|name| env.get(name).cloned()).unwrap();
     let worker = Worker::new(db.pool.clone(), handlers(Context::new(db.pool.clone(), &config.accounts)), config.worker.clone(), config.jobs.clone());
     let app = spawn_app_from(db, &config).await;
@@ -87,15 +106,23 @@ async fn flow() -> Flow {
         "id": LEAD, "name": "Website redesign", "price": 2000, "pipeline_id": PIPELINE, "status_id": TRIGGER_STAGE,
         "responsible_user_id": 504141, "custom_fields_values": null, "_embedded": { "contacts": [{ "id": 9012345, "is_main": true }] }
     }));
-    Flow { app, kommo, stripe, worker, last_modified: std::cell::Cell::new(1764160000) }
+    kommo.add_contact(json!({
+        "id": 9012345, "name": "Jane Client",
+        "custom_fields_values": [{ "field_id": 1, "field_code": "EMAIL", "values": [{ "value": "jane@client.example", "enum_code": "WORK" }] }]
+    }));
+    Flow { app, kommo, stripe, lemonsqueezy, worker, last_modified: std::cell::Cell::new(1764160000) }
 }
 
 impl Flow {
     /// A manager moves the deal into the trigger stage: Kommo's state changes, and its hook
     /// arrives (each call a new change).
     async fn deal_enters_stage(&self) {
+        self.deal_enters(TRIGGER_STAGE).await;
+    }
+
+    async fn deal_enters(&self, stage: i64) {
         let mut lead = self.kommo.lead(LEAD).unwrap();
-        lead["status_id"] = json!(TRIGGER_STAGE);
+        lead["status_id"] = json!(stage);
         self.kommo.add_lead(lead);
         self.last_modified.set(self.last_modified.get() + 1);
         let body = form_urlencoded::Serializer::new(String::new())
@@ -103,7 +130,7 @@ impl Flow {
                 ("account[id]", KOMMO_ACCOUNT_ID.to_string()),
                 ("account[subdomain]", "acme".into()),
                 ("leads[status][0][id]", LEAD.to_string()),
-                ("leads[status][0][status_id]", TRIGGER_STAGE.to_string()),
+                ("leads[status][0][status_id]", stage.to_string()),
                 ("leads[status][0][pipeline_id]", PIPELINE.to_string()),
                 ("leads[status][0][last_modified]", self.last_modified.get().to_string()),
             ])
@@ -482,4 +509,38 @@ async fn a_refund_that_arrives_before_its_payment_still_ends_refunded() {
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED, "the same end state as in order");
     assert_ne!(f.kommo.lead(LEAD).unwrap()["status_id"], 142, "a refunded deal is not moved to won");
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0);
+}
+
+#[tokio::test]
+async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
+    let f = flow().await;
+
+    f.deal_enters(LS_STAGE).await;
+    f.drain().await;
+
+    let requests = f.lemonsqueezy.requests();
+    assert_eq!(requests.len(), 1);
+    let attributes = &requests[0].document["data"]["attributes"];
+    assert_eq!(attributes["custom_price"], 200000);
+    assert_eq!(attributes["checkout_data"]["custom"]["kommo_lead_id"], LEAD.to_string());
+    assert_eq!(attributes["checkout_data"]["email"], "jane@client.example");
+    assert_eq!(attributes["checkout_data"]["name"], "Jane Client");
+    assert_eq!(attributes["product_options"]["name"], "Website redesign");
+    assert_eq!(attributes["test_mode"], true);
+    assert!(attributes["expires_at"].is_string(), "the checkout expires: {attributes}");
+    let url = f.field(LINK_FIELD).unwrap()["value"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("https://acme.lemonsqueezy.com/checkout/custom/"), "{url}");
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
+    assert!(f.link_creates().is_empty(), "no Stripe link");
+    let provider: String = sqlx::query_scalar("SELECT payload ->> 'provider' FROM events WHERE kind = 'payment_link.issued'")
+        .fetch_one(&f.app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(provider, "lemonsqueezy");
+
+    // Moving to the Stripe stage replaces the checkout with a Stripe link.
+    f.deal_enters(TRIGGER_STAGE).await;
+    f.drain().await;
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM payment_links WHERE status = 'replaced' AND provider = 'lemonsqueezy'").await, 1);
 }

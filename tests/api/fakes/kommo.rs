@@ -77,6 +77,11 @@ impl FakeKommo {
         self.state.lock().unwrap().leads.insert(id, lead);
     }
 
+    pub fn add_contact(&self, contact: Value) {
+        let id = contact["id"].as_i64().unwrap();
+        self.state.lock().unwrap().contacts.insert(id, contact);
+    }
+
     pub fn lead(&self, id: i64) -> Option<Value> {
         self.state.lock().unwrap().leads.get(&id).cloned()
     }

@@ -2,7 +2,7 @@
 
 mod alert;
 mod deal;
-mod stripe_link;
+mod payment_link;
 mod stripe_payment;
 
 use std::collections::HashMap;
@@ -12,6 +12,7 @@ use anyhow::anyhow;
 use kommo_pay_core::config::{Account, Accounts};
 use kommo_pay_core::jobs::JobKind;
 use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
 use serde_json::Value;
@@ -29,6 +30,7 @@ struct AccountClients {
     account: Arc<Account>,
     kommo: KommoClient,
     stripe: Option<StripeClient>,
+    lemonsqueezy: Option<LemonSqueezyClient>,
 }
 
 impl Context {
@@ -38,7 +40,11 @@ impl Context {
             .map(|account| {
                 let kommo = KommoClient::for_account(pool.clone(), account);
                 let stripe = account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()));
-                (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe })
+                let lemonsqueezy = account
+                    .lemonsqueezy
+                    .as_ref()
+                    .map(|l| LemonSqueezyClient::new(pool.clone(), &account.slug, l.api_base_url.clone(), l.api_key.clone()));
+                (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe, lemonsqueezy })
             })
             .collect();
         Arc::new(Context { pool, accounts })
@@ -55,6 +61,12 @@ impl AccountClients {
     fn stripe(&self) -> Result<&StripeClient, JobError> {
         self.stripe.as_ref().ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
     }
+
+    fn lemonsqueezy(&self) -> Result<&LemonSqueezyClient, JobError> {
+        self.lemonsqueezy
+            .as_ref()
+            .ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.lemonsqueezy] section", self.account.slug)))
+    }
 }
 
 type HandlerFuture = futures_util::future::BoxFuture<'static, Result<(), JobError>>;
@@ -66,7 +78,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
         let context = context.clone();
         handlers.on(kind.as_str(), move |job| handler(context.clone(), job))
     };
-    let handlers = on(Handlers::new(), JobKind::IssuePaymentLink, |c, j| Box::pin(stripe_link::issue(c, j)));
+    let handlers = on(Handlers::new(), JobKind::IssuePaymentLink, |c, j| Box::pin(payment_link::issue(c, j)));
     let handlers = on(handlers, JobKind::AlertManager, |c, j| Box::pin(alert::tell(c, j)));
     let handlers = on(handlers, JobKind::StripePayment, |c, j| Box::pin(stripe_payment::apply(c, j)));
     let handlers = on(handlers, JobKind::StripeInvoice, |c, j| Box::pin(stripe_payment::apply_invoice(c, j)));
@@ -85,6 +97,10 @@ fn kommo_failed(error: KommoError) -> JobError {
 }
 
 fn stripe_failed(error: StripeError) -> JobError {
+    if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
+}
+
+fn lemonsqueezy_failed(error: LemonSqueezyError) -> JobError {
     if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
 }
 

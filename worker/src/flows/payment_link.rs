@@ -1,8 +1,10 @@
-//! `payment_link.issue`: a deal entered a trigger stage; give it a Stripe Payment Link.
+//! `payment_link.issue`: a deal entered a trigger stage; give it a Stripe Payment Link or a
+//! Lemon Squeezy checkout.
 //!
 //! Every step is safe to repeat, so a retry after any failure finishes the work once:
-//! the Stripe create carries an idempotency key fixed for the job; the link is recorded before
-//! anything uses it; the deal's card is written with idempotent PATCHes; the note and the
+//! the Stripe create carries an idempotency key fixed for the job (Lemon Squeezy has none: a
+//! retried create may leave an unused checkout behind, which is harmless); the link is recorded
+//! before anything uses it; the deal's card is written with idempotent PATCHes; the note and the
 //! Salesbot launch are recorded on the link and skipped once done.
 
 use std::collections::BTreeMap;
@@ -11,11 +13,14 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use kommo_pay_core::payment_links::{self, Issued};
 use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::config::TriggerProvider;
+use kommo_pay_core::kommo::client::KommoClient;
+use kommo_pay_core::lemonsqueezy::client::NewCheckout;
 use kommo_pay_core::stripe::client::NewPaymentLink;
 use serde_json::{Value, json};
 
 use super::deal::{Deal, field_enum, field_value, tell_manager};
-use super::{Context, db_failed, kommo_failed, stripe_failed};
+use super::{Context, db_failed, kommo_failed, lemonsqueezy_failed, stripe_failed};
 use crate::JobError;
 
 pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
@@ -28,7 +33,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
-    let (kommo, stripe) = (&clients.kommo, clients.stripe()?);
+    let kommo = &clients.kommo;
 
     // The webhook was a snapshot: act on the deal as it is now.
     let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
@@ -50,7 +55,11 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 
     // The same amount reuses the deal's active link; a new amount gets a new link.
     let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
-    let link = match active.filter(|link| link.amount() == Some(amount)) {
+    let provider = match trigger.provider {
+        TriggerProvider::Stripe => "stripe",
+        TriggerProvider::LemonSqueezy { .. } => "lemonsqueezy",
+    };
+    let link = match active.filter(|link| link.amount() == Some(amount) && link.provider == provider) {
         Some(link) => link,
         None => {
             let metadata = BTreeMap::from([
@@ -58,28 +67,58 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 ("kommo_lead_id".to_owned(), lead_id.to_string()),
                 ("kommo_pay_account".to_owned(), account.slug.clone()),
             ]);
-            let request = NewPaymentLink {
-                product_name: if deal.name.trim().is_empty() { format!("Deal #{lead_id}") } else { deal.name.clone() },
-                amount,
-                recurring: trigger.recurring,
-                metadata,
-                redirect_url: trigger.redirect_url.clone(),
-            };
-            let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
-            let created = match stripe.create_payment_link(&request, &key).await {
-                Ok(created) => created,
-                Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
-                Err(error) => {
-                    let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
-                    return not_issued(&context, clients, &deal, job.id, &text).await;
+            let product_name = if deal.name.trim().is_empty() { format!("Deal #{lead_id}") } else { deal.name.clone() };
+            let created = match &trigger.provider {
+                TriggerProvider::Stripe => {
+                    let request = NewPaymentLink {
+                        product_name,
+                        amount,
+                        recurring: trigger.recurring,
+                        metadata,
+                        redirect_url: trigger.redirect_url.clone(),
+                    };
+                    let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
+                    match clients.stripe()?.create_payment_link(&request, &key).await {
+                        Ok(created) => (created.id, created.url),
+                        Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
+                        Err(error) => {
+                            let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
+                            return not_issued(&context, clients, &deal, job.id, &text).await;
+                        }
+                    }
+                }
+                TriggerProvider::LemonSqueezy { store_id, variant_id, expires_hours } => {
+                    let (email, name) = main_contact(kommo, &lead).await?;
+                    let request = NewCheckout {
+                        store_id: store_id.clone(),
+                        variant_id: variant_id.clone(),
+                        custom_price: amount,
+                        custom: metadata,
+                        email,
+                        name,
+                        product_name: Some(product_name),
+                        description: None,
+                        redirect_url: trigger.redirect_url.clone(),
+                        expires_at: expires_hours.map(|h| chrono::Utc::now() + chrono::Duration::hours(i64::from(h))),
+                        test_mode: account.lemonsqueezy.as_ref().is_some_and(|l| l.test_mode),
+                    };
+                    match clients.lemonsqueezy()?.create_checkout(&request).await {
+                        Ok(created) => (created.id, created.url),
+                        Err(error) if error.is_retryable() => return Err(lemonsqueezy_failed(error)),
+                        Err(error) => {
+                            let text = format!("No checkout was issued for {amount}: Lemon Squeezy refused it: {error}");
+                            return not_issued(&context, clients, &deal, job.id, &text).await;
+                        }
+                    }
                 }
             };
             let issued = Issued {
                 account: &account.slug,
+                provider,
                 lead_id,
                 trigger: &trigger.name,
-                link_id: &created.id,
-                url: &created.url,
+                link_id: &created.0,
+                url: &created.1,
                 amount,
                 job_id: job.id,
             };
@@ -87,8 +126,9 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         }
     };
 
-    // Links the new one replaced must not stay payable.
+    // Stripe links the new one replaced must not stay payable.
     for old in payment_links::replaced(pool, &account.slug, lead_id).await.map_err(db_failed)? {
+        let stripe = clients.stripe()?;
         stripe.deactivate_payment_link(&old, &format!("kommo-pay:deactivate:{old}")).await.map_err(stripe_failed)?;
         payment_links::set_status(pool, &account.slug, &old, "deactivated").await.map_err(db_failed)?;
     }
@@ -127,4 +167,23 @@ async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &D
         kommo.update_lead(deal.id, &changes).await.map_err(kommo_failed)?;
     }
     tell_manager(&context.pool, kommo, &clients.account.slug, deal, job_id, "payment_link.failed", text).await
+}
+
+/// The email and name of the deal's main contact, to prefill a checkout.
+async fn main_contact(kommo: &KommoClient, lead: &Value) -> Result<(Option<String>, Option<String>), JobError> {
+    let contacts = lead.pointer("/_embedded/contacts").and_then(Value::as_array).cloned().unwrap_or_default();
+    let main = contacts.iter().find(|c| c["is_main"] == true).or(contacts.first());
+    let Some(id) = main.and_then(|c| c.get("id")).and_then(kommo_pay_core::kommo::lenient_id) else {
+        return Ok((None, None));
+    };
+    let Some(contact) = kommo.contact(id).await.map_err(kommo_failed)? else { return Ok((None, None)) };
+    let email = contact
+        .get("custom_fields_values")
+        .and_then(Value::as_array)
+        .and_then(|fields| fields.iter().find(|f| f["field_code"] == "EMAIL"))
+        .and_then(|f| f.pointer("/values/0/value"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let name = contact.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
+    Ok((email, name))
 }
