@@ -873,7 +873,7 @@ impl Validator<'_> {
                 }
             };
             if k.fields.is_none() {
-                self.problem(&format!("{tkey}"), &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
+                self.problem(&tkey, &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
             }
             let recurring = match (t.mode.as_str(), t.interval.as_deref()) {
                 _ if t.provider == "lemonsqueezy" => None,

@@ -169,7 +169,7 @@ pub async fn spawn_app_on(db: TestDb, server_extra: &str) -> TestApp {
 pub async fn spawn_app_from(db: TestDb, config: &Config) -> TestApp {
     // The app gets a pool of its own, built from the configuration as in production.
     let pool = kommo_pay_core::db::connect(&config.database).await.expect("app pool");
-    let app = Application::build(&config, pool).await.expect("app builds");
+    let app = Application::build(config, pool).await.expect("app builds");
     let address = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp { address, db, client: reqwest::Client::new() }

@@ -49,7 +49,7 @@ async fn enqueue(db: &TestDb, kind: &str, max_attempts: i32) -> i64 {
         max_attempts,
         unique_key: None,
     };
-    event_log::append(&db.pool, &[event.clone()], &[job]).await.unwrap();
+    event_log::append(&db.pool, std::slice::from_ref(&event), &[job]).await.unwrap();
     sqlx::query_scalar("SELECT id FROM jobs WHERE event_id = $1").bind(event.id).fetch_one(&db.pool).await.unwrap()
 }
 

@@ -264,10 +264,10 @@ fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str
 
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
 async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metadata_lead: Option<i64>) -> Result<i64, JobError> {
-    if let Some(link_id) = link_id {
-        if let Some(link) = payment_links::find(&context.pool, account, link_id).await.map_err(db_failed)? {
-            return Ok(link.lead_id);
-        }
+    if let Some(link_id) = link_id
+        && let Some(link) = payment_links::find(&context.pool, account, link_id).await.map_err(db_failed)?
+    {
+        return Ok(link.lead_id);
     }
     metadata_lead.ok_or_else(|| {
         JobError::permanent(anyhow!(
