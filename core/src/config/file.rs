@@ -1,0 +1,348 @@
+//! The configuration file as written: what each key means, its default, and the JSON Schema
+//! generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::retry_policy::RetryPolicy;
+
+/// The kommo-pay configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub worker: WorkerSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
+    /// The Kommo accounts this deployment serves, each with its own providers.
+    #[serde(default)]
+    pub accounts: Vec<AccountSection>,
+}
+
+/// The HTTP server of the ingest role.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address and port to listen on. Port 0 picks a free port.
+    pub listen: String,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), body_limit_bytes: 256 * 1024 }
+    }
+}
+
+/// The PostgreSQL database that holds the event log and the queue.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Connection URL without a password. The `DATABASE_URL` environment variable, when set,
+    /// wins; put any password there.
+    pub url: Option<String>,
+    /// Size of each process's connection pool.
+    pub max_connections: u32,
+    /// How long a request may wait for a connection before the answer is 503, in milliseconds.
+    /// Kommo gives up after 2 s, so keep it well below that.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when a role starts (otherwise run `kommo-pay migrate`).
+    pub migrate_on_start: bool,
+    /// Ingest's appends to the event log running at once in one process. Deliveries arriving
+    /// while all run are committed together as the next batch (group commit). 2 suits a 2-core
+    /// database server; raise it with the database's cores.
+    pub ingest_concurrent_appends: usize,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16, acquire_timeout_ms: 1000, migrate_on_start: true, ingest_concurrent_appends: 2 }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,kommo_pay_ingest=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info".into() }
+    }
+}
+
+/// The worker role.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Jobs run at once by one worker process.
+    pub concurrency: usize,
+    /// Jobs claimed per query, at most the free slots.
+    pub claim_batch: usize,
+    /// How often an idle worker looks for work when no wake-up arrives, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How often a worker marks its running jobs alive, in milliseconds. A job whose worker
+    /// died runs again within two intervals.
+    pub heartbeat_interval_ms: u64,
+    /// The longest one attempt may run, in seconds; past it the attempt fails and is retried.
+    pub job_timeout_secs: u64,
+    /// On SIGTERM, how long running jobs may finish before they are cut off and given back, in
+    /// seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            claim_batch: 16,
+            poll_interval_ms: 1000,
+            heartbeat_interval_ms: 5000,
+            job_timeout_secs: 60,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// Retries: defaults for every job kind, and overrides per kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Attempts in all before a job is dead-lettered.
+    pub max_attempts: i32,
+    /// Wait after the first failure, in milliseconds; it doubles with each failure.
+    pub retry_base_ms: u64,
+    /// Longest wait between attempts, in milliseconds.
+    pub retry_cap_ms: u64,
+    /// Overrides by job kind, e.g. `[jobs.kinds."stripe.payment"]`.
+    pub kinds: BTreeMap<String, JobKindSection>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        Self {
+            max_attempts: policy.max_attempts,
+            retry_base_ms: policy.base.as_millis() as u64,
+            retry_cap_ms: policy.cap.as_millis() as u64,
+            kinds: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobKindSection {
+    pub max_attempts: Option<i32>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_cap_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One line of text per event, for a terminal.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// One Kommo account and the payment providers it uses.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSection {
+    /// Short name used in webhook URLs and in the log: lowercase letters, digits and `-`.
+    pub slug: String,
+    pub kommo: KommoSection,
+    pub stripe: Option<StripeSection>,
+    pub lemonsqueezy: Option<LemonSqueezySection>,
+    /// Currency of deals whose currency field is empty or not configured (ISO 4217, e.g. `USD`).
+    #[serde(default = "default_currency")]
+    pub default_currency: String,
+    /// Stages that issue a payment link when a deal enters them.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSection>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+/// A deal entering `pipeline_id`/`status_id` gets a payment link.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSection {
+    /// Names the trigger in jobs and logs; unique within the account.
+    pub name: String,
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    /// `stripe` (a Payment Link) or `lemonsqueezy` (a checkout).
+    pub provider: String,
+    /// Lemon Squeezy: the store and the product variant the checkout sells (its price is
+    /// replaced by the deal's amount; a subscription variant makes a subscription).
+    pub store_id: Option<String>,
+    pub variant_id: Option<String>,
+    /// Lemon Squeezy: hours until the checkout URL expires (none: it never does).
+    pub checkout_expires_hours: Option<u32>,
+    /// `payment` (one-time) or `subscription`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// For subscriptions: `day`, `week`, `month` or `year`.
+    pub interval: Option<String>,
+    #[serde(default = "one")]
+    pub interval_count: u32,
+    /// Where the client lands after paying.
+    pub redirect_url: Option<String>,
+    /// Stage to move the deal to once its link is issued (same pipeline).
+    pub move_to_status_id: Option<i64>,
+    /// Stage to move the deal to once it is paid, e.g. 142 (won).
+    pub paid_status_id: Option<i64>,
+    /// Add a note with the link to the deal.
+    #[serde(default = "yes")]
+    pub add_note: bool,
+    /// Salesbot to launch for the deal once the link is in its card (it sends the link).
+    pub salesbot_id: Option<i64>,
+}
+
+fn default_mode() -> String {
+    "payment".into()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// Ids of the deal fields kommo-pay writes and reads (`kommo-pay kommo setup` creates them).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsSection {
+    /// URL field: the payment link.
+    pub payment_link: i64,
+    /// Select field: the payment status.
+    pub payment_status: i64,
+    /// `date_time` field: when the deal was paid.
+    pub payment_date: i64,
+    /// Text field: Stripe's payment intent id (or the provider's order id).
+    pub payment_id: i64,
+    /// Numeric field: the amount paid.
+    pub paid_amount: i64,
+    /// Numeric field that, when set, is charged instead of the deal's price.
+    pub amount_due: Option<i64>,
+    /// Numeric field: the amount refunded so far.
+    pub refunded_amount: Option<i64>,
+    /// Text or select field holding an ISO currency code, when deals differ in currency.
+    pub currency: Option<i64>,
+    /// Enum ids of the payment status field's options.
+    pub statuses: StatusesSection,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusesSection {
+    pub not_issued: i64,
+    pub awaiting: i64,
+    pub paid: i64,
+    pub overdue: i64,
+    pub refunded: i64,
+    pub partially_refunded: i64,
+    pub cancelled: i64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KommoSection {
+    /// The numeric Kommo account id (`account[id]` in webhooks). Subdomains can be renamed; this
+    /// id cannot.
+    pub account_id: i64,
+    /// The account's API host, e.g. `https://acme.kommo.com`.
+    pub base_url: String,
+    /// Environment variable holding the secret that ends this account's webhook URL
+    /// (`/webhooks/kommo/{slug}/{secret}`). At least 24 characters.
+    pub webhook_secret_env: String,
+    pub auth: KommoAuthSection,
+    /// Requests per second to Kommo's API for this account, across all worker processes
+    /// together. Kommo allows 7 per integration and 50 per account for all integrations.
+    #[serde(default = "default_kommo_rate")]
+    pub requests_per_second: f64,
+    /// The deal fields kommo-pay uses; needed when the account has triggers.
+    pub fields: Option<FieldsSection>,
+}
+
+fn default_kommo_rate() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KommoAuthSection {
+    /// A private integration's long-lived token.
+    LongLivedToken {
+        /// Environment variable holding the token.
+        token_env: String,
+    },
+    /// OAuth 2.0: tokens are refreshed before expiry and the rotated pair is stored in PostgreSQL.
+    Oauth {
+        client_id: String,
+        /// Environment variable holding the client secret.
+        client_secret_env: String,
+        redirect_uri: String,
+        /// Environment variable holding the first refresh token; later ones live in the database.
+        refresh_token_env: String,
+    },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSection {
+    /// Stripe's API base URL; point it at a fake in tests.
+    #[serde(default = "default_stripe_api")]
+    pub api_base_url: String,
+    /// Environment variable holding the secret API key (`sk_live_…` / `sk_test_…`).
+    pub secret_key_env: String,
+    /// Environment variables holding the endpoint's signing secrets (`whsec_…`). Name two while
+    /// rolling a secret: a signature made with either is accepted.
+    pub webhook_secret_envs: Vec<String>,
+    /// Oldest accepted signature timestamp, in seconds (Stripe's libraries use 300).
+    #[serde(default = "default_tolerance")]
+    pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LemonSqueezySection {
+    /// Lemon Squeezy's API base URL; point it at a fake in tests.
+    #[serde(default = "default_lemonsqueezy_api")]
+    pub api_base_url: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: String,
+    /// Environment variables holding the webhook signing secrets; several while rotating.
+    pub webhook_secret_envs: Vec<String>,
+    /// Create checkouts in test mode (with a test-mode API key).
+    #[serde(default)]
+    pub test_mode: bool,
+}
+
+fn default_stripe_api() -> String {
+    "https://api.stripe.com".into()
+}
+fn default_lemonsqueezy_api() -> String {
+    "https://api.lemonsqueezy.com".into()
+}
+fn default_tolerance() -> u64 {
+    300
+}

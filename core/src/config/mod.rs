@@ -1,0 +1,226 @@
+//! The configuration file: one TOML file describing the service and every Kommo account it
+//! serves. Secrets are never in the file: it names the environment variables that hold them.
+//!
+//! Loading has two steps. [`ConfigFile`] is the file as written (`file.rs`; it also generates the
+//! JSON Schema in `schemas/config.schema.json`); [`Config::resolve`] (`resolve.rs`) validates it,
+//! reads the named environment variables and returns the [`Config`] the service runs with (this
+//! file). Every problem is reported at once, each naming its key
+//! (`accounts[0].stripe.secret_key_env: ...`).
+
+mod file;
+mod resolve;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use file::*;
+pub use resolve::MIN_KOMMO_WEBHOOK_SECRET_LEN;
+
+use crate::money::Currency;
+use crate::retry_policy::RetryPolicy;
+use crate::stripe::client::Recurring;
+
+/// Where environment variables come from: the process environment in production, a map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, for [`Config::load`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The variable that, when set, wins over `database.url`.
+pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogSection,
+    pub worker: WorkerConfig,
+    pub jobs: JobPolicies,
+    pub accounts: Accounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub claim_batch: usize,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub job_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The retry policy of each job kind.
+#[derive(Debug, Clone, Default)]
+pub struct JobPolicies {
+    default: RetryPolicy,
+    kinds: BTreeMap<String, RetryPolicy>,
+}
+
+impl JobPolicies {
+    pub fn policy(&self, kind: &str) -> RetryPolicy {
+        self.kinds.get(kind).copied().unwrap_or(self.default)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May carry a password when it came from `DATABASE_URL`: never print it.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub migrate_on_start: bool,
+    pub ingest_concurrent_appends: usize,
+}
+
+/// The configured accounts, by slug.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts(BTreeMap<String, Arc<Account>>);
+
+impl Accounts {
+    pub fn get(&self, slug: &str) -> Option<&Arc<Account>> {
+        self.0.get(slug)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.0.values()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub slug: String,
+    pub kommo: KommoAccount,
+    pub stripe: Option<StripeAccount>,
+    pub lemonsqueezy: Option<LemonSqueezyAccount>,
+    pub default_currency: Currency,
+    pub triggers: Vec<Trigger>,
+}
+
+impl Account {
+    /// The trigger for a deal now in `stage` (pipeline, status), if any.
+    pub fn trigger_for(&self, (pipeline_id, status_id): (i64, i64)) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.pipeline_id == pipeline_id && t.status_id == status_id)
+    }
+
+    pub fn trigger(&self, name: &str) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub name: String,
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    pub provider: TriggerProvider,
+    /// `Some` for a subscription.
+    pub recurring: Option<Recurring>,
+    pub redirect_url: Option<String>,
+    pub move_to_status_id: Option<i64>,
+    pub paid_status_id: Option<i64>,
+    pub add_note: bool,
+    pub salesbot_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KommoAccount {
+    pub account_id: i64,
+    pub base_url: url::Url,
+    pub webhook_secret: SecretString,
+    pub auth: KommoAuth,
+    pub requests_per_second: f64,
+    pub fields: Option<FieldsSection>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KommoAuth {
+    LongLivedToken { token: SecretString },
+    Oauth { client_id: String, client_secret: SecretString, redirect_uri: url::Url, refresh_token: SecretString },
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeAccount {
+    pub api_base_url: url::Url,
+    pub secret_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+    pub signature_tolerance: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LemonSqueezyAccount {
+    pub api_base_url: url::Url,
+    pub api_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+    pub test_mode: bool,
+}
+
+/// Where a trigger's link comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerProvider {
+    Stripe,
+    LemonSqueezy { store_id: String, variant_id: String, expires_hours: Option<u32> },
+}
+
+/// Why a configuration could not be used: every problem found, each naming its key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.source_name)?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and resolves the file at `path`.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(&text, &source_name, env)
+    }
+
+    /// Parses and resolves a configuration given as TOML text.
+    pub fn parse(text: &str, source_name: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: source_name.to_owned(),
+            problems: vec![e.to_string().trim_end().to_owned()],
+        })?;
+        Self::resolve(file, env).map_err(|problems| ConfigError { source_name: source_name.to_owned(), problems })
+    }
+}
+
+/// The JSON Schema of the configuration file, as committed in `schemas/config.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ConfigFile)).expect("a schema serialises")
+}
