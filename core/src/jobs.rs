@@ -26,8 +26,10 @@ pub enum JobKind {
     StripeSubscriptionEnded,
     /// A charge was refunded, fully or partly.
     StripeRefund,
-    /// Bring the deal in line with a Lemon Squeezy event (order, subscription, refund).
-    ApplyLemonSqueezyEvent,
+    /// A Lemon Squeezy order was paid (or failed), or refunded.
+    LemonSqueezyOrder,
+    /// A Lemon Squeezy subscription changed or one of its payments happened.
+    LemonSqueezySubscription,
 }
 
 impl JobKind {
@@ -39,7 +41,8 @@ impl JobKind {
             JobKind::StripeInvoice => "stripe.invoice",
             JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",
             JobKind::StripeRefund => "stripe.refund",
-            JobKind::ApplyLemonSqueezyEvent => "lemonsqueezy.apply_event",
+            JobKind::LemonSqueezyOrder => "lemonsqueezy.order",
+            JobKind::LemonSqueezySubscription => "lemonsqueezy.subscription",
         }
     }
 
@@ -59,22 +62,15 @@ fn stripe_job(event_type: &str) -> Option<JobKind> {
     }
 }
 
-/// Lemon Squeezy event names that change a deal (reference/lemonsqueezy.md §2).
-pub const LEMONSQUEEZY_EVENTS: &[&str] = &[
-    "order_created",
-    "order_refunded",
-    "subscription_created",
-    "subscription_updated",
-    "subscription_cancelled",
-    "subscription_resumed",
-    "subscription_expired",
-    "subscription_paused",
-    "subscription_unpaused",
-    "subscription_payment_success",
-    "subscription_payment_failed",
-    "subscription_payment_recovered",
-    "subscription_payment_refunded",
-];
+/// The job a Lemon Squeezy event implies, for the events that change a deal
+/// (reference/lemonsqueezy.md §2).
+fn lemonsqueezy_job(event_name: &str) -> Option<JobKind> {
+    match event_name {
+        "order_created" | "order_refunded" => Some(JobKind::LemonSqueezyOrder),
+        name if name.starts_with("subscription_") => Some(JobKind::LemonSqueezySubscription),
+        _ => None,
+    }
+}
 
 /// The jobs `event`, received for `account`, implies, each with the attempts its kind's policy
 /// allows.
@@ -88,9 +84,10 @@ pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -
             Some(kind) => (kind, json!({ "event_id": event.id })),
             None => return Vec::new(),
         },
-        Source::LemonSqueezy if LEMONSQUEEZY_EVENTS.contains(&event.kind.as_str()) => {
-            (JobKind::ApplyLemonSqueezyEvent, json!({ "event_id": event.id }))
-        }
+        Source::LemonSqueezy => match lemonsqueezy_job(&event.kind) {
+            Some(kind) => (kind, json!({ "event_id": event.id })),
+            None => return Vec::new(),
+        },
         _ => return Vec::new(),
     };
     vec![NewJob {
@@ -184,7 +181,7 @@ mod tests {
         assert_eq!((jobs[0].event_id, jobs[0].lead_id, jobs[0].account.as_str()), (e.id, Some(7), "acme"));
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
         assert_eq!(jobs[0].max_attempts, 20);
-        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.apply_event");
+        assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.order");
     }
 
     #[test]

@@ -35,7 +35,7 @@ async fn a_signed_order_is_logged_with_its_job() {
     let (kind, dedup_key, lead_id): (String, String, Option<i64>) =
         sqlx::query_as("SELECT kind, dedup_key, lead_id FROM events").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!((kind.as_str(), dedup_key.as_str(), lead_id), ("order_created", "order_created:1001", Some(15318175)));
-    assert_eq!(app.db.count("SELECT count(*) FROM jobs WHERE kind = 'lemonsqueezy.apply_event'").await, 1);
+    assert_eq!(app.db.count("SELECT count(*) FROM jobs WHERE kind = 'lemonsqueezy.order'").await, 1);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 mod alert;
 mod deal;
 mod payment_link;
+mod settle;
 mod stripe_payment;
 
 use std::collections::HashMap;

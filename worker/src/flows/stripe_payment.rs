@@ -14,23 +14,14 @@ use kommo_pay_core::config::StatusesSection;
 use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
-use kommo_pay_core::payments::{self, Application, Received};
+use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::{Value, json};
 
-use super::deal::{Deal, field_enum, field_value, tell_manager};
+use super::deal::{Deal, field_enum, tell_manager};
+use super::settle::{Payment, Settlement, settle, write_payment_state};
 use super::{AccountClients, Context, causing_event, db_failed, kommo_failed, stripe_failed};
 use crate::JobError;
-
-/// One payment as an event describes it.
-struct Payment {
-    /// `pi_…`.
-    id: String,
-    /// The Payment Link it came through, when the event says.
-    link_id: Option<String>,
-    amount: Money,
-    at: DateTime<Utc>,
-}
 
 pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
@@ -69,7 +60,24 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     };
 
     let lead_id = lead_of(&context, &account.slug, payment.link_id.as_deref(), job.lead_id).await?;
-    settle(&context, clients, &job, &payment, lead_id, "").await
+    let link = match &payment.link_id {
+        Some(id) => payment_links::find(pool, &account.slug, id).await.map_err(db_failed)?,
+        None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
+    };
+    let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
+    let note = format!("Payment received: {} via Stripe", payment.amount);
+    settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage, note }).await?;
+    deactivate_paid_links(clients, pool, lead_id).await
+}
+
+/// A paid deal must not be charged again through its Stripe links, whichever event came first.
+async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, lead_id: i64) -> Result<(), JobError> {
+    let account = &clients.account.slug;
+    for link in payment_links::active_ids(pool, account, lead_id).await.map_err(db_failed)? {
+        clients.stripe()?.deactivate_payment_link(&link, &format!("kommo-pay:deactivate:{link}")).await.map_err(stripe_failed)?;
+        payment_links::set_status(pool, account, &link, "paid").await.map_err(db_failed)?;
+    }
+    Ok(())
 }
 
 /// `stripe.invoice`: a subscription invoice was paid, or its payment failed.
@@ -89,7 +97,9 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 tracing::info!(invoice = %id, "a zero invoice (a trial): nothing was paid");
                 return Ok(());
             }
-            settle(&context, clients, &job, &payment, lead_id, &format!(" (subscription invoice {id})")).await
+            let note = format!("Payment received: {} via Stripe (subscription invoice {id})", payment.amount);
+            settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage: None, note }).await?;
+            deactivate_paid_links(clients, &context.pool, lead_id).await
         }
         "invoice.payment_failed" => {
             if payments::find(&context.pool, &account.slug, "stripe", &id).await.map_err(db_failed)?.is_some() {
@@ -150,86 +160,11 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let fact = Fact { account: &account.slug, kind: "refund.applied", dedup_key: &fact_key, lead_id, job_id: job.id, payload: json!({ "payment_id": intent, "refunded": refunded.to_string(), "of": paid.amount.to_string() }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)?;
     let kommo = &clients.kommo;
-    write_payment_state(&context, clients, lead_id, intent, None).await?;
+    write_payment_state(&context, clients, lead_id, "stripe", intent, None).await?;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } });
     kommo.add_lead_note(note).await.map_err(kommo_failed)?;
     Ok(())
-}
-
-/// Records a payment once and, in the one job that wins the lease, brings the deal in line.
-async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, payment: &Payment, lead_id: i64, what: &str) -> Result<(), JobError> {
-    let account = &clients.account;
-    let pool = &context.pool;
-    let received = Received {
-        account: &account.slug,
-        provider: "stripe",
-        payment_id: &payment.id,
-        lead_id,
-        link_id: payment.link_id.as_deref(),
-        amount: payment.amount,
-        paid_at: payment.at,
-        job_id: job.id,
-    };
-    let kommo = &clients.kommo;
-    let application = payments::record(pool, &received).await.map_err(db_failed)?;
-    if application == Application::Busy {
-        // Another announcement of the same payment is being applied right now; look again later.
-        return Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id)));
-    }
-    if application == Application::Yours {
-        let link = match &payment.link_id {
-            Some(id) => payment_links::find(pool, &account.slug, id).await.map_err(db_failed)?,
-            None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
-        };
-        let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
-        write_payment_state(context, clients, lead_id, &payment.id, won_stage).await?;
-        let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Payment received: {} via Stripe{what}", payment.amount) } });
-        kommo.add_lead_note(note).await.map_err(kommo_failed)?;
-        payments::mark_applied(pool, &account.slug, "stripe", &payment.id).await.map_err(db_failed)?;
-        tracing::info!(lead_id, payment = %payment.id, amount = %payment.amount, "deal marked paid");
-    }
-
-    // A paid deal must not be charged again through its link, whichever event came first.
-    let stripe = clients.stripe()?;
-    for link in payment_links::active_ids(pool, &account.slug, lead_id).await.map_err(db_failed)? {
-        stripe.deactivate_payment_link(&link, &format!("kommo-pay:deactivate:{link}")).await.map_err(stripe_failed)?;
-        payment_links::set_status(pool, &account.slug, &link, "paid").await.map_err(db_failed)?;
-    }
-    Ok(())
-}
-
-/// Writes what our record of payment `payment_id` says to the deal: Paid, Partially refunded or
-/// Refunded (whichever of the payment and its refunds arrived first), the date, the amounts and
-/// the payment id; and, when it stands paid, `won_stage`.
-async fn write_payment_state(context: &Context, clients: &AccountClients, lead_id: i64, payment_id: &str, won_stage: Option<i64>) -> Result<(), JobError> {
-    let account = &clients.account;
-    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let settled = payments::find(&context.pool, &account.slug, "stripe", payment_id)
-        .await
-        .map_err(db_failed)?
-        .ok_or_else(|| JobError::retryable(anyhow!("payment {payment_id} is not recorded yet")))?;
-    let currency = Currency::parse(&settled.currency).map_err(JobError::permanent)?;
-    let statuses = &fields.statuses;
-    let status = match settled.refunded_minor {
-        0 => statuses.paid,
-        refunded if refunded >= settled.amount_minor => statuses.refunded,
-        _ => statuses.partially_refunded,
-    };
-    let mut values = vec![
-        field_enum(fields.payment_status, status),
-        field_value(fields.payment_date, json!(settled.paid_at.timestamp())),
-        field_value(fields.paid_amount, json!(Money::from_minor(settled.amount_minor, currency).major())),
-        field_value(fields.payment_id, json!(payment_id)),
-    ];
-    if let Some(field) = fields.refunded_amount.filter(|_| settled.refunded_minor > 0) {
-        values.push(field_value(field, json!(Money::from_minor(settled.refunded_minor, currency).major())));
-    }
-    let mut changes = json!({ "custom_fields_values": values });
-    if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
-        changes["status_id"] = json!(stage);
-    }
-    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
 }
 
 /// Sets the deal's payment status to `status` (picked from the configured options) and tells

@@ -1,0 +1,107 @@
+//! Settling a payment on its deal, for every provider: recorded once per provider payment, applied
+//! by the one job that holds its lease (ADR 0007), the deal's status computed from the record so
+//! that payments and refunds converge whatever their order.
+
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::payments::{self, Application, Received};
+use kommo_pay_core::queue::ClaimedJob;
+use serde_json::json;
+
+use super::deal::{field_enum, field_value};
+use super::{AccountClients, Context, db_failed, kommo_failed};
+use crate::JobError;
+
+/// One payment as an event describes it.
+pub(super) struct Payment {
+    /// `pi_…`.
+    pub id: String,
+    /// The Payment Link it came through, when the event says.
+    pub link_id: Option<String>,
+    pub amount: Money,
+    pub at: DateTime<Utc>,
+}
+
+/// A payment to settle on its deal.
+pub(super) struct Settlement<'a> {
+    /// `stripe` or `lemonsqueezy`.
+    pub provider: &'a str,
+    pub payment: &'a Payment,
+    pub lead_id: i64,
+    /// The stage to move the deal to while it stands paid.
+    pub won_stage: Option<i64>,
+    /// The note for the deal's feed.
+    pub note: String,
+}
+
+/// Records a payment once and, in the one job that wins the lease, brings the deal in line:
+/// status, date, amounts and payment id, the won stage while it stands paid, and the note.
+pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, settlement: Settlement<'_>) -> Result<(), JobError> {
+    let Settlement { provider, payment, lead_id, won_stage, note } = settlement;
+    let account = &clients.account;
+    let pool = &context.pool;
+    let received = Received {
+        account: &account.slug,
+        provider,
+        payment_id: &payment.id,
+        lead_id,
+        link_id: payment.link_id.as_deref(),
+        amount: payment.amount,
+        paid_at: payment.at,
+        job_id: job.id,
+    };
+    match payments::record(pool, &received).await.map_err(db_failed)? {
+        // Another announcement of the same payment is being applied right now; look again later.
+        Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
+        Application::Done => Ok(()),
+        Application::Yours => {
+            write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage).await?;
+            let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": note } });
+            clients.kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+            payments::mark_applied(pool, &account.slug, provider, &payment.id).await.map_err(db_failed)?;
+            tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
+            Ok(())
+        }
+    }
+}
+
+/// Writes what our record of payment `payment_id` says to the deal: Paid, Partially refunded or
+/// Refunded (whichever of the payment and its refunds arrived first), the date, the amounts and
+/// the payment id; and, when it stands paid, `won_stage`.
+pub(super) async fn write_payment_state(
+    context: &Context,
+    clients: &AccountClients,
+    lead_id: i64,
+    provider: &str,
+    payment_id: &str,
+    won_stage: Option<i64>,
+) -> Result<(), JobError> {
+    let account = &clients.account;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
+    let settled = payments::find(&context.pool, &account.slug, provider, payment_id)
+        .await
+        .map_err(db_failed)?
+        .ok_or_else(|| JobError::retryable(anyhow!("payment {payment_id} is not recorded yet")))?;
+    let currency = Currency::parse(&settled.currency).map_err(JobError::permanent)?;
+    let statuses = &fields.statuses;
+    let status = match settled.refunded_minor {
+        0 => statuses.paid,
+        refunded if refunded >= settled.amount_minor => statuses.refunded,
+        _ => statuses.partially_refunded,
+    };
+    let mut values = vec![
+        field_enum(fields.payment_status, status),
+        field_value(fields.payment_date, json!(settled.paid_at.timestamp())),
+        field_value(fields.paid_amount, json!(Money::from_minor(settled.amount_minor, currency).major())),
+        field_value(fields.payment_id, json!(payment_id)),
+    ];
+    if let Some(field) = fields.refunded_amount.filter(|_| settled.refunded_minor > 0) {
+        values.push(field_value(field, json!(Money::from_minor(settled.refunded_minor, currency).major())));
+    }
+    let mut changes = json!({ "custom_fields_values": values });
+    if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
+        changes["status_id"] = json!(stage);
+    }
+    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+}
