@@ -544,3 +544,97 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
     assert_eq!(f.app.db.count("SELECT count(*) FROM payment_links WHERE status = 'replaced' AND provider = 'lemonsqueezy'").await, 1);
 }
+
+fn ls_order(event: &str, status: &str, refunded: i64, lead: Option<i64>) -> String {
+    let custom = match lead {
+        Some(lead) => json!({ "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": lead.to_string() }),
+        None => json!({ "utm_source": "website" }),
+    };
+    json!({
+        "meta": { "event_name": event, "test_mode": true, "webhook_id": "8b1e3a4c-0000-4000-8000-000000000002", "custom_data": custom },
+        "data": { "type": "orders", "id": "1001", "attributes": {
+            "store_id": 12345, "customer_id": 777, "order_number": 1234, "user_email": "jane@client.example",
+            "currency": "USD", "status": status, "total": 200000, "refunded": refunded == 200000, "refunded_amount": refunded,
+            "first_order_item": { "product_name": "Website redesign", "variant_id": 67890, "price": 200000 },
+            "created_at": "2026-11-26T12:26:23.000000Z", "updated_at": "2026-11-26T12:26:23.000000Z"
+        }}
+    })
+    .to_string()
+}
+
+impl Flow {
+    async fn lemonsqueezy_sends(&self, body: &str) {
+        let signature = ls_signature(LS_SECRET, body);
+        assert_eq!(self.app.post_lemonsqueezy(ACCOUNT, body, Some(&signature)).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_paid_lemonsqueezy_order_closes_its_deal_once() {
+    let f = flow().await;
+    f.deal_enters(LS_STAGE).await;
+    f.drain().await;
+
+    let paid = ls_order("order_created", "paid", 0, Some(LEAD));
+    f.lemonsqueezy_sends(&paid).await;
+    f.lemonsqueezy_sends(&paid).await;
+    f.drain_with_retries().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+    assert_eq!(f.field(PAID_AMOUNT_FIELD).unwrap()["value"], "2000.00");
+    assert_eq!(f.field(PAYMENT_ID_FIELD).unwrap()["value"], "1001");
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 142, "closed as won");
+    let received: Vec<String> = f.note_texts().into_iter().filter(|t| t.starts_with("Payment received")).collect();
+    assert_eq!(received, vec!["Payment received: 2,000.00 USD — Website redesign (order #1234)"]);
+}
+
+#[tokio::test]
+async fn a_refunded_lemonsqueezy_order_updates_the_deal_and_tells_its_manager() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_order("order_created", "paid", 0, Some(LEAD))).await;
+    f.drain_with_retries().await;
+
+    f.lemonsqueezy_sends(&ls_order("order_refunded", "partial_refund", 50000, Some(LEAD))).await;
+    f.drain_with_retries().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
+    assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "500.00");
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("refunded partly: 500.00 USD of 2,000.00 USD"), "{tasks:?}");
+
+    f.lemonsqueezy_sends(&ls_order("order_refunded", "refunded", 200000, Some(LEAD))).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], REFUNDED);
+    assert_eq!(f.kommo.tasks().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_lemonsqueezy_order_tells_the_manager_and_a_pending_one_waits() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_order("order_created", "pending", 0, Some(LEAD))).await;
+    f.drain_with_retries().await;
+    assert!(f.kommo.tasks().is_empty() && f.field(STATUS_FIELD).is_none(), "a pending order changes nothing yet");
+
+    let failed = ls_order("order_created", "failed", 0, Some(LEAD)).replace("\"1001\"", "\"1002\"");
+    f.lemonsqueezy_sends(&failed).await;
+    f.drain_with_retries().await;
+
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("order #1234 for 2,000.00 USD (Website redesign) failed"), "{tasks:?}");
+    assert!(f.field(STATUS_FIELD).is_none(), "not marked paid");
+}
+
+#[tokio::test]
+async fn an_order_without_a_deal_is_a_visible_dead_letter_until_self_serve_buyers_are_supported() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_order("order_created", "paid", 0, None)).await;
+    f.drain_with_retries().await;
+
+    let error: String = sqlx::query_scalar("SELECT errors -> -1 ->> 'error' FROM jobs WHERE kind = 'lemonsqueezy.order' AND state = 'dead'")
+        .fetch_one(&f.app.db.pool)
+        .await
+        .unwrap();
+    assert!(error.contains("self-serve buyer"), "{error}");
+}

@@ -9,7 +9,9 @@ use kommo_pay_core::event_log::{self, Fact};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::{db_failed, kommo_failed};
+use super::{AccountClients, Context, db_failed, kommo_failed};
+use kommo_pay_core::config::StatusesSection;
+use kommo_pay_core::queue::ClaimedJob;
 use crate::JobError;
 
 /// What the flows need of a lead read back from Kommo.
@@ -112,4 +114,26 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
+}
+
+/// Sets the deal's payment status to `status` (picked from the configured options) and tells
+/// its manager `text` with a task.
+pub(super) async fn mark_and_tell(
+    context: &Context,
+    clients: &AccountClients,
+    job: &ClaimedJob,
+    lead_id: i64,
+    status: impl Fn(&StatusesSection) -> i64,
+    kind: &str,
+    text: &str,
+) -> Result<(), JobError> {
+    let kommo = &clients.kommo;
+    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
+    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
+        tracing::info!(lead_id, "the deal no longer exists");
+        return Ok(());
+    };
+    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
+    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+    tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, kind, text).await
 }

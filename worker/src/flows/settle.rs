@@ -4,6 +4,7 @@
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
+use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
 use kommo_pay_core::queue::ClaimedJob;
@@ -104,4 +105,22 @@ pub(super) async fn write_payment_state(
         changes["status_id"] = json!(stage);
     }
     clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+}
+
+/// Records a refund of a settled (or not yet settled) payment, Stripe's and Lemon Squeezy's
+/// running total, and writes the deal's resulting status. Returns the refunded total when it grew,
+/// `None` when the deal shows this total already (a late or repeated event).
+pub(super) async fn record_refund(context: &Context, clients: &AccountClients, received: &Received<'_>, refunded_total: i64) -> Result<Option<Money>, JobError> {
+    let pool = &context.pool;
+    if !payments::record_refund(pool, received, refunded_total).await.map_err(db_failed)? {
+        tracing::info!(payment = received.payment_id, "no new refund: the deal shows this total already");
+        return Ok(None);
+    }
+    let refunded = Money::from_minor(refunded_total, received.amount.currency());
+    let dedup_key = format!("refund.applied:{}:{}:{refunded_total}", received.provider, received.payment_id);
+    let payload = json!({ "provider": received.provider, "payment_id": received.payment_id, "refunded": refunded.to_string(), "of": received.amount.to_string() });
+    let fact = Fact { account: received.account, kind: "refund.applied", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
+    event_log::append_fact(pool, fact).await.map_err(db_failed)?;
+    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None).await?;
+    Ok(Some(refunded))
 }

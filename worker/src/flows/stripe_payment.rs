@@ -10,16 +10,14 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use kommo_pay_core::config::StatusesSection;
-use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::{Value, json};
 
-use super::deal::{Deal, field_enum, tell_manager};
-use super::settle::{Payment, Settlement, settle, write_payment_state};
+use super::deal::{Deal, mark_and_tell, tell_manager};
+use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, causing_event, db_failed, kommo_failed, stripe_failed};
 use crate::JobError;
 
@@ -151,42 +149,12 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
         paid_at: paid.at,
         job_id: job.id,
     };
-    if !payments::record_refund(pool, &received, refunded_total).await.map_err(db_failed)? {
-        tracing::info!(payment = intent, "no new refund: the deal shows this total already");
-        return Ok(());
-    }
-    let refunded = Money::from_minor(refunded_total, paid.amount.currency());
-    let fact_key = format!("refund.applied:stripe:{intent}:{refunded_total}");
-    let fact = Fact { account: &account.slug, kind: "refund.applied", dedup_key: &fact_key, lead_id, job_id: job.id, payload: json!({ "payment_id": intent, "refunded": refunded.to_string(), "of": paid.amount.to_string() }) };
-    event_log::append_fact(pool, fact).await.map_err(db_failed)?;
+    let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
     let kommo = &clients.kommo;
-    write_payment_state(&context, clients, lead_id, "stripe", intent, None).await?;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } });
     kommo.add_lead_note(note).await.map_err(kommo_failed)?;
     Ok(())
-}
-
-/// Sets the deal's payment status to `status` (picked from the configured options) and tells
-/// its manager `text` with a task.
-async fn mark_and_tell(
-    context: &Context,
-    clients: &AccountClients,
-    job: &ClaimedJob,
-    lead_id: i64,
-    status: impl Fn(&StatusesSection) -> i64,
-    kind: &str,
-    text: &str,
-) -> Result<(), JobError> {
-    let kommo = &clients.kommo;
-    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
-        tracing::info!(lead_id, "the deal no longer exists");
-        return Ok(());
-    };
-    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
-    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
-    tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, kind, text).await
 }
 
 fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str, event: &Value) -> Result<Payment, JobError> {
