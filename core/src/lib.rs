@@ -17,4 +17,5 @@ pub mod rate_limit;
 pub mod retry_policy;
 pub mod signature;
 pub mod stripe;
+pub mod subscriptions;
 pub mod telemetry;

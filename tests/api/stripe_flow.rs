@@ -638,3 +638,74 @@ async fn an_order_without_a_deal_is_a_visible_dead_letter_until_self_serve_buyer
         .unwrap();
     assert!(error.contains("self-serve buyer"), "{error}");
 }
+
+fn ls_subscription(event: &str, status: &str, updated_at: &str, with_deal: bool) -> String {
+    let custom = if with_deal { json!({ "kommo_lead_id": LEAD.to_string() }) } else { Value::Null };
+    json!({
+        "meta": { "event_name": event, "test_mode": true, "custom_data": custom },
+        "data": { "type": "subscriptions", "id": "555", "attributes": {
+            "store_id": 12345, "order_id": 1001, "product_name": "Pro plan", "variant_name": "Monthly", "status": status,
+            "cancelled": status == "cancelled", "renews_at": "2026-12-26T12:26:23.000000Z",
+            "ends_at": if status == "cancelled" || status == "expired" { json!("2026-12-26T12:26:23.000000Z") } else { Value::Null },
+            "created_at": "2026-11-26T12:26:23.000000Z", "updated_at": updated_at
+        }}
+    })
+    .to_string()
+}
+
+fn ls_invoice(event: &str, invoice: &str, reason: &str) -> String {
+    json!({
+        "meta": { "event_name": event, "test_mode": true },
+        "data": { "type": "subscription-invoices", "id": invoice, "attributes": {
+            "subscription_id": 555, "customer_id": 777, "billing_reason": reason, "status": "paid",
+            "currency": "USD", "total": 4900, "refunded": false, "refunded_amount": 0,
+            "created_at": "2026-12-26T12:26:23.000000Z", "updated_at": "2026-12-26T12:26:23.000000Z"
+        }}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn lemonsqueezy_subscription_payments_find_their_deal_through_the_subscription() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:26:23.000000Z", true)).await;
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_success", "801", "initial")).await;
+    f.drain_with_retries().await;
+    assert!(f.note_texts().is_empty(), "the first invoice is the order's money, counted once with order_created");
+
+    let renewal = ls_invoice("subscription_payment_success", "802", "renewal");
+    f.lemonsqueezy_sends(&renewal).await;
+    f.lemonsqueezy_sends(&renewal).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.note_texts(), vec!["Payment received: 49.00 USD — subscription renewal (invoice 802)"]);
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_failed", "803", "renewal")).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
+    assert!(f.kommo.tasks()[0]["text"].as_str().unwrap().contains("49.00 USD failed"));
+
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_recovered", "803", "renewal")).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "recovered: paid again");
+}
+
+#[tokio::test]
+async fn lemonsqueezy_cancellation_tells_the_manager_and_expiry_ends_it_whatever_arrives_late() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:00:00.000000Z", true)).await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_cancelled", "cancelled", "2026-12-01T09:00:00.000000Z", true)).await;
+    f.drain_with_retries().await;
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("stays active until 2026-12-26"), "{tasks:?}");
+
+    f.lemonsqueezy_sends(&ls_subscription("subscription_expired", "expired", "2026-12-26T12:26:23.000000Z", true)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
+
+    // A resume from before the expiry, delivered late, does not bring the deal back.
+    f.lemonsqueezy_sends(&ls_subscription("subscription_resumed", "active", "2026-12-02T09:00:00.000000Z", true)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
+}

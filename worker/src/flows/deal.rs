@@ -133,7 +133,13 @@ pub(super) async fn mark_and_tell(
         tracing::info!(lead_id, "the deal no longer exists");
         return Ok(());
     };
-    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
-    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+    set_payment_status(clients, lead_id, status(&fields.statuses)).await?;
     tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, kind, text).await
+}
+
+/// Sets the deal's payment status field to the option `status`.
+pub(super) async fn set_payment_status(clients: &AccountClients, lead_id: i64, status: i64) -> Result<(), JobError> {
+    let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
+    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status)] });
+    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
 }

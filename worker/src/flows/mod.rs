@@ -3,6 +3,7 @@
 mod alert;
 mod deal;
 mod lemonsqueezy_order;
+mod lemonsqueezy_subscription;
 mod payment_link;
 mod settle;
 mod stripe_payment;
@@ -73,8 +74,8 @@ impl AccountClients {
 
 type HandlerFuture = futures_util::future::BoxFuture<'static, Result<(), JobError>>;
 
-/// The handlers of this build, by job kind. Kinds without a handler here (Lemon Squeezy
-/// subscriptions) wait in the queue for a build that has one.
+/// The handlers of this build, by job kind. A kind without a handler here would wait in the
+/// queue for a build that has one.
 pub fn handlers(context: Arc<Context>) -> Handlers {
     let on = |handlers: Handlers, kind: JobKind, handler: fn(Arc<Context>, ClaimedJob) -> HandlerFuture| {
         let context = context.clone();
@@ -86,6 +87,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
     let handlers = on(handlers, JobKind::StripeInvoice, |c, j| Box::pin(stripe_payment::apply_invoice(c, j)));
     let handlers = on(handlers, JobKind::StripeRefund, |c, j| Box::pin(stripe_payment::apply_refund(c, j)));
     let handlers = on(handlers, JobKind::LemonSqueezyOrder, |c, j| Box::pin(lemonsqueezy_order::apply(c, j)));
+    let handlers = on(handlers, JobKind::LemonSqueezySubscription, |c, j| Box::pin(lemonsqueezy_subscription::apply(c, j)));
     on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)))
 }
 

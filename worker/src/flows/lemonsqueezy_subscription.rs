@@ -1,0 +1,109 @@
+//! `lemonsqueezy.subscription`: a subscription's lifecycle and its payments.
+//!
+//! `subscription_created` stores the subscription → deal mapping: the payment events
+//! (`subscription_payment_*`, about a subscription invoice) carry no custom data of their own and
+//! find their deal through it. Lifecycle events are snapshots, applied only when not older than
+//! the one stored, so a late delivery cannot undo a newer state.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::payments::Received;
+use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::subscriptions::{self, Snapshot};
+use serde_json::Value;
+
+use super::deal::{Deal, mark_and_tell, set_payment_status, tell_manager};
+use super::settle::{Payment, Settlement, record_refund, settle};
+use super::{Context, causing_event, db_failed, kommo_failed};
+use crate::JobError;
+
+pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let account = &clients.account;
+    let pool = &context.pool;
+    let event = causing_event(pool, &job).await?;
+    let name = event.pointer("/meta/event_name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let attrs = &event["data"]["attributes"];
+    let text = |key: &str| attrs.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id_of = |value: Option<&Value>| match value {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let data_id = id_of(event.pointer("/data/id")).ok_or_else(|| JobError::permanent(anyhow!("a subscription event without data.id")))?;
+    let time = |key: &str| DateTime::parse_from_rfc3339(&text(key)).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
+    // Payment events are about an invoice; the subscription is an attribute.
+    let is_payment = name.starts_with("subscription_payment_");
+    let subscription_id = if is_payment { id_of(attrs.get("subscription_id")).unwrap_or_default() } else { data_id.clone() };
+    let mapped = subscriptions::lead_of(pool, &account.slug, "lemonsqueezy", &subscription_id).await.map_err(db_failed)?;
+    let lead_id = mapped.or(job.lead_id).ok_or_else(|| {
+        JobError::permanent(anyhow!("subscription {subscription_id} names no deal: no subscription_created with a kommo_lead_id was seen"))
+    })?;
+    let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
+
+    if is_payment {
+        let currency = Currency::parse(&text("currency")).map_err(JobError::permanent)?;
+        let total = Money::from_minor(attrs.get("total").and_then(Value::as_i64).unwrap_or(0), currency);
+        let payment = Payment { id: format!("invoice-{data_id}"), link_id: None, amount: total, at: time("created_at") };
+        return match name.as_str() {
+            "subscription_payment_success" | "subscription_payment_recovered" => {
+                if text("billing_reason") == "initial" {
+                    tracing::info!(invoice = %data_id, "the first invoice is the order's money, counted with order_created");
+                    return Ok(());
+                }
+                let note = format!("Payment received: {total} — subscription renewal (invoice {data_id})");
+                settle(&context, clients, &job, Settlement { provider: "lemonsqueezy", payment: &payment, lead_id, won_stage: None, note }).await
+            }
+            "subscription_payment_failed" => {
+                let text = format!("The client's subscription payment of {total} failed (Lemon Squeezy invoice {data_id}). Lemon Squeezy retries; ask the client to update their card.");
+                mark_and_tell(&context, clients, &job, lead_id, |s| s.overdue, "payment.failed", &text).await
+            }
+            "subscription_payment_refunded" => {
+                let refunded_total = attrs.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
+                let received = Received {
+                    account: &account.slug,
+                    provider: "lemonsqueezy",
+                    payment_id: &payment.id,
+                    lead_id,
+                    link_id: None,
+                    amount: total,
+                    paid_at: payment.at,
+                    job_id: job.id,
+                };
+                record_refund(&context, clients, &received, refunded_total).await.map(drop)
+            }
+            other => {
+                tracing::info!(name = other, "nothing to do for this subscription payment event");
+                Ok(())
+            }
+        };
+    }
+
+    let snapshot = Snapshot {
+        account: &account.slug,
+        provider: "lemonsqueezy",
+        subscription_id: &subscription_id,
+        lead_id,
+        status: &text("status"),
+        updated_at: time("updated_at"),
+    };
+    let newest = subscriptions::store(pool, &snapshot).await.map_err(db_failed)?;
+    match name.as_str() {
+        "subscription_cancelled" => {
+            let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
+            let ends = attrs.get("ends_at").and_then(Value::as_str).map(|e| e.get(..10).unwrap_or(e).to_owned()).unwrap_or_else(|| "the end of the period".into());
+            let product = text("product_name");
+            let text = format!("The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back.");
+            tell_manager(pool, &clients.kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "subscription.cancelled", &text).await
+        }
+        "subscription_expired" if newest => set_payment_status(clients, lead_id, fields.statuses.cancelled).await,
+        "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, lead_id, fields.statuses.paid).await,
+        _ => {
+            tracing::info!(name, subscription = %subscription_id, newest, "subscription snapshot stored");
+            Ok(())
+        }
+    }
+}
