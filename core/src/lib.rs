@@ -15,6 +15,7 @@ pub mod lemonsqueezy;
 pub mod queue;
 pub mod rate_limit;
 pub mod retry_policy;
+pub mod self_serve;
 pub mod signature;
 pub mod stripe;
 pub mod subscriptions;

@@ -32,6 +32,7 @@ const PARTIALLY_REFUNDED: i64 = 9026;
 const CANCELLED: i64 = 9027;
 
 struct Flow {
+    config: Config,
     app: TestApp,
     kommo: FakeKommo,
     stripe: FakeStripe,
@@ -83,6 +84,12 @@ async fn flow() -> Flow {
         api_key_env = "LS_KEY"
         webhook_secret_envs = ["LS_WHSEC"]
         test_mode = true
+        [accounts.lemonsqueezy.self_serve]
+        pipeline_id = {PIPELINE}
+        status_id = 67548600
+        responsible_user_ids = [11, 12, 13]
+        tags = ["self-serve"]
+        rules = [{{ variant_id = "99999", responsible_user_id = 77 }}]
         [[accounts.triggers]]
         name = "checkout"
         pipeline_id = {PIPELINE}
@@ -110,7 +117,7 @@ async fn flow() -> Flow {
         "id": 9012345, "name": "Jane Client",
         "custom_fields_values": [{ "field_id": 1, "field_code": "EMAIL", "values": [{ "value": "jane@client.example", "enum_code": "WORK" }] }]
     }));
-    Flow { app, kommo, stripe, lemonsqueezy, worker, last_modified: std::cell::Cell::new(1764160000) }
+    Flow { config, app, kommo, stripe, lemonsqueezy, worker, last_modified: std::cell::Cell::new(1764160000) }
 }
 
 impl Flow {
@@ -626,17 +633,81 @@ async fn a_failed_lemonsqueezy_order_tells_the_manager_and_a_pending_one_waits()
     assert!(f.field(STATUS_FIELD).is_none(), "not marked paid");
 }
 
+fn self_serve_order(order: u32, variant: u32) -> String {
+    ls_order("order_created", "paid", 0, None)
+        .replace("\"1001\"", &format!("\"{order}\""))
+        .replace("\"variant_id\":67890", &format!("\"variant_id\":{variant}"))
+}
+
+fn created_deals(f: &Flow) -> Vec<Value> {
+    f.kommo.requests().into_iter().filter(|r| r.path == "/api/v4/leads/complex").map(|r| r.body[0].clone()).collect()
+}
+
 #[tokio::test]
-async fn an_order_without_a_deal_is_a_visible_dead_letter_until_self_serve_buyers_are_supported() {
+async fn a_self_serve_buyer_becomes_a_paid_deal_once() {
     let f = flow().await;
-    f.lemonsqueezy_sends(&ls_order("order_created", "paid", 0, None)).await;
+    let order = self_serve_order(2001, 67890);
+
+    f.lemonsqueezy_sends(&order).await;
+    f.lemonsqueezy_sends(&order).await;
     f.drain_with_retries().await;
 
-    let error: String = sqlx::query_scalar("SELECT errors -> -1 ->> 'error' FROM jobs WHERE kind = 'lemonsqueezy.order' AND state = 'dead'")
-        .fetch_one(&f.app.db.pool)
+    let deals = created_deals(&f);
+    assert_eq!(deals.len(), 1, "one deal for one order");
+    let deal = &deals[0];
+    assert_eq!(deal["name"], "Website redesign — jane@client.example");
+    assert_eq!(deal["price"], 2000);
+    assert_eq!(deal["status_id"], 67548600);
+    assert_eq!(deal["responsible_user_id"], 11);
+    assert_eq!(deal["_embedded"]["tags"], json!([{ "name": "self-serve" }]));
+    assert_eq!(deal["_embedded"]["contacts"][0]["custom_fields_values"][0]["values"][0]["value"], "jane@client.example");
+    let id: i64 = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders").fetch_one(&f.app.db.pool).await.unwrap();
+    let paid = f.kommo.lead(id).unwrap();
+    assert_eq!(paid["status_id"], 142, "then paid like any deal: closed as won");
+    let notes: Vec<String> = f.kommo.notes().iter().filter(|n| n["entity_id"] == id).map(|n| n["params"]["text"].as_str().unwrap().to_owned()).collect();
+    assert!(notes.iter().any(|n| n == "Self-serve order 2001. utm_source: website"), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("Payment received: 2,000.00 USD")), "{notes:?}");
+}
+
+#[tokio::test]
+async fn two_workers_racing_on_one_order_create_one_deal() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&self_serve_order(2002, 67890)).await;
+    // A second job for the same event, as a replay would make, run by a second worker at once.
+    sqlx::query("INSERT INTO jobs (kind, args, account, event_id, max_attempts) SELECT kind, args, account, event_id, max_attempts FROM jobs")
+        .execute(&f.app.db.pool)
         .await
         .unwrap();
-    assert!(error.contains("self-serve buyer"), "{error}");
+    let second = Worker::new(
+        f.app.db.pool.clone(),
+        handlers(Context::new(f.app.db.pool.clone(), &f.config.accounts)),
+        f.config.worker.clone(),
+        f.config.jobs.clone(),
+    );
+
+    let (a, b) = tokio::join!(f.worker.run_once(), second.run_once());
+    assert_eq!(a.unwrap().claimed + b.unwrap().claimed, 2);
+    f.drain_with_retries().await;
+
+    assert_eq!(created_deals(&f).len(), 1);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await, 2);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'payment.received'").await, 1);
+}
+
+#[tokio::test]
+async fn self_serve_deals_go_round_the_managers_fairly_and_rules_come_first() {
+    let f = flow().await;
+    for order in 3001..3010 {
+        f.lemonsqueezy_sends(&self_serve_order(order, 67890)).await;
+    }
+    f.lemonsqueezy_sends(&self_serve_order(3010, 99999)).await;
+    f.drain_with_retries().await;
+
+    let mut counts = std::collections::BTreeMap::new();
+    for deal in created_deals(&f) {
+        *counts.entry(deal["responsible_user_id"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(counts, std::collections::BTreeMap::from([(11, 3), (12, 3), (13, 3), (77, 1)]));
 }
 
 fn ls_subscription(event: &str, status: &str, updated_at: &str, with_deal: bool) -> String {

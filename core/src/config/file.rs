@@ -335,6 +335,34 @@ pub struct LemonSqueezySection {
     /// Create checkouts in test mode (with a test-mode API key).
     #[serde(default)]
     pub test_mode: bool,
+    /// Stage to move a deal to when its order is refunded ("needs attention").
+    pub refund_status_id: Option<i64>,
+    /// Deals for buyers who paid without one (self-serve).
+    pub self_serve: Option<SelfServeSection>,
+}
+
+/// Where self-serve buyers' deals go, and who gets them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfServeSection {
+    pub pipeline_id: i64,
+    pub status_id: i64,
+    /// Managers taking turns (round robin, fair across all worker processes).
+    pub responsible_user_ids: Vec<i64>,
+    /// Tags for the new deals.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Rules that pick the manager before the round robin: the first whose variant matches.
+    #[serde(default)]
+    pub rules: Vec<SelfServeRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfServeRule {
+    /// The Lemon Squeezy variant (plan) bought.
+    pub variant_id: String,
+    pub responsible_user_id: i64,
 }
 
 fn default_stripe_api() -> String {

@@ -171,6 +171,8 @@ pub struct LemonSqueezyAccount {
     pub api_key: SecretString,
     pub webhook_secrets: Vec<SecretString>,
     pub test_mode: bool,
+    pub refund_status_id: Option<i64>,
+    pub self_serve: Option<SelfServeSection>,
 }
 
 /// Where a trigger's link comes from.

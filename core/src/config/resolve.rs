@@ -274,7 +274,19 @@ impl Validator<'_> {
             let api_key = self.secret(&format!("{key}.lemonsqueezy.api_key_env"), &s.api_key_env);
             let webhook_secrets =
                 self.secrets(&format!("{key}.lemonsqueezy.webhook_secret_envs"), &s.webhook_secret_envs);
-            Some(LemonSqueezyAccount { api_base_url: api_base_url?, api_key: api_key?, webhook_secrets: webhook_secrets?, test_mode: s.test_mode })
+            if let Some(self_serve) = &s.self_serve
+                && self_serve.responsible_user_ids.is_empty()
+            {
+                self.problem(&format!("{key}.lemonsqueezy.self_serve.responsible_user_ids"), "names no manager; name at least one");
+            }
+            Some(LemonSqueezyAccount {
+                api_base_url: api_base_url?,
+                api_key: api_key?,
+                webhook_secrets: webhook_secrets?,
+                test_mode: s.test_mode,
+                refund_status_id: s.refund_status_id,
+                self_serve: s.self_serve.clone(),
+            })
         });
 
         let default_currency = self.check(

@@ -175,6 +175,17 @@ impl KommoClient {
         self.tasks.submit(task).await
     }
 
+    /// Creates a lead together with its contact (`POST /api/v4/leads/complex`, one lead);
+    /// returns the new lead's id.
+    pub async fn create_lead_with_contact(&self, lead: &Value) -> Result<i64, KommoError> {
+        let answer = self.api.call::<Value>(reqwest::Method::POST, "api/v4/leads/complex", Some(&Value::Array(vec![lead.clone()]))).await?;
+        answer
+            .as_ref()
+            .and_then(|a| a.pointer("/0/id"))
+            .and_then(super::lenient_id)
+            .ok_or_else(|| KommoError::Unavailable("the complex create answered without a lead id".into()))
+    }
+
     /// Every custom field of leads, all pages.
     pub async fn lead_custom_fields(&self) -> Result<Vec<Value>, KommoError> {
         let mut fields = Vec::new();

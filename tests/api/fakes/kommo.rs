@@ -62,6 +62,7 @@ impl FakeKommo {
         let router = Router::new()
             .route("/api/v4/leads/{id}", get(get_lead))
             .route("/api/v4/leads", axum::routing::patch(patch_leads))
+            .route("/api/v4/leads/complex", post(add_complex))
             .route("/api/v4/contacts/{id}", get(get_contact))
             .route("/api/v4/leads/notes", post(add_notes))
             .route("/api/v4/tasks", post(add_tasks))
@@ -305,4 +306,21 @@ async fn add_fields(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: 
         created.push(field);
     }
     hal(200, json!({ "_embedded": { "custom_fields": created } }))
+}
+
+/// `POST /api/v4/leads/complex`: leads created with their contact, ids from 30,000,000.
+async fn add_complex(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let leads: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let mut fake = state.lock().unwrap();
+    let mut created = Vec::new();
+    for (i, mut lead) in leads.into_iter().enumerate() {
+        let id = 30_000_000 + fake.leads.len() as i64;
+        lead["id"] = json!(id);
+        fake.leads.insert(id, lead);
+        created.push(json!({ "id": id, "contact_id": id + 1, "company_id": null, "request_id": [i.to_string()], "merged": false }));
+    }
+    hal(200, Value::Array(created))
 }

@@ -13,11 +13,12 @@ use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::Received;
 use kommo_pay_core::queue::ClaimedJob;
-use serde_json::Value;
+use kommo_pay_core::self_serve::{self, Claim};
+use serde_json::{Value, json};
 
 use super::deal::{Deal, tell_manager};
 use super::settle::{Payment, Settlement, record_refund, settle};
-use super::{Context, causing_event, db_failed, kommo_failed};
+use super::{AccountClients, Context, causing_event, db_failed, kommo_failed};
 use crate::JobError;
 
 /// Kommo's "won" stage, in every pipeline.
@@ -39,15 +40,23 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let total = Money::from_minor(order.get("total").and_then(Value::as_i64).unwrap_or(0), currency);
     let number = order.get("order_number").map(|n| n.to_string().trim_matches('"').to_owned()).unwrap_or_else(|| id.clone());
     let product = order.pointer("/first_order_item/product_name").and_then(Value::as_str).unwrap_or("an order").to_owned();
-    let lead_id = job.lead_id.ok_or_else(|| {
-        JobError::permanent(anyhow!(
-            "order #{number} names no deal (a self-serve buyer); creating deals for self-serve buyers is not supported yet"
-        ))
-    })?;
+    let status = text("status");
+    let lead_id = match job.lead_id {
+        Some(lead_id) => lead_id,
+        // A self-serve buyer: the deal made for this order earlier, or a new one once it is paid.
+        None => match self_serve::lead_of(&context.pool, &account.slug, "lemonsqueezy", &id).await.map_err(db_failed)? {
+            Some(lead_id) => lead_id,
+            None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &id, &event, total).await?,
+            None => {
+                tracing::info!(order = %id, name, status, "an order without a deal, and not a paid one: nothing to do");
+                return Ok(());
+            }
+        },
+    };
     let at = DateTime::parse_from_rfc3339(&text("created_at")).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
     let payment = Payment { id: id.clone(), link_id: None, amount: total, at };
 
-    match (name, text("status").as_str()) {
+    match (name, status.as_str()) {
         ("order_created", "paid") => {
             let link = payment_links::active_for(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
             let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id)).unwrap_or(WON);
@@ -77,6 +86,9 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 job_id: job.id,
             };
             let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
+            if let Some(stage) = account.lemonsqueezy.as_ref().and_then(|l| l.refund_status_id) {
+                clients.kommo.update_lead(lead_id, &json!({ "status_id": stage })).await.map_err(kommo_failed)?;
+            }
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let whole = if refunded_total >= total.minor() { "in full" } else { "partly" };
             let text = format!("Lemon Squeezy order #{number} ({product}) was refunded {whole}: {refunded} of {total}. Check with the client why.");
@@ -87,4 +99,58 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Creates the deal (and its contact) for a self-serve buyer's paid order, once: the order is
+/// claimed before Kommo is called and the new deal's id stored as soon as Kommo returns it; a
+/// second job for the same order waits and then finds the deal.
+async fn self_serve_deal(context: &Context, clients: &AccountClients, job: &ClaimedJob, order_id: &str, event: &Value, total: Money) -> Result<i64, JobError> {
+    let account = &clients.account;
+    let config = account.lemonsqueezy.as_ref().and_then(|l| l.self_serve.as_ref()).ok_or_else(|| {
+        JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section"))
+    })?;
+    match self_serve::claim(&context.pool, &account.slug, "lemonsqueezy", order_id, job.id).await.map_err(db_failed)? {
+        Claim::Existing(lead_id) => return Ok(lead_id),
+        Claim::Busy => return Err(JobError::retryable(anyhow!("another job is creating the deal for order {order_id}"))),
+        Claim::Yours => {}
+    }
+    let order = &event["data"]["attributes"];
+    let text = |pointer: &str| order.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let variant = order.pointer("/first_order_item/variant_id").map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+    let responsible = match config.rules.iter().find(|rule| rule.variant_id == variant) {
+        Some(rule) => rule.responsible_user_id,
+        None => {
+            let turn = self_serve::next_turn(&context.pool, &account.slug).await.map_err(db_failed)?;
+            config.responsible_user_ids[turn.rem_euclid(config.responsible_user_ids.len() as i64) as usize]
+        }
+    };
+    let buyer = if text("/user_name").is_empty() { text("/user_email") } else { text("/user_name") };
+    let product = text("/first_order_item/product_name");
+    let whole_units = total.minor() / 10i64.pow(total.currency().exponent());
+    let tags: Vec<Value> = config.tags.iter().map(|t| json!({ "name": t })).collect();
+    let lead = json!({
+        "name": format!("{product} — {buyer}"),
+        "price": whole_units,
+        "pipeline_id": config.pipeline_id,
+        "status_id": config.status_id,
+        "responsible_user_id": responsible,
+        "_embedded": {
+            "tags": tags,
+            "contacts": [{
+                "first_name": buyer,
+                "responsible_user_id": responsible,
+                "custom_fields_values": [{ "field_code": "EMAIL", "values": [{ "value": text("/user_email"), "enum_code": "WORK" }] }]
+            }]
+        }
+    });
+    let lead_id = clients.kommo.create_lead_with_contact(&lead).await.map_err(kommo_failed)?;
+    self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id).await.map_err(db_failed)?;
+    // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
+    if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {
+        let pairs: Vec<String> = custom.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();
+        let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Self-serve order {order_id}. {}", pairs.join(", ")) } });
+        clients.kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+    }
+    tracing::info!(order = order_id, lead_id, responsible, "deal created for a self-serve buyer");
+    Ok(lead_id)
 }

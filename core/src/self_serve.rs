@@ -1,0 +1,83 @@
+//! Self-serve buyers: the deal created for an order that named none (`self_serve_orders`), and
+//! the round-robin cursor that assigns their managers (`round_robin`).
+
+use sqlx::PgPool;
+
+/// Who creates the deal for an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The deal exists already.
+    Existing(i64),
+    /// This job: create it, then [`record_lead`].
+    Yours,
+    /// Another job is creating it right now.
+    Busy,
+}
+
+/// Claims the creation of the deal for `order_id`. A lease older than five minutes counts as
+/// abandoned (its job died before Kommo answered).
+pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str, job_id: i64) -> Result<Claim, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO self_serve_orders (account, provider, order_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(account)
+        .bind(provider)
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    let (lead_id, creating_job): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "UPDATE self_serve_orders SET
+             creating_job = CASE WHEN lead_id IS NULL AND (creating_job IS NULL OR creating_job = $4 OR creating_since < now() - interval '5 minutes')
+                                 THEN $4 ELSE creating_job END,
+             creating_since = CASE WHEN lead_id IS NULL AND (creating_job IS NULL OR creating_job = $4 OR creating_since < now() - interval '5 minutes')
+                                   THEN now() ELSE creating_since END
+         WHERE account = $1 AND provider = $2 AND order_id = $3
+         RETURNING lead_id, creating_job",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(order_id)
+    .bind(job_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(match (lead_id, creating_job) {
+        (Some(lead), _) => Claim::Existing(lead),
+        (None, Some(job)) if job == job_id => Claim::Yours,
+        _ => Claim::Busy,
+    })
+}
+
+/// The deal created for `order_id`, stored the moment Kommo returned it.
+pub async fn record_lead(pool: &PgPool, account: &str, provider: &str, order_id: &str, lead_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE self_serve_orders SET lead_id = $4 WHERE account = $1 AND provider = $2 AND order_id = $3")
+        .bind(account)
+        .bind(provider)
+        .bind(order_id)
+        .bind(lead_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The deal created for `order_id`, if any.
+pub async fn lead_of(pool: &PgPool, account: &str, provider: &str, order_id: &str) -> Result<Option<i64>, sqlx::Error> {
+    let lead: Option<Option<i64>> = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3")
+        .bind(account)
+        .bind(provider)
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(lead.flatten())
+}
+
+/// The next turn of the account's round robin: 0, 1, 2, … across all processes.
+pub async fn next_turn(pool: &PgPool, account: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO round_robin AS r (account, next) VALUES ($1, 1)
+         ON CONFLICT (account) DO UPDATE SET next = r.next + 1
+         RETURNING next - 1",
+    )
+    .bind(account)
+    .fetch_one(pool)
+    .await
+}
