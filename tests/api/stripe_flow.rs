@@ -84,6 +84,8 @@ async fn flow() -> Flow {
         api_key_env = "LS_KEY"
         webhook_secret_envs = ["LS_WHSEC"]
         test_mode = true
+        success_manager_id = 500
+        refund_status_id = 67548640
         [accounts.lemonsqueezy.self_serve]
         pipeline_id = {PIPELINE}
         status_id = 67548600
@@ -98,6 +100,8 @@ async fn flow() -> Flow {
         store_id = "12345"
         variant_id = "67890"
         checkout_expires_hours = 72
+        product_name = "Pro plan"
+        custom = {{ campaign = "black-friday", kommo_lead_id = "never overrides the deal's" }}
         "#,
         kommo_url = kommo.url,
         stripe_url = stripe.url,
@@ -532,7 +536,8 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     assert_eq!(attributes["checkout_data"]["custom"]["kommo_lead_id"], LEAD.to_string());
     assert_eq!(attributes["checkout_data"]["email"], "jane@client.example");
     assert_eq!(attributes["checkout_data"]["name"], "Jane Client");
-    assert_eq!(attributes["product_options"]["name"], "Website redesign");
+    assert_eq!(attributes["product_options"]["name"], "Pro plan", "the trigger's product name");
+    assert_eq!(attributes["checkout_data"]["custom"]["campaign"], "black-friday", "configured extras travel too");
     assert_eq!(attributes["test_mode"], true);
     assert!(attributes["expires_at"].is_string(), "the checkout expires: {attributes}");
     let url = f.field(LINK_FIELD).unwrap()["value"].as_str().unwrap().to_owned();
@@ -606,6 +611,7 @@ async fn a_refunded_lemonsqueezy_order_updates_the_deal_and_tells_its_manager() 
 
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
     assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "500.00");
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 67548640, "moved to the needs-attention stage");
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
     assert!(tasks[0]["text"].as_str().unwrap().contains("refunded partly: 500.00 USD of 2,000.00 USD"), "{tasks:?}");
@@ -770,6 +776,7 @@ async fn lemonsqueezy_cancellation_tells_the_manager_and_expiry_ends_it_whatever
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
     assert!(tasks[0]["text"].as_str().unwrap().contains("stays active until 2026-12-26"), "{tasks:?}");
+    assert_eq!(tasks[0]["responsible_user_id"], 500, "for the customer-success manager");
 
     f.lemonsqueezy_sends(&ls_subscription("subscription_expired", "expired", "2026-12-26T12:26:23.000000Z", true)).await;
     f.drain_with_retries().await;

@@ -197,6 +197,12 @@ pub struct TriggerSection {
     pub variant_id: Option<String>,
     /// Lemon Squeezy: hours until the checkout URL expires (none: it never does).
     pub checkout_expires_hours: Option<u32>,
+    /// The product name the client sees (default: the deal's name), and a description.
+    pub product_name: Option<String>,
+    pub description: Option<String>,
+    /// Extra key/values carried with the payment (Stripe metadata, Lemon Squeezy custom data).
+    #[serde(default)]
+    pub custom: BTreeMap<String, String>,
     /// `payment` (one-time) or `subscription`.
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -337,6 +343,9 @@ pub struct LemonSqueezySection {
     pub test_mode: bool,
     /// Stage to move a deal to when its order is refunded ("needs attention").
     pub refund_status_id: Option<i64>,
+    /// The customer-success manager who gets the task when a subscription is cancelled (default:
+    /// the deal's responsible manager).
+    pub success_manager_id: Option<i64>,
     /// Deals for buyers who paid without one (self-serve).
     pub self_serve: Option<SelfServeSection>,
 }

@@ -132,6 +132,10 @@ pub struct Trigger {
     pub pipeline_id: i64,
     pub status_id: i64,
     pub provider: TriggerProvider,
+    pub product_name: Option<String>,
+    pub description: Option<String>,
+    /// Extra key/values carried with the payment.
+    pub custom: BTreeMap<String, String>,
     /// `Some` for a subscription.
     pub recurring: Option<Recurring>,
     pub redirect_url: Option<String>,
@@ -172,6 +176,7 @@ pub struct LemonSqueezyAccount {
     pub webhook_secrets: Vec<SecretString>,
     pub test_mode: bool,
     pub refund_status_id: Option<i64>,
+    pub success_manager_id: Option<i64>,
     pub self_serve: Option<SelfServeSection>,
 }
 

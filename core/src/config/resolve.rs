@@ -285,6 +285,7 @@ impl Validator<'_> {
                 webhook_secrets: webhook_secrets?,
                 test_mode: s.test_mode,
                 refund_status_id: s.refund_status_id,
+                success_manager_id: s.success_manager_id,
                 self_serve: s.self_serve.clone(),
             })
         });
@@ -373,6 +374,9 @@ impl Validator<'_> {
                 pipeline_id: t.pipeline_id,
                 status_id: t.status_id,
                 provider,
+                product_name: t.product_name.clone(),
+                description: t.description.clone(),
+                custom: t.custom.clone(),
                 recurring,
                 redirect_url: t.redirect_url.clone(),
                 move_to_status_id: t.move_to_status_id,

@@ -97,7 +97,11 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let ends = attrs.get("ends_at").and_then(Value::as_str).map(|e| e.get(..10).unwrap_or(e).to_owned()).unwrap_or_else(|| "the end of the period".into());
             let product = text("product_name");
             let text = format!("The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back.");
-            tell_manager(pool, &clients.kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "subscription.cancelled", &text).await
+            let mut deal = Deal::from_lead(&lead)?;
+            if let Some(manager) = account.lemonsqueezy.as_ref().and_then(|l| l.success_manager_id) {
+                deal.responsible_user_id = Some(manager);
+            }
+            tell_manager(pool, &clients.kommo, &account.slug, &deal, job.id, "subscription.cancelled", &text).await
         }
         "subscription_expired" if newest => set_payment_status(clients, lead_id, fields.statuses.cancelled).await,
         "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, lead_id, fields.statuses.paid).await,

@@ -7,7 +7,6 @@
 //! before anything uses it; the deal's card is written with idempotent PATCHes; the note and the
 //! Salesbot launch are recorded on the link and skipped once done.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -62,12 +61,18 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let link = match active.filter(|link| link.amount() == Some(amount) && link.provider == provider) {
         Some(link) => link,
         None => {
-            let metadata = BTreeMap::from([
+            // Configured extras first, so that they can never overwrite the deal's own keys.
+            let mut metadata = trigger.custom.clone();
+            metadata.extend([
                 ("kommo_account_id".to_owned(), account.kommo.account_id.to_string()),
                 ("kommo_lead_id".to_owned(), lead_id.to_string()),
                 ("kommo_pay_account".to_owned(), account.slug.clone()),
             ]);
-            let product_name = if deal.name.trim().is_empty() { format!("Deal #{lead_id}") } else { deal.name.clone() };
+            let product_name = match &trigger.product_name {
+                Some(name) => name.clone(),
+                None if deal.name.trim().is_empty() => format!("Deal #{lead_id}"),
+                None => deal.name.clone(),
+            };
             let created = match &trigger.provider {
                 TriggerProvider::Stripe => {
                     let request = NewPaymentLink {
@@ -97,7 +102,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                         email,
                         name,
                         product_name: Some(product_name),
-                        description: None,
+                        description: trigger.description.clone(),
                         redirect_url: trigger.redirect_url.clone(),
                         expires_at: expires_hours.map(|h| chrono::Utc::now() + chrono::Duration::hours(i64::from(h))),
                         test_mode: account.lemonsqueezy.as_ref().is_some_and(|l| l.test_mode),
