@@ -8,8 +8,10 @@ use sqlx::PgPool;
 pub enum Claim {
     /// The deal exists already.
     Existing(i64),
-    /// This job: create it, then [`record_lead`].
-    Yours,
+    /// This job: create it, then [`record_lead`]. `resumed` when an earlier attempt (this job's
+    /// or an abandoned one's) held the claim: it may have created the deal before it stopped, so
+    /// look for it first.
+    Yours { resumed: bool },
     /// Another job is creating it right now.
     Busy,
 }
@@ -24,14 +26,17 @@ pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str,
         .bind(order_id)
         .execute(&mut *tx)
         .await?;
-    let (lead_id, creating_job): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "UPDATE self_serve_orders SET
-             creating_job = CASE WHEN lead_id IS NULL AND (creating_job IS NULL OR creating_job = $4 OR creating_since < now() - interval '5 minutes')
-                                 THEN $4 ELSE creating_job END,
-             creating_since = CASE WHEN lead_id IS NULL AND (creating_job IS NULL OR creating_job = $4 OR creating_since < now() - interval '5 minutes')
-                                   THEN now() ELSE creating_since END
-         WHERE account = $1 AND provider = $2 AND order_id = $3
-         RETURNING lead_id, creating_job",
+    let (lead_id, creating_job, earlier): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        // The earlier holder is read in FROM, before the row changes (a CTE read from RETURNING
+        // would run after the update and see nothing).
+        "UPDATE self_serve_orders o SET
+             creating_job = CASE WHEN o.lead_id IS NULL AND (o.creating_job IS NULL OR o.creating_job = $4 OR o.creating_since < now() - interval '5 minutes')
+                                 THEN $4 ELSE o.creating_job END,
+             creating_since = CASE WHEN o.lead_id IS NULL AND (o.creating_job IS NULL OR o.creating_job = $4 OR o.creating_since < now() - interval '5 minutes')
+                                   THEN now() ELSE o.creating_since END
+         FROM (SELECT creating_job AS earlier FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3) b
+         WHERE o.account = $1 AND o.provider = $2 AND o.order_id = $3
+         RETURNING o.lead_id, o.creating_job, b.earlier",
     )
     .bind(account)
     .bind(provider)
@@ -42,7 +47,7 @@ pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str,
     tx.commit().await?;
     Ok(match (lead_id, creating_job) {
         (Some(lead), _) => Claim::Existing(lead),
-        (None, Some(job)) if job == job_id => Claim::Yours,
+        (None, Some(job)) if job == job_id => Claim::Yours { resumed: earlier.is_some() },
         _ => Claim::Busy,
     })
 }

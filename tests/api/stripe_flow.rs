@@ -661,7 +661,7 @@ async fn a_self_serve_buyer_becomes_a_paid_deal_once() {
     let deals = created_deals(&f);
     assert_eq!(deals.len(), 1, "one deal for one order");
     let deal = &deals[0];
-    assert_eq!(deal["name"], "Website redesign — jane@client.example");
+    assert_eq!(deal["name"], "Website redesign — jane@client.example (order #1234)");
     assert_eq!(deal["price"], 2000);
     assert_eq!(deal["status_id"], 67548600);
     assert_eq!(deal["responsible_user_id"], 11);
@@ -673,6 +673,26 @@ async fn a_self_serve_buyer_becomes_a_paid_deal_once() {
     let notes: Vec<String> = f.kommo.notes().iter().filter(|n| n["entity_id"] == id).map(|n| n["params"]["text"].as_str().unwrap().to_owned()).collect();
     assert!(notes.iter().any(|n| n == "Self-serve order 2001. utm_source: website"), "{notes:?}");
     assert!(notes.iter().any(|n| n.starts_with("Payment received: 2,000.00 USD")), "{notes:?}");
+}
+
+#[tokio::test]
+async fn a_deal_created_by_an_interrupted_attempt_is_found_not_created_again() {
+    let f = flow().await;
+    // An earlier worker claimed the order, created the deal in Kommo, and died before storing it.
+    f.kommo.add_lead(json!({ "id": 31000000, "name": "Website redesign — jane@client.example (order #1234)", "status_id": 67548600, "pipeline_id": PIPELINE }));
+    sqlx::query("INSERT INTO self_serve_orders (account, provider, order_id, creating_job, creating_since) VALUES ($1, 'lemonsqueezy', '2003', 999999, now() - interval '10 minutes')")
+        .bind(ACCOUNT)
+        .execute(&f.app.db.pool)
+        .await
+        .unwrap();
+
+    f.lemonsqueezy_sends(&self_serve_order(2003, 67890)).await;
+    f.drain_with_retries().await;
+
+    assert!(created_deals(&f).is_empty(), "no second deal: {:?}", f.kommo.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect::<Vec<_>>());
+    let stored: i64 = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders").fetch_one(&f.app.db.pool).await.unwrap();
+    assert_eq!(stored, 31000000);
+    assert_eq!(f.kommo.lead(31000000).unwrap()["status_id"], 142, "and the found deal is paid");
 }
 
 #[tokio::test]

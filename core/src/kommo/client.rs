@@ -186,6 +186,13 @@ impl KommoClient {
             .ok_or_else(|| KommoError::Unavailable("the complex create answered without a lead id".into()))
     }
 
+    /// Leads whose fields contain `query` (Kommo's full-text search; an empty result is none).
+    pub async fn search_leads(&self, query: &str) -> Result<Vec<Value>, KommoError> {
+        let path = format!("api/v4/leads?query={}", url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>());
+        let answer = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
+        Ok(answer.and_then(|a| a.pointer("/_embedded/leads").and_then(Value::as_array).cloned()).unwrap_or_default())
+    }
+
     /// Every custom field of leads, all pages.
     pub async fn lead_custom_fields(&self) -> Result<Vec<Value>, KommoError> {
         let mut fields = Vec::new();

@@ -61,7 +61,7 @@ impl FakeKommo {
         let state = Arc::new(Mutex::new(Fake::default()));
         let router = Router::new()
             .route("/api/v4/leads/{id}", get(get_lead))
-            .route("/api/v4/leads", axum::routing::patch(patch_leads))
+            .route("/api/v4/leads", get(search_leads).patch(patch_leads))
             .route("/api/v4/leads/complex", post(add_complex))
             .route("/api/v4/contacts/{id}", get(get_contact))
             .route("/api/v4/leads/notes", post(add_notes))
@@ -323,4 +323,17 @@ async fn add_complex(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
         created.push(json!({ "id": id, "contact_id": id + 1, "company_id": null, "request_id": [i.to_string()], "merged": false }));
     }
     hal(200, Value::Array(created))
+}
+
+/// `GET /api/v4/leads?query=…`: leads whose name contains the query; 204 when none does.
+async fn search_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let query: String = uri
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "query").map(|(_, v)| v.into_owned()))
+        .unwrap_or_default();
+    let found: Vec<Value> = state.lock().unwrap().leads.values().filter(|l| l["name"].as_str().is_some_and(|n| n.contains(&query))).cloned().collect();
+    if found.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "leads": found } })) }
 }

@@ -109,12 +109,24 @@ async fn self_serve_deal(context: &Context, clients: &AccountClients, job: &Clai
     let config = account.lemonsqueezy.as_ref().and_then(|l| l.self_serve.as_ref()).ok_or_else(|| {
         JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section"))
     })?;
+    let order = &event["data"]["attributes"];
+    let number = order.get("order_number").map(|n| n.to_string().trim_matches('"').to_owned()).unwrap_or_else(|| order_id.to_owned());
+    // The order number in the deal's name is what finds a deal an interrupted attempt created.
+    let marker = format!("(order #{number})");
     match self_serve::claim(&context.pool, &account.slug, "lemonsqueezy", order_id, job.id).await.map_err(db_failed)? {
         Claim::Existing(lead_id) => return Ok(lead_id),
         Claim::Busy => return Err(JobError::retryable(anyhow!("another job is creating the deal for order {order_id}"))),
-        Claim::Yours => {}
+        Claim::Yours { resumed: false } => {}
+        Claim::Yours { resumed: true } => {
+            let found = clients.kommo.search_leads(&marker).await.map_err(kommo_failed)?;
+            let existing = found.iter().find(|lead| lead.get("name").and_then(Value::as_str).is_some_and(|n| n.ends_with(&marker)));
+            if let Some(lead_id) = existing.and_then(|lead| lead.get("id")).and_then(kommo_pay_core::kommo::lenient_id) {
+                tracing::warn!(order = order_id, lead_id, "an interrupted attempt had created the deal already; using it");
+                self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id).await.map_err(db_failed)?;
+                return Ok(lead_id);
+            }
+        }
     }
-    let order = &event["data"]["attributes"];
     let text = |pointer: &str| order.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
     let variant = order.pointer("/first_order_item/variant_id").map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
     let responsible = match config.rules.iter().find(|rule| rule.variant_id == variant) {
@@ -129,7 +141,7 @@ async fn self_serve_deal(context: &Context, clients: &AccountClients, job: &Clai
     let whole_units = total.minor() / 10i64.pow(total.currency().exponent());
     let tags: Vec<Value> = config.tags.iter().map(|t| json!({ "name": t })).collect();
     let lead = json!({
-        "name": format!("{product} — {buyer}"),
+        "name": format!("{product} — {buyer} {marker}"),
         "price": whole_units,
         "pipeline_id": config.pipeline_id,
         "status_id": config.status_id,
