@@ -90,7 +90,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    let scheduler = async { if scheduler { kommo_pay_scheduler::run(stopped(stop.clone())).await } else { Ok(()) } };
+    let scheduler = async {
+        if scheduler {
+            kommo_pay_scheduler::run(pool.clone(), config.accounts.clone(), config.jobs.clone(), &config.scheduler, stopped(stop.clone())).await?;
+        }
+        anyhow::Ok(())
+    };
     tokio::try_join!(ingest, worker, scheduler)?;
     tracing::info!("stopped");
     Ok(())

@@ -15,6 +15,8 @@ use crate::queue::NewJob;
 pub enum JobKind {
     /// A deal entered a trigger stage: issue its payment link and put it in the card.
     IssuePaymentLink,
+    /// An unpaid link is due a reminder: a task for the deal's manager to remind the client.
+    RemindManager,
     /// A job about a deal failed for good: tell the deal's manager with a task. Enqueued by the
     /// queue itself when it dead-letters or discards a job (`queue::fail`, `queue::rescue`).
     AlertManager,
@@ -37,6 +39,7 @@ impl JobKind {
         match self {
             JobKind::IssuePaymentLink => "payment_link.issue",
             JobKind::AlertManager => "deal.alert",
+            JobKind::RemindManager => "deal.remind",
             JobKind::StripePayment => "stripe.payment",
             JobKind::StripeInvoice => "stripe.invoice",
             JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",

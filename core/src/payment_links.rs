@@ -159,3 +159,12 @@ pub async fn mark_salesbot_run(pool: &PgPool, account: &str, link_id: &str) -> R
         .await?;
     Ok(())
 }
+
+/// The link with id `link_id`, whichever provider issued it.
+pub async fn by_id(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND link_id = $2")
+        .bind(account)
+        .bind(link_id)
+        .fetch_optional(pool)
+        .await
+}

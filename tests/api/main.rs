@@ -11,6 +11,7 @@ mod kommo;
 mod kommo_client;
 mod lemonsqueezy;
 mod lemonsqueezy_client;
+mod scheduler;
 mod stripe;
 mod stripe_client;
 mod stripe_flow;

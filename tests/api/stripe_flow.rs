@@ -79,6 +79,8 @@ async fn flow() -> Flow {
         paid_status_id = 142
         move_to_status_id = {LINK_SENT_STAGE}
         salesbot_id = 77
+        remind_after_days = 3
+        max_reminders = 2
         [accounts.lemonsqueezy]
         api_base_url = "{ls_url}"
         api_key_env = "LS_KEY"
@@ -806,4 +808,47 @@ async fn lemonsqueezy_cancellation_tells_the_manager_and_expiry_ends_it_whatever
     f.lemonsqueezy_sends(&ls_subscription("subscription_resumed", "active", "2026-12-02T09:00:00.000000Z", true)).await;
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
+}
+
+async fn issued_at(f: &Flow) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT issued_at FROM payment_links").fetch_one(&f.app.db.pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_unpaid_link_brings_reminders_on_their_days_once_each() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    let issued = issued_at(&f).await;
+    let reminders = kommo_pay_scheduler::Reminders::new(f.app.db.pool.clone(), f.config.accounts.clone(), f.config.jobs.clone());
+    let day = chrono::Duration::days(1);
+    let hour = chrono::Duration::hours(1);
+
+    assert_eq!(reminders.run_once(issued + day * 2).await.unwrap(), 0, "not yet");
+    assert_eq!(reminders.run_once(issued + day * 3 + hour).await.unwrap(), 1);
+    assert_eq!(reminders.run_once(issued + day * 3 + hour * 2).await.unwrap(), 0, "each reminder once");
+    f.drain().await;
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    let text = tasks[0]["text"].as_str().unwrap();
+    assert!(text.contains("Remind the client about payment: 2,000.00 USD") && text.contains("https://buy.stripe.com/test_fake1") && text.contains("(reminder 1)"), "{text}");
+    assert_eq!(tasks[0]["responsible_user_id"], 504141);
+
+    assert_eq!(reminders.run_once(issued + day * 6 + hour).await.unwrap(), 1);
+    assert_eq!(reminders.run_once(issued + day * 30).await.unwrap(), 0, "two at most");
+    f.drain().await;
+    assert_eq!(f.kommo.tasks().len(), 2);
+}
+
+#[tokio::test]
+async fn reminders_stop_once_the_deal_is_paid() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    let issued = issued_at(&f).await;
+    f.stripe_sends(checkout_completed("evt_paid_before_reminder", "plink_fake1", "pi_test_r", 200000)).await;
+    f.drain_with_retries().await;
+
+    let reminders = kommo_pay_scheduler::Reminders::new(f.app.db.pool.clone(), f.config.accounts.clone(), f.config.jobs.clone());
+    assert_eq!(reminders.run_once(issued + chrono::Duration::days(4)).await.unwrap(), 0);
 }

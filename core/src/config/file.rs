@@ -21,6 +21,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub worker: WorkerSection,
     #[serde(default)]
+    pub scheduler: SchedulerSection,
+    #[serde(default)]
     pub jobs: JobsSection,
     /// The Kommo accounts this deployment serves, each with its own providers.
     #[serde(default)]
@@ -117,6 +119,23 @@ impl Default for WorkerSection {
     }
 }
 
+/// The scheduler role.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSection {
+    /// Seconds between scans (reminders).
+    pub scan_interval_secs: u64,
+    /// Seconds between a scheduler's checks of its leadership: a dead leader is replaced within
+    /// about this long.
+    pub leader_check_secs: u64,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self { scan_interval_secs: 60, leader_check_secs: 5 }
+    }
+}
+
 /// Retries: defaults for every job kind, and overrides per kind.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +222,14 @@ pub struct TriggerSection {
     /// Extra key/values carried with the payment (Stripe metadata, Lemon Squeezy custom data).
     #[serde(default)]
     pub custom: BTreeMap<String, String>,
+    /// Days after the link was issued, unpaid, when the manager gets a "remind the client" task.
+    /// No reminders when unset.
+    pub remind_after_days: Option<u32>,
+    /// Reminders per link at most.
+    #[serde(default = "three")]
+    pub max_reminders: u32,
+    /// Days between reminders (default: remind_after_days).
+    pub remind_every_days: Option<u32>,
     /// `payment` (one-time) or `subscription`.
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -228,6 +255,9 @@ fn default_mode() -> String {
 }
 fn one() -> u32 {
     1
+}
+fn three() -> u32 {
+    3
 }
 fn yes() -> bool {
     true

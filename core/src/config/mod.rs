@@ -43,6 +43,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogSection,
     pub worker: WorkerConfig,
+    pub scheduler: SchedulerSection,
     pub jobs: JobPolicies,
     pub accounts: Accounts,
 }
@@ -136,6 +137,7 @@ pub struct Trigger {
     pub description: Option<String>,
     /// Extra key/values carried with the payment.
     pub custom: BTreeMap<String, String>,
+    pub reminders: Option<Reminders>,
     /// `Some` for a subscription.
     pub recurring: Option<Recurring>,
     pub redirect_url: Option<String>,
@@ -143,6 +145,14 @@ pub struct Trigger {
     pub paid_status_id: Option<i64>,
     pub add_note: bool,
     pub salesbot_id: Option<i64>,
+}
+
+/// When an unpaid link's manager is reminded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reminders {
+    pub after: chrono::Duration,
+    pub every: chrono::Duration,
+    pub max: u32,
 }
 
 #[derive(Debug, Clone)]

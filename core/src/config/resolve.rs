@@ -70,6 +70,11 @@ impl Config {
                 v.problem(key, "must be positive");
             }
         }
+        for (key, value) in [("scheduler.scan_interval_secs", file.scheduler.scan_interval_secs), ("scheduler.leader_check_secs", file.scheduler.leader_check_secs)] {
+            if value == 0 {
+                v.problem(key, "must be positive");
+            }
+        }
         let worker = WorkerConfig {
             concurrency: w.concurrency,
             claim_batch: w.claim_batch,
@@ -118,6 +123,7 @@ impl Config {
             },
             log: file.log,
             worker,
+            scheduler: file.scheduler,
             jobs,
             accounts: Accounts(accounts),
         })
@@ -377,6 +383,11 @@ impl Validator<'_> {
                 product_name: t.product_name.clone(),
                 description: t.description.clone(),
                 custom: t.custom.clone(),
+                reminders: t.remind_after_days.map(|after| Reminders {
+                    after: chrono::Duration::days(i64::from(after)),
+                    every: chrono::Duration::days(i64::from(t.remind_every_days.unwrap_or(after).max(1))),
+                    max: t.max_reminders,
+                }),
                 recurring,
                 redirect_url: t.redirect_url.clone(),
                 move_to_status_id: t.move_to_status_id,

@@ -5,6 +5,7 @@ mod deal;
 mod lemonsqueezy_order;
 mod lemonsqueezy_subscription;
 mod payment_link;
+mod reminder;
 mod settle;
 mod stripe_payment;
 
@@ -83,6 +84,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
     };
     let handlers = on(Handlers::new(), JobKind::IssuePaymentLink, |c, j| Box::pin(payment_link::issue(c, j)));
     let handlers = on(handlers, JobKind::AlertManager, |c, j| Box::pin(alert::tell(c, j)));
+    let handlers = on(handlers, JobKind::RemindManager, |c, j| Box::pin(reminder::remind(c, j)));
     let handlers = on(handlers, JobKind::StripePayment, |c, j| Box::pin(stripe_payment::apply(c, j)));
     let handlers = on(handlers, JobKind::StripeInvoice, |c, j| Box::pin(stripe_payment::apply_invoice(c, j)));
     let handlers = on(handlers, JobKind::StripeRefund, |c, j| Box::pin(stripe_payment::apply_refund(c, j)));
