@@ -39,15 +39,6 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
     .await
 }
 
-/// The Stripe link with id `link_id`, if it is ours.
-pub async fn find(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND provider = 'stripe' AND link_id = $2")
-        .bind(account)
-        .bind(link_id)
-        .fetch_optional(pool)
-        .await
-}
-
 /// A link just created for a deal.
 pub struct Issued<'a> {
     pub account: &'a str,

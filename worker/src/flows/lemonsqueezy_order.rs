@@ -46,7 +46,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         // A self-serve buyer: the deal made for this order earlier, or a new one once it is paid.
         None => match self_serve::lead_of(&context.pool, &account.slug, "lemonsqueezy", &id).await.map_err(db_failed)? {
             Some(lead_id) => lead_id,
-            None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &id, &event, total).await?,
+            None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &id, &number, &event, total).await?,
             None => {
                 tracing::info!(order = %id, name, status, "an order without a deal, and not a paid one: nothing to do");
                 return Ok(());
@@ -104,13 +104,20 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 /// Creates the deal (and its contact) for a self-serve buyer's paid order, once: the order is
 /// claimed before Kommo is called and the new deal's id stored as soon as Kommo returns it; a
 /// second job for the same order waits and then finds the deal.
-async fn self_serve_deal(context: &Context, clients: &AccountClients, job: &ClaimedJob, order_id: &str, event: &Value, total: Money) -> Result<i64, JobError> {
+async fn self_serve_deal(
+    context: &Context,
+    clients: &AccountClients,
+    job: &ClaimedJob,
+    order_id: &str,
+    number: &str,
+    event: &Value,
+    total: Money,
+) -> Result<i64, JobError> {
     let account = &clients.account;
     let config = account.lemonsqueezy.as_ref().and_then(|l| l.self_serve.as_ref()).ok_or_else(|| {
         JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section"))
     })?;
     let order = &event["data"]["attributes"];
-    let number = order.get("order_number").map(|n| n.to_string().trim_matches('"').to_owned()).unwrap_or_else(|| order_id.to_owned());
     // The order number in the deal's name is what finds a deal an interrupted attempt created.
     let marker = format!("(order #{number})");
     match self_serve::claim(&context.pool, &account.slug, "lemonsqueezy", order_id, job.id).await.map_err(db_failed)? {

@@ -59,7 +59,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 
     let lead_id = lead_of(&context, &account.slug, payment.link_id.as_deref(), job.lead_id).await?;
     let link = match &payment.link_id {
-        Some(id) => payment_links::find(pool, &account.slug, id).await.map_err(db_failed)?,
+        Some(id) => payment_links::by_id(pool, &account.slug, id).await.map_err(db_failed)?,
         None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
     };
     let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
@@ -168,7 +168,7 @@ fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
 async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metadata_lead: Option<i64>) -> Result<i64, JobError> {
     if let Some(link_id) = link_id
-        && let Some(link) = payment_links::find(&context.pool, account, link_id).await.map_err(db_failed)?
+        && let Some(link) = payment_links::by_id(&context.pool, account, link_id).await.map_err(db_failed)?
     {
         return Ok(link.lead_id);
     }
