@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use kommo_pay_core::config::Config;
 use serde_json::json;
 
+/// The trigger stage of `fakes::account_config`.
 const PIPELINE: i64 = 8572511;
 const STAGE: i64 = 67548619;
 
@@ -33,38 +34,16 @@ async fn main() {
     let per_second: f64 = per_second.parse().unwrap();
     let kommo = fakes::kommo::FakeKommo::start().await;
     let stripe = fakes::stripe::FakeStripe::start().await;
-    let text = format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [log]
-        filter = "error"
-        [[accounts]]
-        slug = "bench"
-        [accounts.kommo]
-        account_id = 1
-        base_url = "{kommo}"
-        webhook_secret_env = "SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "TOKEN" }}
-        requests_per_second = 50
-        fields = {{ payment_link = 901, payment_status = 902, payment_date = 903, payment_id = 904, paid_amount = 905, statuses = {{ not_issued = 1, awaiting = 2, paid = 3, overdue = 4, refunded = 5, partially_refunded = 6, cancelled = 7 }} }}
-        [accounts.stripe]
-        api_base_url = "{stripe}"
-        secret_key_env = "TOKEN"
-        webhook_secret_envs = ["TOKEN"]
-        [[accounts.triggers]]
-        name = "invoice"
-        pipeline_id = {PIPELINE}
-        status_id = {STAGE}
-        provider = "stripe"
-        add_note = false
-        "#,
-        kommo = kommo.url,
-        stripe = stripe.url,
-    );
+    let sections = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"error\"";
+    let text = fakes::account_config(sections, "bench", 1, &kommo.url, &stripe.url, "add_note = false");
     let secret = "bench-kommo-secret-0123456789abcdef";
-    let env: HashMap<&str, String> =
-        HashMap::from([("DATABASE_URL", url.clone()), ("SECRET", secret.into()), ("TOKEN", fakes::kommo::TOKEN.into())]);
+    let env: HashMap<&str, String> = HashMap::from([
+        ("DATABASE_URL", url.clone()),
+        ("KOMMO_SECRET", secret.into()),
+        ("KOMMO_TOKEN", fakes::kommo::TOKEN.into()),
+        ("STRIPE_KEY", "sk_test_bench".into()),
+        ("STRIPE_WHSEC", "whsec_bench".into()),
+    ]);
     let config = Config::parse(&text, "bench", &|name| env.get(name).cloned()).unwrap();
     let pool = kommo_pay_core::db::connect(&config.database).await.unwrap();
     kommo_pay_core::db::migrate(&pool).await.unwrap();

@@ -31,35 +31,8 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_on
         "responsible_user_id": 504141, "custom_fields_values": null
     }));
     let db = TestDb::new().await;
-    let text = format!(
-        r#"
-        [log]
-        filter = "warn"
-        [worker]
-        heartbeat_interval_ms = 300
-        poll_interval_ms = 100
-        [[accounts]]
-        slug = "{ACCOUNT}"
-        [accounts.kommo]
-        account_id = {KOMMO_ACCOUNT_ID}
-        base_url = "{kommo}"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        requests_per_second = 50
-        fields = {{ payment_link = 901, payment_status = 902, payment_date = 903, payment_id = 904, paid_amount = 905, statuses = {{ not_issued = 1, awaiting = 2, paid = 3, overdue = 4, refunded = 5, partially_refunded = 6, cancelled = 7 }} }}
-        [accounts.stripe]
-        api_base_url = "{stripe}"
-        secret_key_env = "STRIPE_KEY"
-        webhook_secret_envs = ["STRIPE_WHSEC"]
-        [[accounts.triggers]]
-        name = "invoice"
-        pipeline_id = 8572511
-        status_id = 67548619
-        provider = "stripe"
-        "#,
-        kommo = kommo.url,
-        stripe = stripe.url,
-    );
+    let sections = "[log]\nfilter = \"warn\"\n[worker]\nheartbeat_interval_ms = 300\npoll_interval_ms = 100";
+    let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url, &stripe.url, "");
     let path = std::env::temp_dir().join(format!("kommo-pay-crash-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, text).unwrap();
     let mut env = test_env(&db.url);
