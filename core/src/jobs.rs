@@ -17,6 +17,9 @@ pub enum JobKind {
     IssuePaymentLink,
     /// An unpaid link is due a reminder: a task for the deal's manager to remind the client.
     RemindManager,
+    /// A subscription stayed unpaid past the grace period (the scheduler's overdue scan): mark
+    /// the deal Overdue and give its manager a task.
+    MarkOverdue,
     /// A job about a deal failed for good: tell the deal's manager with a task. Enqueued by the
     /// queue itself when it dead-letters or discards a job (`queue::fail`, `queue::rescue`).
     AlertManager,
@@ -40,6 +43,7 @@ impl JobKind {
             JobKind::IssuePaymentLink => "payment_link.issue",
             JobKind::AlertManager => "deal.alert",
             JobKind::RemindManager => "deal.remind",
+            JobKind::MarkOverdue => "deal.overdue",
             JobKind::StripePayment => "stripe.payment",
             JobKind::StripeInvoice => "stripe.invoice",
             JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",
@@ -50,6 +54,20 @@ impl JobKind {
     }
 
 }
+
+/// The Stripe event types that change a deal: those [`stripe_job`] maps to a job, which are the
+/// ones reconciliation asks the events API for.
+pub const STRIPE_EVENT_TYPES: [&str; 9] = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "payment_intent.succeeded",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "customer.subscription.deleted",
+    "charge.refunded",
+];
 
 /// The job a Stripe event type implies, for the types that change a deal (reference/stripe.md §2).
 fn stripe_job(event_type: &str) -> Option<JobKind> {
@@ -185,6 +203,13 @@ mod tests {
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
         assert_eq!(jobs[0].max_attempts, 20);
         assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.order");
+    }
+
+    #[test]
+    fn every_stripe_type_reconciliation_reads_implies_a_job() {
+        for kind in STRIPE_EVENT_TYPES {
+            assert!(stripe_job(kind).is_some(), "{kind}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The kommo-pay domain: configuration, the event log, the job queue and the providers' webhook
 //! formats. The ingest, worker and scheduler roles are built on it.
 
+pub mod clients;
 pub mod config;
 pub mod db;
+pub mod dunning;
 pub mod event_log;
 pub mod form;
 pub mod http;

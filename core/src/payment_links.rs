@@ -39,6 +39,22 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
     .await
 }
 
+/// The unpaid links of `provider` for exactly `amount`, issued before `paid_at`: the deals an
+/// order that carries no deal id may have paid for (reconciliation's fallback).
+pub async fn unpaid_matching(pool: &PgPool, account: &str, provider: &str, amount: Money, paid_at: chrono::DateTime<chrono::Utc>) -> Result<Vec<PaymentLink>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM payment_links WHERE account = $1 AND provider = $2 AND status = 'active'
+           AND amount_minor = $3 AND currency = $4 AND issued_at <= $5",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(amount.minor())
+    .bind(amount.currency().code())
+    .bind(paid_at)
+    .fetch_all(pool)
+    .await
+}
+
 /// A link just created for a deal.
 pub struct Issued<'a> {
     pub account: &'a str,

@@ -1,36 +1,85 @@
 //! The scheduler role: periodic scans run by one elected leader (`leader.rs`), turning what they
-//! find into jobs on the same queue. Today: unpaid-link reminders (`reminders.rs`).
+//! find into jobs on the same queue.
+//!
+//! Every scan has the same shape: `new` with what it needs, and `run_once(now)` that does one
+//! round at the time it is given (tests move that clock) and returns how much it did. [`run`]
+//! repeats each at its interval while this process leads.
+//!
+//! - `reminders`: unpaid links due a reminder.
+//! - `overdue`: subscriptions unpaid past the grace period.
+//! - `reconcile`: what webhooks missed, read from each provider's history.
+//! - `housekeeping`: finished jobs pruned from the queue table.
 
+pub mod housekeeping;
 pub mod leader;
+pub mod overdue;
+pub mod reconcile;
 pub mod reminders;
 
+use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use kommo_pay_core::config::{Accounts, JobPolicies, SchedulerSection};
 use sqlx::PgPool;
 
+pub use housekeeping::Housekeeping;
 pub use leader::Leadership;
+pub use overdue::Overdue;
+pub use reconcile::Reconciler;
 pub use reminders::Reminders;
 
-/// Runs the scans while leading, until `shutdown` completes.
+/// Runs the scans while leading, until `shutdown` completes. A scan cut off by shutdown loses
+/// nothing: each round's writes are transactions, and the next leader does the round again.
 pub async fn run(pool: PgPool, accounts: Accounts, policies: JobPolicies, config: &SchedulerSection, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let leadership = Leadership::spawn(&pool, Duration::from_secs(config.leader_check_secs));
-    let reminders = Reminders::new(pool, accounts, policies);
-    let mut ticks = tokio::time::interval(Duration::from_secs(config.scan_interval_secs));
-    tokio::pin!(shutdown);
+    let reminders = Reminders::new(pool.clone(), accounts.clone(), policies.clone());
+    let overdue = Overdue::new(pool.clone(), accounts.clone(), policies.clone());
+    let lookback = chrono::Duration::hours(config.reconcile_lookback_hours as i64);
+    let reconciler = Reconciler::new(pool.clone(), &accounts, policies, lookback);
+    let housekeeping = Housekeeping::new(pool, chrono::Duration::days(config.finished_job_retention_days as i64));
+    let scan = Duration::from_secs(config.scan_interval_secs);
+    let scans = async {
+        tokio::join!(
+            every(&leadership, "reminders", scan, |now| reminders.run_once(now)),
+            every(&leadership, "overdue", scan, |now| overdue.run_once(now)),
+            every(&leadership, "reconcile", Duration::from_secs(config.reconcile_interval_secs), |now| reconciler.run_once(now)),
+            every(&leadership, "housekeeping", Duration::from_secs(config.housekeeping_interval_secs), |now| housekeeping.run_once(now)),
+        )
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = scans => {}
+    }
+    Ok(())
+}
+
+/// Runs `run_once` every `interval` while this process leads. A failed round is logged and
+/// counted; the next tick tries again.
+async fn every<F, Fut, E>(leadership: &Leadership, scan: &'static str, interval: Duration, run_once: F)
+where
+    F: Fn(DateTime<Utc>) -> Fut,
+    Fut: Future<Output = Result<usize, E>>,
+    E: Display,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = ticks.tick() => {
-                if leadership.is_leader()
-                    && let Err(error) = reminders.run_once(Utc::now()).await
-                {
-                    tracing::warn!(%error, "the reminder scan failed; trying again at the next tick");
-                }
+        ticks.tick().await;
+        if !leadership.is_leader() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match run_once(Utc::now()).await {
+            Ok(done) => {
+                metrics::counter!("kommo_pay_scheduler_rounds_total", "scan" => scan, "outcome" => "ok").increment(1);
+                tracing::debug!(scan, done, elapsed_ms = started.elapsed().as_millis() as u64, "scan round finished");
+            }
+            Err(error) => {
+                metrics::counter!("kommo_pay_scheduler_rounds_total", "scan" => scan, "outcome" => "failed").increment(1);
+                tracing::warn!(scan, %error, "a scan round failed; trying again at the next tick");
             }
         }
     }
-    Ok(())
 }

@@ -186,6 +186,10 @@ impl Flow {
         self.kommo.notes().iter().map(|n| n["params"]["text"].as_str().unwrap().to_owned()).collect()
     }
 
+    fn overdue(&self) -> kommo_pay_scheduler::Overdue {
+        kommo_pay_scheduler::Overdue::new(self.app.db.pool.clone(), self.config.accounts.clone(), self.config.jobs.clone())
+    }
+
     fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
         self.stripe.requests().into_iter().filter(|r| r.path == "/v1/payment_links").collect()
     }
@@ -451,19 +455,43 @@ async fn each_subscription_invoice_is_paid_once_and_a_failed_one_makes_the_deal_
     assert_eq!(f.note_texts(), vec!["Payment received: 49.90 EUR via Stripe (subscription invoice in_1)"]);
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
 
+    // A failure alone is a note: Stripe retries the card.
     f.stripe_sends(invoice("evt_in2_failed", "invoice.payment_failed", "in_2", 0)).await;
+    f.stripe_sends(invoice("evt_in2_failed", "invoice.payment_failed", "in_2", 0)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+    assert!(f.note_texts()[1].starts_with("The subscription payment of 49.90 EUR (Stripe invoice in_2) failed"), "{:?}", f.note_texts());
+    assert!(f.kommo.tasks().is_empty());
+
+    // Still unpaid after the grace period (3 days by default): Overdue and a task, once.
+    let failed_at = chrono::DateTime::from_timestamp(1764180000, 0).unwrap();
+    let overdue = f.overdue();
+    assert_eq!(overdue.run_once(failed_at + chrono::Duration::days(2)).await.unwrap(), 0, "within the grace period");
+    assert_eq!(overdue.run_once(failed_at + chrono::Duration::days(3)).await.unwrap(), 1);
+    assert_eq!(overdue.run_once(failed_at + chrono::Duration::days(4)).await.unwrap(), 0, "marked once");
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
-    assert!(tasks[0]["text"].as_str().unwrap().contains("49.90 EUR failed"), "{tasks:?}");
+    let text = tasks[0]["text"].as_str().unwrap();
+    assert!(text.contains("overdue") && text.contains("49.90 EUR (Stripe invoice in_2)") && text.contains("after 3 days"), "{text}");
 
+    // Paid at last: cleared, and a late failure of a paid invoice changes nothing.
     f.stripe_sends(invoice("evt_in2_paid", "invoice.paid", "in_2", 4990)).await;
     f.stripe_sends(invoice("evt_in1_failed_late", "invoice.payment_failed", "in_1", 0)).await;
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "a late failure of a paid invoice changes nothing");
-    assert_eq!(f.note_texts().len(), 2);
+    assert_eq!(f.note_texts().len(), 3);
+    assert_eq!(overdue.run_once(failed_at + chrono::Duration::days(30)).await.unwrap(), 0, "nothing left unpaid");
     assert_eq!(f.kommo.tasks().len(), 1);
+
+    // The next failure starts a new run, overdue in its turn.
+    f.stripe_sends(invoice("evt_in3_failed", "invoice.payment_failed", "in_3", 0)).await;
+    f.drain_with_retries().await;
+    assert_eq!(overdue.run_once(failed_at + chrono::Duration::days(30)).await.unwrap(), 1);
+    f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
+    assert_eq!(f.kommo.tasks().len(), 2);
 }
 
 #[tokio::test]
@@ -781,12 +809,18 @@ async fn lemonsqueezy_subscription_payments_find_their_deal_through_the_subscrip
 
     f.lemonsqueezy_sends(&ls_invoice("subscription_payment_failed", "803", "renewal")).await;
     f.drain_with_retries().await;
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "Lemon Squeezy retries the card");
+    let failed_at: chrono::DateTime<chrono::Utc> = "2026-12-26T12:26:23Z".parse().unwrap();
+    assert_eq!(f.overdue().run_once(failed_at + chrono::Duration::days(3)).await.unwrap(), 1);
+    f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
-    assert!(f.kommo.tasks()[0]["text"].as_str().unwrap().contains("49.00 USD failed"));
+    assert!(f.kommo.tasks()[0]["text"].as_str().unwrap().contains("49.00 USD (Lemon Squeezy invoice 803)"));
 
     f.lemonsqueezy_sends(&ls_invoice("subscription_payment_recovered", "803", "renewal")).await;
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "recovered: paid again");
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM dunning").fetch_one(&f.app.db.pool).await.unwrap();
+    assert_eq!(open, 0, "the run of failures ended with the payment");
 }
 
 #[tokio::test]

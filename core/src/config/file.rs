@@ -123,16 +123,34 @@ impl Default for WorkerSection {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSection {
-    /// Seconds between scans (reminders).
+    /// Seconds between scans of the database (unpaid-link reminders, overdue subscriptions).
     pub scan_interval_secs: u64,
     /// Seconds between a scheduler's checks of its leadership: a dead leader is replaced within
     /// about this long.
     pub leader_check_secs: u64,
+    /// Seconds between reconciliations: reading each provider's recent history for what
+    /// webhooks missed.
+    pub reconcile_interval_secs: u64,
+    /// How far back an account's first reconciliation reads, in hours (later ones continue
+    /// from where the last stopped). Stripe keeps events for 30 days.
+    pub reconcile_lookback_hours: u64,
+    /// Seconds between housekeeping rounds (pruning finished jobs).
+    pub housekeeping_interval_secs: u64,
+    /// Days a completed or discarded job stays in the queue table. Its event and facts stay in
+    /// the log for good; dead-lettered jobs stay until an operator replays or discards them.
+    pub finished_job_retention_days: u64,
 }
 
 impl Default for SchedulerSection {
     fn default() -> Self {
-        Self { scan_interval_secs: 60, leader_check_secs: 5 }
+        Self {
+            scan_interval_secs: 60,
+            leader_check_secs: 5,
+            reconcile_interval_secs: 300,
+            reconcile_lookback_hours: 24,
+            housekeeping_interval_secs: 3600,
+            finished_job_retention_days: 7,
+        }
     }
 }
 
@@ -191,9 +209,18 @@ pub struct AccountSection {
     /// Currency of deals whose currency field is empty or not configured (ISO 4217, e.g. `USD`).
     #[serde(default = "default_currency")]
     pub default_currency: String,
+    /// Days a subscription may stay unpaid after a failed charge (while the provider retries the
+    /// card) before its deal is marked Overdue and the manager gets a task. 0 marks it at the
+    /// next scan.
+    #[serde(default = "default_overdue_grace_days")]
+    pub overdue_grace_days: u32,
     /// Stages that issue a payment link when a deal enters them.
     #[serde(default)]
     pub triggers: Vec<TriggerSection>,
+}
+
+fn default_overdue_grace_days() -> u32 {
+    3
 }
 
 fn default_currency() -> String {
@@ -371,6 +398,9 @@ pub struct LemonSqueezySection {
     /// Create checkouts in test mode (with a test-mode API key).
     #[serde(default)]
     pub test_mode: bool,
+    /// The store whose orders and subscriptions reconciliation reads, besides the stores named
+    /// by triggers (set it when self-serve buyers use a store no trigger names).
+    pub store_id: Option<String>,
     /// Stage to move a deal to when its order is refunded ("needs attention").
     pub refund_status_id: Option<i64>,
     /// The customer-success manager who gets the task when a subscription is cancelled (default:

@@ -113,6 +113,8 @@ pub struct Account {
     pub stripe: Option<StripeAccount>,
     pub lemonsqueezy: Option<LemonSqueezyAccount>,
     pub default_currency: Currency,
+    /// How long a subscription may stay unpaid after a failed charge before the deal is overdue.
+    pub overdue_grace: chrono::Duration,
     pub triggers: Vec<Trigger>,
 }
 
@@ -124,6 +126,16 @@ impl Account {
 
     pub fn trigger(&self, name: &str) -> Option<&Trigger> {
         self.triggers.iter().find(|t| t.name == name)
+    }
+
+    /// The Lemon Squeezy stores this account sells through: the configured one and the triggers'.
+    pub fn lemonsqueezy_stores(&self) -> std::collections::BTreeSet<&str> {
+        let configured = self.lemonsqueezy.iter().filter_map(|l| l.store_id.as_deref());
+        let triggers = self.triggers.iter().filter_map(|t| match &t.provider {
+            TriggerProvider::LemonSqueezy { store_id, .. } => Some(store_id.as_str()),
+            TriggerProvider::Stripe => None,
+        });
+        configured.chain(triggers).collect()
     }
 }
 
@@ -185,6 +197,7 @@ pub struct LemonSqueezyAccount {
     pub api_key: SecretString,
     pub webhook_secrets: Vec<SecretString>,
     pub test_mode: bool,
+    pub store_id: Option<String>,
     pub refund_status_id: Option<i64>,
     pub success_manager_id: Option<i64>,
     pub self_serve: Option<SelfServeSection>,

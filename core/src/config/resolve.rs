@@ -70,10 +70,21 @@ impl Config {
                 v.problem(key, "must be positive");
             }
         }
-        for (key, value) in [("scheduler.scan_interval_secs", file.scheduler.scan_interval_secs), ("scheduler.leader_check_secs", file.scheduler.leader_check_secs)] {
+        let s = &file.scheduler;
+        for (key, value) in [
+            ("scheduler.scan_interval_secs", s.scan_interval_secs),
+            ("scheduler.leader_check_secs", s.leader_check_secs),
+            ("scheduler.reconcile_interval_secs", s.reconcile_interval_secs),
+            ("scheduler.reconcile_lookback_hours", s.reconcile_lookback_hours),
+            ("scheduler.housekeeping_interval_secs", s.housekeeping_interval_secs),
+            ("scheduler.finished_job_retention_days", s.finished_job_retention_days),
+        ] {
             if value == 0 {
                 v.problem(key, "must be positive");
             }
+        }
+        if s.reconcile_lookback_hours > 720 {
+            v.problem("scheduler.reconcile_lookback_hours", "is more than 720: Stripe keeps events for 30 days");
         }
         let worker = WorkerConfig {
             concurrency: w.concurrency,
@@ -290,6 +301,7 @@ impl Validator<'_> {
                 api_key: api_key?,
                 webhook_secrets: webhook_secrets?,
                 test_mode: s.test_mode,
+                store_id: s.store_id.clone(),
                 refund_status_id: s.refund_status_id,
                 success_manager_id: s.success_manager_id,
                 self_serve: s.self_serve.clone(),
@@ -412,6 +424,7 @@ impl Validator<'_> {
         }
         Some(Account {
             default_currency: default_currency?,
+            overdue_grace: chrono::Duration::days(i64::from(section.overdue_grace_days)),
             triggers,
             slug: section.slug,
             kommo: KommoAccount {

@@ -209,6 +209,30 @@ impl KommoClient {
         Ok(fields)
     }
 
+    /// Every stage change of a lead since `from` (Unix seconds), oldest first, from the events
+    /// API: `{"id", "type": "lead_status_changed", "entity_id", "created_at",
+    /// "value_before": [{"lead_status": {"id", "pipeline_id"}}], "value_after": [...]}`.
+    pub async fn stage_changes_since(&self, from: i64) -> Result<Vec<Value>, KommoError> {
+        let mut changes = Vec::new();
+        for page in 1.. {
+            let path = format!("api/v4/events?filter[type]=lead_status_changed&filter[created_at][from]={from}&limit=100&page={page}");
+            let Some(answer) = self.api.call::<Value>(reqwest::Method::GET, &path, None).await? else { break };
+            changes.extend(answer.pointer("/_embedded/events").and_then(Value::as_array).cloned().unwrap_or_default());
+            if answer.pointer("/_links/next").is_none() {
+                break;
+            }
+        }
+        changes.sort_by_key(|c| c.get("created_at").and_then(Value::as_i64).unwrap_or_default());
+        Ok(changes)
+    }
+
+    /// The account's webhooks: `{"id", "destination", "settings", "disabled", …}`. Destinations
+    /// hold our URL secret: never log them.
+    pub async fn webhooks(&self) -> Result<Vec<Value>, KommoError> {
+        let answer = self.api.call::<Value>(reqwest::Method::GET, "api/v4/webhooks", None).await?;
+        Ok(answer.and_then(|a| a.pointer("/_embedded/webhooks").and_then(Value::as_array).cloned()).unwrap_or_default())
+    }
+
     /// Creates lead custom fields: `[{"type", "name", "code", "is_api_only", "enums"}]`.
     pub async fn add_lead_custom_fields(&self, fields: &Value) -> Result<Vec<Value>, KommoError> {
         let answer = self.api.call::<Value>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(fields)).await?.unwrap_or_default();

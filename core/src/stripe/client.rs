@@ -139,6 +139,13 @@ impl NewPaymentLink {
     }
 }
 
+/// A page of `GET /v1/events`: each event as Stripe sends it to webhooks.
+#[derive(Debug, Deserialize)]
+pub struct EventPage {
+    pub data: Vec<Box<serde_json::value::RawValue>>,
+    pub has_more: bool,
+}
+
 /// What we keep of a Payment Link.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PaymentLink {
@@ -172,23 +179,45 @@ impl StripeClient {
         self.post(&format!("/v1/payment_links/{id}"), &json!({ "active": false }), idempotency_key).await
     }
 
+    /// One page of events created at or after `created_from` (Unix seconds), of the given
+    /// types, newest first; `starting_after` continues from the last event of the page before.
+    /// The API keeps 30 days of events.
+    pub async fn list_events(&self, types: &[&str], created_from: i64, starting_after: Option<&str>) -> Result<EventPage, StripeError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", "100").append_pair("created[gte]", &created_from.to_string());
+        for kind in types {
+            query.append_pair("types[]", kind);
+        }
+        if let Some(id) = starting_after {
+            query.append_pair("starting_after", id);
+        }
+        let path = format!("/v1/events?{}", query.finish());
+        self.with_retries(&path, || self.http.get(self.url(&path))).await
+    }
+
     /// POSTs `params` to `path` with `idempotency_key`, trying again on retryable errors.
     pub async fn post<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &Value, idempotency_key: &str) -> Result<T, StripeError> {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form::encode(params)).finish();
+        self.with_retries(path, || {
+            self.http
+                .post(self.url(path))
+                .header("Idempotency-Key", idempotency_key)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body.clone())
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes, with our key and API version, trying again (the same
+    /// request, so the same idempotency key) while Stripe's answer allows.
+    async fn with_retries<T: for<'de> Deserialize<'de>>(&self, path: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<T, StripeError> {
         let mut pause = self.retry_pause;
         let mut tries = 0;
         loop {
-            let request = self
-                .http
-                .post(self.url(path))
-                .bearer_auth(self.secret_key.expose_secret())
-                .header("Stripe-Version", API_VERSION)
-                .header("Idempotency-Key", idempotency_key)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.clone());
+            let request = build().bearer_auth(self.secret_key.expose_secret()).header("Stripe-Version", API_VERSION);
             match self.send(request).await {
                 Err(error) if error.is_retryable() && tries < RETRIES => {
-                    tracing::debug!(%error, path, "Stripe request failed; trying again with the same idempotency key");
+                    tracing::debug!(%error, path, "Stripe request failed; trying again");
                     tries += 1;
                     tokio::time::sleep(pause).await;
                     pause *= 2;

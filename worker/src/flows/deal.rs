@@ -91,13 +91,7 @@ pub(super) fn field_enum(field_id: i64, enum_id: i64) -> Value {
 /// task, and its presence stops a retry from adding a second one).
 pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Deal, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
-    let logged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2)")
-        .bind(account)
-        .bind(&dedup_key)
-        .fetch_one(pool)
-        .await
-        .map_err(db_failed)?;
-    if logged {
+    if logged(pool, account, &dedup_key).await? {
         return Ok(());
     }
     let mut task = json!({
@@ -114,6 +108,28 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
+}
+
+/// Something the deal's feed should show, nothing to act on: a note, and the fact in the log;
+/// once per job, like [`tell_manager`].
+pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str, lead_id: i64, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
+    let dedup_key = format!("{kind}:job:{job_id}");
+    if logged(pool, account, &dedup_key).await? {
+        return Ok(());
+    }
+    kommo.add_lead_note(json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } })).await.map_err(kommo_failed)?;
+    let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id, job_id, payload: json!({ "note": text }) };
+    event_log::append_fact(pool, fact).await.map_err(db_failed)
+}
+
+/// Whether an internal fact with this key is in the log.
+async fn logged(pool: &PgPool, account: &str, dedup_key: &str) -> Result<bool, JobError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2)")
+        .bind(account)
+        .bind(dedup_key)
+        .fetch_one(pool)
+        .await
+        .map_err(db_failed)
 }
 
 /// Sets the deal's payment status to `status` (picked from the configured options) and tells

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::money::{Currency, Money};
-use kommo_pay_core::payments::Received;
+use kommo_pay_core::dunning::{self, Failure};
+use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::Value;
 
-use super::deal::{Deal, mark_and_tell, set_payment_status, tell_manager};
+use super::deal::{Deal, set_payment_status, tell_manager};
+use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{Context, causing_event, db_failed, kommo_failed};
 use crate::JobError;
@@ -58,8 +60,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 settle(&context, clients, &job, Settlement { provider: "lemonsqueezy", payment: &payment, lead_id, won_stage: None, note }).await
             }
             "subscription_payment_failed" => {
-                let text = format!("The client's subscription payment of {total} failed (Lemon Squeezy invoice {data_id}). Lemon Squeezy retries; ask the client to update their card.");
-                mark_and_tell(&context, clients, &job, lead_id, |s| s.overdue, "payment.failed", &text).await
+                if payments::find(pool, &account.slug, "lemonsqueezy", &payment.id).await.map_err(db_failed)?.is_some() {
+                    tracing::info!(invoice = %data_id, "the invoice is paid already; a late failure changes nothing");
+                    return Ok(());
+                }
+                let what = format!("{total} (Lemon Squeezy invoice {data_id})");
+                let failure = Failure { account: &account.slug, provider: "lemonsqueezy", subscription_id: &subscription_id, lead_id, failed_at: payment.at, what: &what };
+                charge_failed(&context, clients, &job, failure).await
             }
             "subscription_payment_refunded" => {
                 let refunded_total = attrs.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
@@ -105,6 +112,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         }
         "subscription_expired" if newest => set_payment_status(clients, lead_id, fields.statuses.cancelled).await,
         "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, lead_id, fields.statuses.paid).await,
+        // A snapshot saying the subscription is not being paid opens a run of failures, in case
+        // the payment event was lost.
+        _ if newest && matches!(snapshot.status, "past_due" | "unpaid") => {
+            let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
+            let failure = Failure { account: &account.slug, provider: "lemonsqueezy", subscription_id: &subscription_id, lead_id, failed_at: snapshot.updated_at, what: &what };
+            dunning::record_failure(pool, &failure).await.map_err(db_failed).map(drop)
+        }
         _ => {
             tracing::info!(name, subscription = %subscription_id, newest, "subscription snapshot stored");
             Ok(())

@@ -4,6 +4,7 @@ mod alert;
 mod deal;
 mod lemonsqueezy_order;
 mod lemonsqueezy_subscription;
+mod overdue;
 mod payment_link;
 mod reminder;
 mod settle;
@@ -13,9 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::config::{Account, Accounts};
+use kommo_pay_core::config::Accounts;
 use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::kommo::client::{KommoClient, KommoError};
+use kommo_pay_core::clients::AccountClients;
+use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
@@ -30,27 +32,9 @@ pub struct Context {
     accounts: HashMap<String, AccountClients>,
 }
 
-struct AccountClients {
-    account: Arc<Account>,
-    kommo: KommoClient,
-    stripe: Option<StripeClient>,
-    lemonsqueezy: Option<LemonSqueezyClient>,
-}
-
 impl Context {
     pub fn new(pool: PgPool, accounts: &Accounts) -> Arc<Context> {
-        let accounts = accounts
-            .iter()
-            .map(|account| {
-                let kommo = KommoClient::for_account(pool.clone(), account);
-                let stripe = account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()));
-                let lemonsqueezy = account
-                    .lemonsqueezy
-                    .as_ref()
-                    .map(|l| LemonSqueezyClient::new(pool.clone(), &account.slug, l.api_base_url.clone(), l.api_key.clone()));
-                (account.slug.clone(), AccountClients { account: account.clone(), kommo, stripe, lemonsqueezy })
-            })
-            .collect();
+        let accounts = accounts.iter().map(|account| (account.slug.clone(), AccountClients::new(&pool, account))).collect();
         Arc::new(Context { pool, accounts })
     }
 
@@ -61,7 +45,13 @@ impl Context {
     }
 }
 
-impl AccountClients {
+/// The providers an account must have for a job that needs them.
+trait RequiredClients {
+    fn stripe(&self) -> Result<&StripeClient, JobError>;
+    fn lemonsqueezy(&self) -> Result<&LemonSqueezyClient, JobError>;
+}
+
+impl RequiredClients for AccountClients {
     fn stripe(&self) -> Result<&StripeClient, JobError> {
         self.stripe.as_ref().ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.stripe] section", self.account.slug)))
     }
@@ -90,6 +80,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
     let handlers = on(handlers, JobKind::StripeRefund, |c, j| Box::pin(stripe_payment::apply_refund(c, j)));
     let handlers = on(handlers, JobKind::LemonSqueezyOrder, |c, j| Box::pin(lemonsqueezy_order::apply(c, j)));
     let handlers = on(handlers, JobKind::LemonSqueezySubscription, |c, j| Box::pin(lemonsqueezy_subscription::apply(c, j)));
+    let handlers = on(handlers, JobKind::MarkOverdue, |c, j| Box::pin(overdue::mark(c, j)));
     on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)))
 }
 

@@ -19,7 +19,7 @@ use kommo_pay_core::stripe::client::NewPaymentLink;
 use serde_json::{Value, json};
 
 use super::deal::{Deal, field_enum, field_value, tell_manager};
-use super::{Context, db_failed, kommo_failed, lemonsqueezy_failed, stripe_failed};
+use super::{Context, RequiredClients, db_failed, kommo_failed, lemonsqueezy_failed, stripe_failed};
 use crate::JobError;
 
 pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {

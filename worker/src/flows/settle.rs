@@ -4,6 +4,7 @@
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
+use kommo_pay_core::dunning;
 use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
@@ -52,6 +53,8 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         paid_at: payment.at,
         job_id: job.id,
     };
+    // Paid: whatever failed before is made good, whichever job applies the payment.
+    dunning::clear(pool, &account.slug, lead_id, payment.at).await.map_err(db_failed)?;
     match payments::record(pool, &received).await.map_err(db_failed)? {
         // Another announcement of the same payment is being applied right now; look again later.
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),

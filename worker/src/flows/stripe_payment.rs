@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
+use kommo_pay_core::dunning::Failure;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
@@ -17,8 +18,9 @@ use kommo_pay_core::queue::ClaimedJob;
 use serde_json::{Value, json};
 
 use super::deal::{Deal, mark_and_tell, tell_manager};
+use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
-use super::{AccountClients, Context, causing_event, db_failed, kommo_failed, stripe_failed};
+use super::{AccountClients, Context, RequiredClients, causing_event, db_failed, kommo_failed, stripe_failed};
 use crate::JobError;
 
 pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
@@ -104,11 +106,16 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 tracing::info!(invoice = %id, "the invoice is paid already; a late failure changes nothing");
                 return Ok(());
             }
-            let amount = payment(id.clone(), None, invoice, "amount_due", &event)?.amount;
-            let text = format!(
-                "The client's subscription payment of {amount} failed (Stripe invoice {id}). Stripe retries the card; ask the client to update it."
-            );
-            mark_and_tell(&context, clients, &job, lead_id, |s| s.overdue, "payment.failed", &text).await
+            let failed = payment(id.clone(), None, invoice, "amount_due", &event)?;
+            // Basil nests the subscription under `parent`; older versions had it at the top.
+            let subscription = invoice
+                .pointer("/parent/subscription_details/subscription")
+                .or_else(|| invoice.get("subscription"))
+                .and_then(Value::as_str)
+                .unwrap_or(&id);
+            let what = format!("{} (Stripe invoice {id})", failed.amount);
+            let failure = Failure { account: &account.slug, provider: "stripe", subscription_id: subscription, lead_id, failed_at: failed.at, what: &what };
+            charge_failed(&context, clients, &job, failure).await
         }
         other => Err(JobError::permanent(anyhow!("{other} is not an invoice event"))),
     }

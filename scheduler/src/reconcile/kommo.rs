@@ -1,0 +1,88 @@
+//! Kommo: stage changes into trigger stages that no status hook delivered, and webhooks that
+//! Kommo disabled.
+//!
+//! Kommo's events API (`lead_status_changed`) has ids of its own that webhooks do not carry, so a
+//! change is appended only when the log holds no status event of that lead entering that stage
+//! since the change. Should its hook still arrive later, the link job it implies finds the
+//! link issued and the card written, and changes nothing.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use kommo_pay_core::clients::AccountClients;
+use kommo_pay_core::event_log::{NewEvent, Source};
+use kommo_pay_core::kommo::lenient_id;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
+    check_webhooks(clients).await?;
+    let account = &clients.account;
+    if account.triggers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changes = clients.kommo.stage_changes_since(from.timestamp()).await.context("listing Kommo stage changes")?;
+    let mut missed = Vec::new();
+    for change in changes {
+        let stage = |side: &str| {
+            let status = change.pointer(&format!("/{side}/0/lead_status"))?;
+            Some((status.get("pipeline_id").and_then(lenient_id)?, status.get("id").and_then(lenient_id)?))
+        };
+        let (Some(lead_id), Some((pipeline_id, status_id)), Some(at)) =
+            (change.get("entity_id").and_then(lenient_id), stage("value_after"), change.get("created_at").and_then(Value::as_i64))
+        else {
+            continue;
+        };
+        if account.trigger_for((pipeline_id, status_id)).is_none() || delivered(pool, &account.slug, lead_id, status_id, at).await? {
+            continue;
+        }
+        let (old_pipeline_id, old_status_id) = stage("value_before").unwrap_or_default();
+        let id = change.get("id").map(|id| id.as_str().map_or_else(|| id.to_string(), str::to_owned)).unwrap_or_default();
+        // Shaped like a status hook's change, so that everything reading the log reads it alike.
+        let payload = json!({
+            "account": { "id": account.kommo.account_id.to_string() },
+            "item": {
+                "id": lead_id.to_string(),
+                "pipeline_id": pipeline_id.to_string(),
+                "status_id": status_id.to_string(),
+                "old_pipeline_id": old_pipeline_id.to_string(),
+                "old_status_id": old_status_id.to_string(),
+                "last_modified": at.to_string(),
+            },
+            "kommo_event": change,
+        });
+        let payload = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
+        missed.push(NewEvent::new(&account.slug, Source::Kommo, "leads.status".into(), format!("leads.status:{lead_id}:event-{id}"), Some(lead_id), payload));
+    }
+    Ok(missed)
+}
+
+/// Whether the log holds the lead entering `status_id`, received no earlier than a minute before
+/// the change happened (Kommo's clock and ours may differ a little).
+async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND lead_id = $2 AND source = 'kommo'
+             AND kind IN ('leads.status', 'leads.add') AND payload #>> '{item,status_id}' = $3
+             AND received_at >= to_timestamp($4) - interval '1 minute')",
+    )
+    .bind(account)
+    .bind(lead_id)
+    .bind(status_id.to_string())
+    .bind(at as f64)
+    .fetch_one(pool)
+    .await
+}
+
+/// Kommo disables a hook that keeps failing, and after an API block; nothing arrives until an
+/// admin saves it again. Says so in the log and the metric on every round while it lasts.
+async fn check_webhooks(clients: &AccountClients) -> anyhow::Result<()> {
+    let hooks = clients.kommo.webhooks().await.context("listing Kommo webhooks")?;
+    let disabled: Vec<String> =
+        hooks.iter().filter(|hook| hook.get("disabled") == Some(&Value::Bool(true))).map(|hook| hook["id"].to_string()).collect();
+    let account = clients.account.slug.clone();
+    metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.clone()).set(disabled.len() as f64);
+    if !disabled.is_empty() {
+        // Ids only: a destination holds our URL secret.
+        tracing::error!(account, hooks = ?disabled, "Kommo disabled webhooks of this account: open Settings → Integrations and save the webhook again");
+    }
+    Ok(())
+}
