@@ -29,7 +29,8 @@ pub struct Leadership {
 impl Leadership {
     /// Starts trying to lead, checking every `check_every`.
     pub fn spawn(pool: &PgPool, check_every: Duration) -> Leadership {
-        let options = pool.connect_options();
+        // Named for operators: `pg_stat_activity` joined to `pg_locks` shows which process leads.
+        let options = pool.connect_options().as_ref().clone().application_name(&format!("kommo-pay scheduler pid {}", std::process::id()));
         let (tx, leading) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {

@@ -1,26 +1,13 @@
 //! A worker process killed with SIGKILL in the middle of a job: another process finishes it,
 //! and the job's effects happen once.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::fakes::kommo::{FakeKommo, TOKEN};
+use crate::fakes::kommo::FakeKommo;
 use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
-
-fn start_worker(config: &std::path::Path, env: &std::collections::HashMap<String, String>) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
-        .args(["worker", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kommo-pay worker starts")
-}
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_once() {
@@ -32,11 +19,7 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_on
     }));
     let db = TestDb::new().await;
     let sections = "[log]\nfilter = \"warn\"\n[worker]\nheartbeat_interval_ms = 300\npoll_interval_ms = 100";
-    let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url, &stripe.url, "");
-    let path = std::env::temp_dir().join(format!("kommo-pay-crash-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, text).unwrap();
-    let mut env = test_env(&db.url);
-    env.insert("KOMMO_TOKEN".into(), TOKEN.into());
+    let (path, env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
 
     // The deal enters the stage: the event and its job are committed.
     let config = kommo_pay_core::config::Config::load(&path, &|name| env.get(name).cloned()).unwrap();
@@ -46,13 +29,13 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_on
 
     // The first worker is inside Stripe's (slow) answer when it is killed.
     stripe.delay_creates(Some(Duration::from_secs(30)));
-    let mut first = start_worker(&path, &env);
+    let mut first = start_role("worker", &path, &env);
     eventually(Duration::from_secs(30), "the first worker calls Stripe", || async { !stripe.requests().is_empty() }).await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     stripe.delay_creates(None);
 
-    let mut second = start_worker(&path, &env);
+    let mut second = start_role("worker", &path, &env);
     eventually(Duration::from_secs(30), "the second worker completes the job", || async {
         app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1
     })

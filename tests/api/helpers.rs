@@ -127,7 +127,7 @@ pub fn test_env(database_url: &str) -> HashMap<String, String> {
         ("DATABASE_URL", database_url),
         ("KOMMO_SECRET", KOMMO_SECRET),
         ("KOMMO_TOKEN", "kommo-token"),
-        ("STRIPE_KEY", "sk_test_123"),
+        ("STRIPE_KEY", crate::fakes::stripe::SECRET_KEY),
         ("STRIPE_WHSEC", STRIPE_SECRET),
         ("STRIPE_WHSEC_OLD", STRIPE_OLD_SECRET),
         ("LS_KEY", "ls-key"),
@@ -276,4 +276,29 @@ where
         assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Starts `kommo-pay ROLE --config CONFIG` with exactly `env` (and PATH), its output discarded.
+pub fn start_role(role: &str, config: &std::path::Path, env: &HashMap<String, String>) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+        .args([role, "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("kommo-pay {role} starts: {e}"))
+}
+
+/// [`crate::fakes::account_config`] with `sections`, written to a temporary file for a `kommo-pay` process,
+/// and the environment that goes with it (`database_url` and the fakes' secrets).
+pub fn account_config_file(sections: &str, database_url: &str, kommo_url: &str, stripe_url: &str) -> (std::path::PathBuf, std::collections::HashMap<String, String>) {
+    let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, kommo_url, stripe_url, "");
+    let path = std::env::temp_dir().join(format!("kommo-pay-test-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).unwrap();
+    let mut env = test_env(database_url);
+    env.insert("KOMMO_TOKEN".into(), crate::fakes::kommo::TOKEN.into());
+    (path, env)
 }

@@ -1,9 +1,11 @@
-//! Scheduler leadership: exactly one leads; when it dies, another takes over.
+//! Scheduler leadership (exactly one leads; when it dies, another takes over) and housekeeping.
 
 use std::time::Duration;
 
-use kommo_pay_scheduler::Leadership;
+use kommo_pay_scheduler::{Housekeeping, Leadership};
 
+use crate::fakes::kommo::FakeKommo;
+use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
 #[tokio::test]
@@ -23,4 +25,89 @@ async fn one_scheduler_leads_and_another_takes_over_when_it_dies() {
 
     drop(first); // the process dies: its connection, and the lock, go with it
     eventually(Duration::from_secs(10), "the second scheduler takes over", || async { second.is_leader() }).await;
+}
+
+#[tokio::test]
+async fn two_scheduler_processes_one_leads_and_the_other_takes_over_when_it_is_killed() {
+    let kommo = FakeKommo::start().await;
+    let stripe = FakeStripe::start().await;
+    let db = TestDb::new().await;
+    let sections = "[log]\nfilter = \"warn\"\n[scheduler]\nleader_check_secs = 1\nreconcile_interval_secs = 1";
+    let (path, env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
+    let leader = async || -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    };
+    let named = |child: &std::process::Child| Some(format!("kommo-pay scheduler pid {}", child.id()));
+    let following = async |child: &std::process::Child| -> bool {
+        let name = named(child).unwrap();
+        let connected: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&name)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        connected == 1
+    };
+    let rounds = "SELECT count(*) FROM reconcile_cursors";
+
+    let mut first = start_role("scheduler", &path, &env);
+    eventually(Duration::from_secs(30), "the first scheduler leads and reconciles", || async {
+        leader().await == named(&first) && db.count(rounds).await > 0
+    })
+    .await;
+    let mut second = start_role("scheduler", &path, &env);
+    eventually(Duration::from_secs(30), "the second scheduler is connected", || async { following(&second).await }).await;
+    assert_eq!(leader().await, named(&first), "the first still leads; the second follows");
+
+    first.kill().unwrap(); // SIGKILL: no goodbye; the lock dies with its connection
+    first.wait().unwrap();
+    sqlx::query("DELETE FROM reconcile_cursors").execute(&db.pool).await.unwrap();
+    eventually(Duration::from_secs(30), "the second scheduler takes over and reconciles", || async {
+        leader().await == named(&second) && db.count(rounds).await > 0
+    })
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    std::fs::remove_file(&path).ok();
+}
+
+#[tokio::test]
+async fn housekeeping_prunes_old_finished_jobs_and_keeps_the_rest_and_every_event() {
+    let db = TestDb::new().await;
+    let now = chrono::Utc::now();
+    let event = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO events (id, account, source, kind, dedup_key, payload) VALUES ($1, 'acme', 'stripe', 'x', 'k', '{}')")
+        .bind(event)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let job = |state: &'static str, age_days: i64| {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO jobs (kind, account, event_id, max_attempts, state, finished_at) VALUES ('k', 'acme', $1, 1, $2, $3) RETURNING id",
+        )
+        .bind(event)
+        .bind(state)
+        .bind(now - chrono::Duration::days(age_days))
+        .fetch_one(&db.pool)
+    };
+    job("completed", 8).await.unwrap();
+    job("discarded", 30).await.unwrap();
+    let recent = job("completed", 6).await.unwrap();
+    let dead = job("dead", 30).await.unwrap();
+    let replayed = job("completed", 30).await.unwrap();
+    let replay = job("available", 0).await.unwrap();
+    sqlx::query("UPDATE jobs SET replay_of = $1 WHERE id = $2").bind(replayed).bind(replay).execute(&db.pool).await.unwrap();
+
+    let housekeeping = Housekeeping::new(db.pool.clone(), chrono::Duration::days(7));
+    assert_eq!(housekeeping.run_once(now).await.unwrap(), 2);
+    let mut left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    left.sort();
+    assert_eq!(left, [recent, dead, replayed, replay]);
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 1, "the log keeps everything");
+    assert_eq!(housekeeping.run_once(now).await.unwrap(), 0);
 }

@@ -12,36 +12,36 @@ use crate::fakes::lemonsqueezy::FakeLemonSqueezy;
 use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
-const LEAD: i64 = 15318175;
-const PIPELINE: i64 = 8572511;
-const TRIGGER_STAGE: i64 = 67548619;
-const LINK_SENT_STAGE: i64 = 67548620;
-const LS_STAGE: i64 = 67548630;
-const LINK_FIELD: i64 = 901;
-const STATUS_FIELD: i64 = 902;
-const DATE_FIELD: i64 = 903;
-const PAYMENT_ID_FIELD: i64 = 904;
-const PAID_AMOUNT_FIELD: i64 = 905;
-const REFUNDED_FIELD: i64 = 906;
-const AWAITING: i64 = 9022;
-const PAID: i64 = 9023;
-const NOT_ISSUED: i64 = 9021;
-const OVERDUE: i64 = 9024;
-const REFUNDED: i64 = 9025;
-const PARTIALLY_REFUNDED: i64 = 9026;
-const CANCELLED: i64 = 9027;
+pub(crate) const LEAD: i64 = 15318175;
+pub(crate) const PIPELINE: i64 = 8572511;
+pub(crate) const TRIGGER_STAGE: i64 = 67548619;
+pub(crate) const LINK_SENT_STAGE: i64 = 67548620;
+pub(crate) const LS_STAGE: i64 = 67548630;
+pub(crate) const LINK_FIELD: i64 = 901;
+pub(crate) const STATUS_FIELD: i64 = 902;
+pub(crate) const DATE_FIELD: i64 = 903;
+pub(crate) const PAYMENT_ID_FIELD: i64 = 904;
+pub(crate) const PAID_AMOUNT_FIELD: i64 = 905;
+pub(crate) const REFUNDED_FIELD: i64 = 906;
+pub(crate) const AWAITING: i64 = 9022;
+pub(crate) const PAID: i64 = 9023;
+pub(crate) const NOT_ISSUED: i64 = 9021;
+pub(crate) const OVERDUE: i64 = 9024;
+pub(crate) const REFUNDED: i64 = 9025;
+pub(crate) const PARTIALLY_REFUNDED: i64 = 9026;
+pub(crate) const CANCELLED: i64 = 9027;
 
-struct Flow {
-    config: Config,
-    app: TestApp,
-    kommo: FakeKommo,
-    stripe: FakeStripe,
-    lemonsqueezy: FakeLemonSqueezy,
-    worker: Worker,
+pub(crate) struct Flow {
+    pub(crate) config: Config,
+    pub(crate) app: TestApp,
+    pub(crate) kommo: FakeKommo,
+    pub(crate) stripe: FakeStripe,
+    pub(crate) lemonsqueezy: FakeLemonSqueezy,
+    pub(crate) worker: Worker,
     last_modified: std::cell::Cell<i64>,
 }
 
-async fn flow() -> Flow {
+pub(crate) async fn flow() -> Flow {
     let kommo = FakeKommo::start().await;
     let stripe = FakeStripe::start().await;
     let lemonsqueezy = FakeLemonSqueezy::start().await;
@@ -129,11 +129,11 @@ async fn flow() -> Flow {
 impl Flow {
     /// A manager moves the deal into the trigger stage: Kommo's state changes, and its hook
     /// arrives (each call a new change).
-    async fn deal_enters_stage(&self) {
+    pub(crate) async fn deal_enters_stage(&self) {
         self.deal_enters(TRIGGER_STAGE).await;
     }
 
-    async fn deal_enters(&self, stage: i64) {
+    pub(crate) async fn deal_enters(&self, stage: i64) {
         let mut lead = self.kommo.lead(LEAD).unwrap();
         lead["status_id"] = json!(stage);
         self.kommo.add_lead(lead);
@@ -151,12 +151,12 @@ impl Flow {
         assert_eq!(self.app.post_kommo(ACCOUNT, KOMMO_SECRET, &body).await.status(), 200);
     }
 
-    async fn stripe_sends(&self, event: Value) {
+    pub(crate) async fn stripe_sends(&self, event: Value) {
         assert_eq!(self.app.post_signed_stripe(&event.to_string()).await.status(), 200);
     }
 
     /// Runs jobs until none is runnable.
-    async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         for _ in 0..20 {
             if self.worker.run_once().await.unwrap().claimed == 0 {
                 return;
@@ -166,7 +166,7 @@ impl Flow {
     }
 
     /// Runs jobs until none is left to run, retries included: their waits are cut short.
-    async fn drain_with_retries(&self) {
+    pub(crate) async fn drain_with_retries(&self) {
         for _ in 0..10 {
             self.drain().await;
             let due = sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'retryable'").execute(&self.app.db.pool).await.unwrap();
@@ -177,25 +177,25 @@ impl Flow {
         panic!("jobs kept failing");
     }
 
-    fn field(&self, field_id: i64) -> Option<Value> {
+    pub(crate) fn field(&self, field_id: i64) -> Option<Value> {
         let lead = self.kommo.lead(LEAD).unwrap();
         lead["custom_fields_values"].as_array()?.iter().find(|f| f["field_id"] == field_id).map(|f| f["values"][0].clone())
     }
 
-    fn note_texts(&self) -> Vec<String> {
+    pub(crate) fn note_texts(&self) -> Vec<String> {
         self.kommo.notes().iter().map(|n| n["params"]["text"].as_str().unwrap().to_owned()).collect()
     }
 
-    fn overdue(&self) -> kommo_pay_scheduler::Overdue {
+    pub(crate) fn overdue(&self) -> kommo_pay_scheduler::Overdue {
         kommo_pay_scheduler::Overdue::new(self.app.db.pool.clone(), self.config.accounts.clone(), self.config.jobs.clone())
     }
 
-    fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
+    pub(crate) fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
         self.stripe.requests().into_iter().filter(|r| r.path == "/v1/payment_links").collect()
     }
 }
 
-fn checkout_completed(event_id: &str, link: &str, intent: &str, amount: i64) -> Value {
+pub(crate) fn checkout_completed(event_id: &str, link: &str, intent: &str, amount: i64) -> Value {
     json!({
         "id": event_id, "object": "event", "type": "checkout.session.completed", "created": 1764170000, "livemode": false,
         "api_version": "2025-07-30.basil",
@@ -587,7 +587,7 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     assert_eq!(f.app.db.count("SELECT count(*) FROM payment_links WHERE status = 'replaced' AND provider = 'lemonsqueezy'").await, 1);
 }
 
-fn ls_order(event: &str, status: &str, refunded: i64, lead: Option<i64>) -> String {
+pub(crate) fn ls_order(event: &str, status: &str, refunded: i64, lead: Option<i64>) -> String {
     let custom = match lead {
         Some(lead) => json!({ "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": lead.to_string() }),
         None => json!({ "utm_source": "website" }),
@@ -605,7 +605,7 @@ fn ls_order(event: &str, status: &str, refunded: i64, lead: Option<i64>) -> Stri
 }
 
 impl Flow {
-    async fn lemonsqueezy_sends(&self, body: &str) {
+    pub(crate) async fn lemonsqueezy_sends(&self, body: &str) {
         let signature = ls_signature(LS_SECRET, body);
         assert_eq!(self.app.post_lemonsqueezy(ACCOUNT, body, Some(&signature)).await.status(), 200);
     }

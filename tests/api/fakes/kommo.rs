@@ -37,6 +37,9 @@ struct Fake {
     delay: Option<Duration>,
     oauth: Option<Oauth>,
     custom_fields: Vec<Value>,
+    /// The events API's `lead_status_changed` entries.
+    stage_changes: Vec<Value>,
+    webhooks: Vec<Value>,
 }
 
 /// The integration's OAuth state at Kommo: the one valid refresh token and access token.
@@ -69,6 +72,8 @@ impl FakeKommo {
             .route("/api/v4/bots/{id}/run", post(run_bot))
             .route("/oauth2/access_token", post(access_token))
             .route("/api/v4/leads/custom_fields", get(list_fields).post(add_fields))
+            .route("/api/v4/events", get(list_events))
+            .route("/api/v4/webhooks", get(list_webhooks))
             .with_state(state.clone());
         FakeKommo { url: super::serve(router).await, state }
     }
@@ -125,6 +130,27 @@ impl FakeKommo {
 
     pub fn custom_fields(&self) -> Vec<Value> {
         self.state.lock().unwrap().custom_fields.clone()
+    }
+
+    /// A manager moves the lead into `status_id` at `at` (Unix seconds): the lead changes and the
+    /// events API lists the change; no hook is sent.
+    pub fn move_lead_silently(&self, lead_id: i64, status_id: i64, at: i64) {
+        let mut fake = self.state.lock().unwrap();
+        let lead = fake.leads.get_mut(&lead_id).expect("a known lead");
+        let before = json!([{ "lead_status": { "id": lead["status_id"], "pipeline_id": lead["pipeline_id"] } }]);
+        lead["status_id"] = json!(status_id);
+        let after = json!([{ "lead_status": { "id": status_id, "pipeline_id": lead["pipeline_id"] } }]);
+        let id = format!("01jz{:022}", fake.stage_changes.len());
+        fake.stage_changes.push(json!({
+            "id": id, "type": "lead_status_changed", "entity_id": lead_id, "entity_type": "lead", "created_by": 504141,
+            "created_at": at, "value_after": after, "value_before": before, "account_id": 32427762,
+            "_links": { "self": { "href": format!("/api/v4/events/{id}") } }
+        }));
+    }
+
+    /// The hooks `GET /api/v4/webhooks` lists.
+    pub fn set_webhooks(&self, webhooks: Vec<Value>) {
+        self.state.lock().unwrap().webhooks = webhooks;
     }
 
     pub fn notes(&self) -> Vec<Value> {
@@ -336,4 +362,42 @@ async fn search_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri
         .unwrap_or_default();
     let found: Vec<Value> = state.lock().unwrap().leads.values().filter(|l| l["name"].as_str().is_some_and(|n| n.contains(&query))).cloned().collect();
     if found.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "leads": found } })) }
+}
+
+/// `GET /api/v4/events?filter[type]=…&filter[created_at][from]=…&limit=…&page=…`: HAL pages, 204
+/// when a page is empty.
+async fn list_events(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let query: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let number = |key: &str, default: i64| query.get(key).map_or(default, |v| v.parse().expect("a number"));
+    let (from, limit, page) = (number("filter[created_at][from]", 0), number("limit", 100), number("page", 1));
+    let kind = query.get("filter[type]").cloned().unwrap_or_default();
+    let matching: Vec<Value> = state
+        .lock()
+        .unwrap()
+        .stage_changes
+        .iter()
+        .filter(|e| e["type"] == kind.as_str() && e["created_at"].as_i64().unwrap() >= from)
+        .cloned()
+        .collect();
+    let start = ((page - 1) * limit) as usize;
+    let events: Vec<Value> = matching.iter().skip(start).take(limit as usize).cloned().collect();
+    if events.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let mut links = json!({ "self": { "href": uri.to_string() } });
+    if matching.len() > start + events.len() {
+        links["next"] = json!({ "href": format!("/api/v4/events?page={}", page + 1) });
+    }
+    hal(200, json!({ "_page": page, "_links": links, "_embedded": { "events": events } }))
+}
+
+async fn list_webhooks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let hooks = state.lock().unwrap().webhooks.clone();
+    if hooks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_total_items": hooks.len(), "_embedded": { "webhooks": hooks } })) }
 }

@@ -27,6 +27,8 @@ struct Fake {
     requests: Vec<Recorded>,
     failures: VecDeque<(u16, Value)>,
     checkouts: usize,
+    /// Objects the list endpoints serve, by resource (`orders`, `subscriptions`).
+    objects: std::collections::HashMap<String, Vec<Value>>,
 }
 
 #[derive(Clone)]
@@ -38,12 +40,21 @@ pub struct FakeLemonSqueezy {
 impl FakeLemonSqueezy {
     pub async fn start() -> FakeLemonSqueezy {
         let state = Arc::new(Mutex::new(Fake::default()));
-        let router = Router::new().route("/v1/checkouts", post(create_checkout)).with_state(state.clone());
+        let router = Router::new()
+            .route("/v1/checkouts", post(create_checkout))
+            .route("/v1/{resource}", axum::routing::get(list))
+            .with_state(state.clone());
         FakeLemonSqueezy { url: super::serve(router).await, state }
     }
 
     pub fn fail_next(&self, status: u16, body: Value) {
         self.state.lock().unwrap().failures.push_back((status, body));
+    }
+
+    /// An order or subscription exists at Lemon Squeezy (`resource` is `orders` or
+    /// `subscriptions`; `object` is its JSON:API resource object).
+    pub fn add(&self, resource: &str, object: Value) {
+        self.state.lock().unwrap().objects.entry(resource.to_owned()).or_default().push(object);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -92,4 +103,30 @@ async fn create_checkout(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderM
     });
     let body = json!({ "jsonapi": { "version": "1.0" }, "data": { "type": "checkouts", "id": id, "attributes": attributes } });
     (StatusCode::CREATED, [("content-type", "application/vnd.api+json")], body.to_string()).into_response()
+}
+
+/// `GET /v1/orders|subscriptions?filter[store_id]=…&page[number]=…&page[size]=…`: newest first by
+/// `created_at`, with JSON:API page links.
+async fn list(State(state): State<Arc<Mutex<Fake>>>, axum::extract::Path(resource): axum::extract::Path<String>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {API_KEY}")) {
+        return errors(401, "Unauthenticated.", "");
+    }
+    let query: std::collections::HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let number = |key: &str, default: usize| query.get(key).map_or(default, |v| v.parse().expect("a number"));
+    let (page, size) = (number("page[number]", 1), number("page[size]", 10));
+    let store = query.get("filter[store_id]").cloned();
+    let mut objects: Vec<Value> = state.lock().unwrap().objects.get(&resource).cloned().unwrap_or_default();
+    objects.retain(|o| store.as_ref().is_none_or(|s| o["attributes"]["store_id"].as_i64().map(|id| id.to_string()).as_ref() == Some(s)));
+    objects.sort_by(|a, b| b["attributes"]["created_at"].as_str().cmp(&a["attributes"]["created_at"].as_str()));
+    let last = objects.len().div_ceil(size).max(1);
+    let data: Vec<Value> = objects.into_iter().skip((page - 1) * size).take(size).collect();
+    let link = |p: usize| format!("https://api.lemonsqueezy.com/v1/{resource}?page%5Bnumber%5D={p}&page%5Bsize%5D={size}&sort=-createdAt");
+    let next = if page < last { json!(link(page + 1)) } else { Value::Null };
+    let body = json!({
+        "meta": { "page": { "currentPage": page, "lastPage": last, "perPage": size } },
+        "jsonapi": { "version": "1.0" },
+        "links": { "first": link(1), "last": link(last), "next": next },
+        "data": data,
+    });
+    (StatusCode::OK, [("content-type", "application/vnd.api+json")], body.to_string()).into_response()
 }

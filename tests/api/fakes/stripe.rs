@@ -12,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+/// The secret key the fake accepts (the test environment's `STRIPE_KEY`).
+pub const SECRET_KEY: &str = "sk_test_123";
+
 /// One request as Stripe would see it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -30,6 +33,8 @@ struct Fake {
     replies: HashMap<String, Value>,
     failures: VecDeque<(u16, Value, Option<bool>)>,
     delay: Option<std::time::Duration>,
+    /// Everything that happened, as the events API lists it.
+    events: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -44,6 +49,7 @@ impl FakeStripe {
         let router = Router::new()
             .route("/v1/payment_links", post(create_link))
             .route("/v1/payment_links/{id}", post(update_link))
+            .route("/v1/events", axum::routing::get(list_events))
             .with_state(state.clone());
         FakeStripe { url: super::serve(router).await, state }
     }
@@ -56,6 +62,12 @@ impl FakeStripe {
     /// Link creations wait this long before they are handled (`None`: no wait).
     pub fn delay_creates(&self, delay: Option<std::time::Duration>) {
         self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Something happened at Stripe: the events API lists `event` (whether or not it was
+    /// delivered).
+    pub fn add_event(&self, event: Value) {
+        self.state.lock().unwrap().events.push(event);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -148,4 +160,34 @@ async fn update_link(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<Strin
         link["active"] = json!(active == "true");
     }
     answer(200, link.clone(), None)
+}
+
+/// `GET /v1/events?types[]=…&created[gte]=…&limit=…&starting_after=…`: newest first, as Stripe
+/// lists.
+async fn list_events(State(state): State<Arc<Mutex<Fake>>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let query = uri.query().unwrap_or_default().to_owned();
+    let mut fake = state.lock().unwrap();
+    let recorded = record(&mut fake, "/v1/events".into(), &headers, query.as_bytes());
+    if let Some((status, body, retry)) = fake.failures.pop_front() {
+        return answer(status, body, retry);
+    }
+    if recorded.authorization.as_deref() != Some(&format!("Bearer {SECRET_KEY}")) {
+        let (status, body) = stripe_error(401, "invalid_request_error", "", "Invalid API Key provided", "");
+        return answer(status, body, None);
+    }
+    let params = recorded.params;
+    let types: Vec<&str> = params["types"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let number = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok());
+    let from = number(&params["created"]["gte"]).unwrap_or(0);
+    let limit = number(&params["limit"]).unwrap_or(10) as usize;
+    let mut listed: Vec<&Value> =
+        fake.events.iter().filter(|e| e["created"].as_i64().unwrap() >= from && (types.is_empty() || types.contains(&e["type"].as_str().unwrap()))).collect();
+    listed.sort_by_key(|e| std::cmp::Reverse(e["created"].as_i64().unwrap()));
+    if let Some(after) = params["starting_after"].as_str() {
+        let at = listed.iter().position(|e| e["id"] == after).map_or(listed.len(), |i| i + 1);
+        listed.drain(..at);
+    }
+    let has_more = listed.len() > limit;
+    let data: Vec<Value> = listed.into_iter().take(limit).cloned().collect();
+    answer(200, json!({ "object": "list", "url": "/v1/events", "has_more": has_more, "data": data }), None)
 }
