@@ -1,11 +1,14 @@
-//! Housekeeping: completed and discarded jobs leave the queue table after the retention period,
-//! so that claims stay fast. Their events, and the facts the jobs recorded, stay in the log for
-//! good; dead-lettered jobs stay until an operator replays or discards them.
-//!
-//! Kommo OAuth tokens need no round here: the client refreshes them ahead of expiry on use, one
-//! refresh per account across processes (`kommo::client`).
+//! Housekeeping:
+//! - completed and discarded jobs leave the queue table after the retention period, so that
+//!   claims stay fast. Their events, and the facts the jobs recorded, stay in the log for good;
+//!   dead-lettered jobs stay until an operator replays or discards them.
+//! - Kommo OAuth tokens are refreshed before they expire, also for accounts with no traffic: an
+//!   access token lives a day, and a refresh token unused for three months is gone for good
+//!   (the integration would have to be authorised again).
 
 use chrono::{DateTime, Duration, Utc};
+use kommo_pay_core::config::{Accounts, KommoAuth};
+use kommo_pay_core::kommo::client::KommoClient;
 use sqlx::PgPool;
 
 /// Rows deleted per statement, so that one round never holds long locks.
@@ -14,15 +17,39 @@ const BATCH: i64 = 5_000;
 pub struct Housekeeping {
     pool: PgPool,
     retention: Duration,
+    /// The Kommo clients of the accounts with OAuth credentials.
+    oauth_accounts: Vec<(String, KommoClient)>,
+    /// How long a token must stay valid after a round: past the next round, with room to spare.
+    token_margin: std::time::Duration,
 }
 
 impl Housekeeping {
-    pub fn new(pool: PgPool, retention: Duration) -> Housekeeping {
-        Housekeeping { pool, retention }
+    /// `every` is the time between rounds.
+    pub fn new(pool: PgPool, accounts: &Accounts, retention: Duration, every: std::time::Duration) -> Housekeeping {
+        let oauth_accounts = accounts
+            .iter()
+            .filter(|account| matches!(account.kommo.auth, KommoAuth::Oauth { .. }))
+            .map(|account| (account.slug.clone(), KommoClient::for_account(pool.clone(), account)))
+            .collect();
+        let token_margin = every * 2 + std::time::Duration::from_secs(600);
+        Housekeeping { pool, retention, oauth_accounts, token_margin }
+    }
+
+    /// One round at `now`: prunes finished jobs and keeps OAuth tokens fresh; returns how many jobs
+    /// were pruned. A token refresh that fails is logged (and retried next round); an account
+    /// whose refresh token Kommo refuses needs an operator to authorise the integration again.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+        for (account, kommo) in &self.oauth_accounts {
+            if let Err(error) = kommo.refresh_ahead(self.token_margin).await {
+                tracing::error!(account, %error, "could not refresh the account's Kommo OAuth tokens ahead of expiry");
+                metrics::counter!("kommo_pay_kommo_token_refresh_failures_total", "account" => account.clone()).increment(1);
+            }
+        }
+        self.prune(now).await
     }
 
     /// Deletes the jobs finished before `now - retention`; returns how many.
-    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+    async fn prune(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
         let mut pruned = 0;
         loop {
             let deleted = sqlx::query(

@@ -8,7 +8,7 @@
 //! - `reminders`: unpaid links due a reminder.
 //! - `overdue`: subscriptions unpaid past the grace period.
 //! - `reconcile`: what webhooks missed, read from each provider's history.
-//! - `housekeeping`: finished jobs pruned from the queue table.
+//! - `housekeeping`: finished jobs pruned from the queue table; Kommo OAuth tokens kept fresh.
 
 pub mod housekeeping;
 pub mod leader;
@@ -38,14 +38,15 @@ pub async fn run(pool: PgPool, accounts: Accounts, policies: JobPolicies, config
     let overdue = Overdue::new(pool.clone(), accounts.clone(), policies.clone());
     let lookback = chrono::Duration::hours(config.reconcile_lookback_hours as i64);
     let reconciler = Reconciler::new(pool.clone(), &accounts, policies, lookback);
-    let housekeeping = Housekeeping::new(pool, chrono::Duration::days(config.finished_job_retention_days as i64));
+    let housekeeping_every = Duration::from_secs(config.housekeeping_interval_secs);
+    let housekeeping = Housekeeping::new(pool, &accounts, chrono::Duration::days(config.finished_job_retention_days as i64), housekeeping_every);
     let scan = Duration::from_secs(config.scan_interval_secs);
     let scans = async {
         tokio::join!(
             every(&leadership, "reminders", scan, |now| reminders.run_once(now)),
             every(&leadership, "overdue", scan, |now| overdue.run_once(now)),
             every(&leadership, "reconcile", Duration::from_secs(config.reconcile_interval_secs), |now| reconciler.run_once(now)),
-            every(&leadership, "housekeeping", Duration::from_secs(config.housekeeping_interval_secs), |now| housekeeping.run_once(now)),
+            every(&leadership, "housekeeping", housekeeping_every, |now| housekeeping.run_once(now)),
         )
     };
     tokio::select! {

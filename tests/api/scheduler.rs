@@ -103,11 +103,44 @@ async fn housekeeping_prunes_old_finished_jobs_and_keeps_the_rest_and_every_even
     let replay = job("available", 0).await.unwrap();
     sqlx::query("UPDATE jobs SET replay_of = $1 WHERE id = $2").bind(replayed).bind(replay).execute(&db.pool).await.unwrap();
 
-    let housekeeping = Housekeeping::new(db.pool.clone(), chrono::Duration::days(7));
+    let env = test_env(&db.url);
+    let no_accounts = kommo_pay_core::config::Config::parse("", "empty", &|name| env.get(name).cloned()).unwrap().accounts;
+    let housekeeping = Housekeeping::new(db.pool.clone(), &no_accounts, chrono::Duration::days(7), Duration::from_secs(3600));
     assert_eq!(housekeeping.run_once(now).await.unwrap(), 2);
     let mut left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id").fetch_all(&db.pool).await.unwrap();
     left.sort();
     assert_eq!(left, [recent, dead, replayed, replay]);
     assert_eq!(db.count("SELECT count(*) FROM events").await, 1, "the log keeps everything");
     assert_eq!(housekeeping.run_once(now).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn housekeeping_refreshes_oauth_tokens_of_idle_accounts_before_they_expire() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    kommo.enable_oauth("integration-uuid", "client-secret", "first-refresh-token", 86400);
+    let text = crate::fakes::account_config("", ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url, "http://127.0.0.1:9", "").replace(
+        r#"auth = { kind = "long_lived_token", token_env = "KOMMO_TOKEN" }"#,
+        r#"auth = { kind = "oauth", client_id = "integration-uuid", client_secret_env = "KOMMO_CLIENT_SECRET", redirect_uri = "https://kommo-pay.example/oauth", refresh_token_env = "KOMMO_REFRESH_TOKEN" }"#,
+    );
+    let mut env = test_env(&db.url);
+    env.insert("KOMMO_CLIENT_SECRET".into(), "client-secret".into());
+    env.insert("KOMMO_REFRESH_TOKEN".into(), "first-refresh-token".into());
+    let config = kommo_pay_core::config::Config::parse(&text, "oauth config", &|name| env.get(name).cloned()).unwrap();
+    let now = chrono::Utc::now();
+
+    // No call to Kommo has been made: the tokens are refreshed anyway, and stored.
+    let hourly = Housekeeping::new(db.pool.clone(), &config.accounts, chrono::Duration::days(7), Duration::from_secs(3600));
+    hourly.run_once(now).await.unwrap();
+    assert_eq!(kommo.oauth().refreshes, 1);
+    let stored: String = sqlx::query_scalar("SELECT refresh_token FROM kommo_tokens").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stored, "oauth-refresh-1", "the rotated refresh token is kept");
+
+    hourly.run_once(now).await.unwrap();
+    assert_eq!(kommo.oauth().refreshes, 1, "a token valid past the next round is left alone");
+
+    // Rounds further apart than the token's remaining life refresh it now.
+    let rare = Housekeeping::new(db.pool.clone(), &config.accounts, chrono::Duration::days(7), Duration::from_secs(86400));
+    rare.run_once(now).await.unwrap();
+    assert_eq!(kommo.oauth().refreshes, 2);
 }

@@ -209,6 +209,13 @@ impl KommoClient {
         Ok(fields)
     }
 
+    /// Makes sure the account's OAuth access token stays valid for `ahead`, refreshing it now if
+    /// not (nothing to do for a long-lived token). Kommo's refresh token dies after three months
+    /// unused, so an idle account must refresh on a schedule, not only on use.
+    pub async fn refresh_ahead(&self, ahead: Duration) -> Result<(), KommoError> {
+        self.api.token_valid_for(None, ahead).await.map(drop)
+    }
+
     /// Every stage change of a lead since `from` (Unix seconds), oldest first, from the events
     /// API: `{"id", "type": "lead_status_changed", "entity_id", "created_at",
     /// "value_before": [{"lead_status": {"id", "pipeline_id"}}], "value_after": [...]}`.
@@ -292,6 +299,11 @@ impl Api {
     /// The token to send: the long-lived one, or a current OAuth access token, refreshed when it
     /// expires within [`REFRESH_AHEAD`] or when it is the `refused` one.
     async fn access_token(&self, refused: Option<&SecretString>) -> Result<SecretString, KommoError> {
+        self.token_valid_for(refused, REFRESH_AHEAD).await
+    }
+
+    /// [`Api::access_token`], valid for at least `ahead`.
+    async fn token_valid_for(&self, refused: Option<&SecretString>, ahead: Duration) -> Result<SecretString, KommoError> {
         let (client_id, client_secret, redirect_uri, initial_refresh_token) = match &self.credentials {
             Credentials::LongLived(token) => return Ok(token.clone()),
             Credentials::Oauth { client_id, client_secret, redirect_uri, initial_refresh_token } => {
@@ -299,7 +311,7 @@ impl Api {
             }
         };
         let fresh = |expires_at: Option<DateTime<Utc>>| {
-            expires_at.is_some_and(|at| at - Utc::now() > chrono::Duration::from_std(REFRESH_AHEAD).expect("small"))
+            expires_at.is_some_and(|at| at - Utc::now() > chrono::Duration::from_std(ahead).unwrap_or(chrono::Duration::MAX))
         };
         if refused.is_none() {
             let stored: Option<(Option<String>, Option<DateTime<Utc>>)> =
