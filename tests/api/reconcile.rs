@@ -145,3 +145,25 @@ async fn a_provider_that_fails_keeps_its_cursor_and_the_others_go_on() {
 
     assert_eq!(f.reconciler().run_once(Utc::now()).await.unwrap(), 1, "read from the same place once Stripe answers");
 }
+
+#[tokio::test]
+async fn a_lemonsqueezy_subscription_falling_past_due_unannounced_opens_its_run_of_failures() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:26:23.000000Z", true)).await;
+    f.drain_with_retries().await;
+
+    // The subscription falls past due; neither the payment failure nor the snapshot is delivered.
+    let updated_at = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let snapshot: Value = serde_json::from_str(&ls_subscription("subscription_updated", "past_due", &updated_at, false)).unwrap();
+    let mut subscription = snapshot["data"].clone();
+    subscription["attributes"]["created_at"] = json!(Utc::now().to_rfc3339());
+    f.lemonsqueezy.add("subscriptions", subscription);
+
+    assert_eq!(f.reconciler().run_once(Utc::now()).await.unwrap(), 1);
+    f.drain_with_retries().await;
+    assert_eq!(f.app.db.count("SELECT count(*) FROM dunning WHERE subscription_id = '555' AND overdue_at IS NULL").await, 1);
+
+    // Its webhook, late, is the same snapshot: a duplicate.
+    f.lemonsqueezy_sends(&ls_subscription("subscription_updated", "past_due", &updated_at, true)).await;
+    assert_eq!(f.worker.run_once().await.unwrap().claimed, 0);
+}

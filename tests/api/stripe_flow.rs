@@ -766,7 +766,7 @@ async fn self_serve_deals_go_round_the_managers_fairly_and_rules_come_first() {
     assert_eq!(counts, std::collections::BTreeMap::from([(11, 3), (12, 3), (13, 3), (77, 1)]));
 }
 
-fn ls_subscription(event: &str, status: &str, updated_at: &str, with_deal: bool) -> String {
+pub(crate) fn ls_subscription(event: &str, status: &str, updated_at: &str, with_deal: bool) -> String {
     let custom = if with_deal { json!({ "kommo_lead_id": LEAD.to_string() }) } else { Value::Null };
     json!({
         "meta": { "event_name": event, "test_mode": true, "custom_data": custom },
