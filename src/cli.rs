@@ -17,6 +17,14 @@ pub struct Cli {
     #[arg(long, short, global = true, env = CONFIG_ENV, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Print JSON instead of tables (ops commands), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Who acts, recorded in the log with every replay and discard (ops commands).
+    #[arg(long, global = true, env = "KOMMO_PAY_OPERATOR", value_name = "NAME")]
+    pub operator: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +52,124 @@ pub enum Command {
         #[command(subcommand)]
         command: KommoCommand,
     },
+    /// Search the event log, show one event and the jobs it caused, replay an event.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Dead letters (jobs that failed for good): list, count, show, replay, discard.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// The queue: jobs by state, kind and account; the oldest waiting job; what runs where.
+    Queue,
+    /// A deal's payment history, read from the event log alone.
+    History {
+        #[arg(long)]
+        account: String,
+        /// The Kommo lead (deal) id.
+        #[arg(long)]
+        lead: i64,
+        /// `table`, `json` or `csv` (`--json` is the same as `--format json`).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List events, newest first; `--cursor` continues where a page ended.
+    List(EventArgs),
+    /// One event: its payload and the jobs it caused, with their outcomes.
+    Show { id: String },
+    /// Derive the event's jobs again (after a bug fix) and enqueue them, linked to the event.
+    Replay {
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub lead: Option<i64>,
+    /// kommo, stripe, lemonsqueezy or internal.
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Received at or after (RFC 3339, e.g. 2026-11-26T10:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Received before (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs, oldest first; `--cursor` continues where a page ended.
+    List {
+        #[command(flatten)]
+        filter: DeadArgs,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Page size, 1 to 1000 (default 100).
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// Count dead jobs by kind and last error.
+    Counts {
+        #[command(flatten)]
+        filter: DeadArgs,
+    },
+    /// One job (dead or not): arguments, every attempt's error, the causing event, the deal.
+    Show { id: i64 },
+    /// Run dead jobs again: each gets a new job linked to it. Name them by id, by filter, or
+    /// `--all`; `--dry-run` only counts them.
+    Replay(ActArgs),
+    /// Give up on dead jobs for good, with a reason.
+    Discard(ActArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub lead: Option<i64>,
+    /// Part of the last error, ignoring case.
+    #[arg(long)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ActArgs {
+    /// Job ids; or leave out and filter.
+    pub ids: Vec<i64>,
+    #[command(flatten)]
+    pub filter: DeadArgs,
+    /// Every dead job (when no id or filter is given).
+    #[arg(long)]
+    pub all: bool,
+    /// Why, for the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Only count what would be acted on.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! `kommo-pay`: one binary, one subcommand per role.
 
 mod cli;
+mod ops;
 
 use std::path::Path;
 
@@ -19,7 +20,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(ops::exit_code(&error))
         }
     }
 }
@@ -62,6 +63,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", done.config);
         return Ok(());
     }
+    if matches!(cli.command, Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. }) {
+        let operator = ops::operator(cli.operator);
+        return ops::run(cli.command, &pool, &config, cli.json, &operator).await;
+    }
     if config.database.migrate_on_start {
         db::migrate(&pool).await?;
     }
@@ -73,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => (false, true, false),
         Command::Scheduler => (false, false, true),
         Command::Migrate | Command::Config { .. } | Command::Kommo { .. } => unreachable!("handled above"),
+        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } => unreachable!("handled above"),
     };
     let ingest = async {
         if ingest {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod kommo;
 pub mod money;
+pub mod ops;
 pub mod payment_links;
 pub mod payments;
 pub mod lemonsqueezy;

@@ -34,7 +34,7 @@ pub enum Application {
 /// gets a lease; others find it busy until it is applied (or the lease is abandoned).
 pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Application, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
+    sqlx::query(
         "INSERT INTO payments (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
@@ -48,16 +48,16 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
     .bind(received.paid_at)
     .execute(&mut *tx)
     .await?;
-    if inserted.rows_affected() == 1 {
-        let payload = json!({
-            "provider": received.provider, "payment_id": received.payment_id, "link_id": received.link_id,
-            "amount_minor": received.amount.minor(), "currency": received.amount.currency().code(),
-            "amount": received.amount.to_string(), "paid_at": received.paid_at,
-        });
-        let dedup_key = format!("payment.received:{}:{}", received.provider, received.payment_id);
-        let fact = Fact { account: received.account, kind: "payment.received", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
-        event_log::append_fact(&mut *tx, fact).await?;
-    }
+    // The fact is written even when a refund that arrived first created the row: the log, not
+    // the row, is the deal's history. Its key makes it once per payment.
+    let payload = json!({
+        "provider": received.provider, "payment_id": received.payment_id, "link_id": received.link_id,
+        "amount_minor": received.amount.minor(), "currency": received.amount.currency().code(),
+        "amount": received.amount.to_string(), "paid_at": received.paid_at,
+    });
+    let dedup_key = format!("payment.received:{}:{}", received.provider, received.payment_id);
+    let fact = Fact { account: received.account, kind: "payment.received", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
+    event_log::append_fact(&mut *tx, fact).await?;
     let leased: Option<i64> = sqlx::query_scalar(
         "UPDATE payments SET applying_job = $4, applying_since = now()
          WHERE account = $1 AND provider = $2 AND payment_id = $3 AND applied_at IS NULL

@@ -50,7 +50,7 @@ impl Waker {
                 // `notify_one` stores one permit when nobody waits, so wake-ups that arrive while
                 // a NOTIFY is in flight coalesce into the next one.
                 waiting.notified().await;
-                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&pool).await {
+                if let Err(error) = wake_workers(&pool).await {
                     tracing::debug!(%error, "could not wake workers; they will find the jobs by polling");
                 }
                 tokio::time::sleep(interval).await;
@@ -63,6 +63,12 @@ impl Waker {
     pub fn wake(&self) {
         self.pending.notify_one();
     }
+}
+
+/// One NOTIFY to the workers, now. For rare enqueues outside ingest (an operator's replay); hot
+/// paths go through a [`Waker`].
+pub async fn wake_workers(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(pool).await.map(drop)
 }
 
 /// A job a worker has claimed. Every write about it names the claiming `owner` and expects the

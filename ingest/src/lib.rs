@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use kommo_pay_core::config::{Account, Accounts, Config, JobPolicies};
+use kommo_pay_core::config::{Account, Accounts, Config, JobPolicies, OpsToken};
 use kommo_pay_core::event_log::NewEvent;
 use kommo_pay_core::{jobs, queue};
 use sqlx::PgPool;
@@ -38,6 +38,7 @@ pub(crate) struct AppState {
     pool: PgPool,
     accounts: Accounts,
     job_policies: JobPolicies,
+    ops_tokens: std::sync::Arc<Vec<OpsToken>>,
     appender: appender::Appender,
     metrics: metrics::Metrics,
 }
@@ -78,6 +79,7 @@ impl Application {
             pool,
             accounts: config.accounts.clone(),
             job_policies: config.jobs.clone(),
+            ops_tokens: std::sync::Arc::new(config.ops_tokens.clone()),
             metrics: metrics::Metrics::install(),
         };
         Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes) })

@@ -10,6 +10,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 pub const ACCOUNT: &str = "acme";
 pub const KOMMO_ACCOUNT_ID: i64 = 32427762;
+/// The ops API tokens of the test configuration's operators.
+pub const OPS_TOKEN_ALICE: &str = "alice-ops-token-0123456789abcdef0123";
+pub const OPS_TOKEN_BOB: &str = "bob-ops-token-0123456789abcdef012345";
 pub const KOMMO_SECRET: &str = "test-kommo-url-secret-0123456789abcdef";
 pub const STRIPE_SECRET: &str = "whsec_test_current";
 pub const STRIPE_OLD_SECRET: &str = "whsec_test_previous";
@@ -96,6 +99,9 @@ pub fn test_config_text(server_extra: &str) -> String {
         max_connections = 8
         acquire_timeout_ms = 1000
 
+        [ops]
+        tokens = [{{ name = "alice", token_env = "OPS_TOKEN_ALICE" }}, {{ name = "bob", token_env = "OPS_TOKEN_BOB" }}]
+
         [[accounts]]
         slug = "{ACCOUNT}"
         [accounts.kommo]
@@ -132,6 +138,8 @@ pub fn test_env(database_url: &str) -> HashMap<String, String> {
         ("STRIPE_WHSEC_OLD", STRIPE_OLD_SECRET),
         ("LS_KEY", "ls-key"),
         ("LS_WHSEC", LS_SECRET),
+        ("OPS_TOKEN_ALICE", OPS_TOKEN_ALICE),
+        ("OPS_TOKEN_BOB", OPS_TOKEN_BOB),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

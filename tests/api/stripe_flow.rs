@@ -50,6 +50,8 @@ pub(crate) async fn flow() -> Flow {
         r#"
         [server]
         listen = "127.0.0.1:0"
+        [ops]
+        tokens = [{{ name = "alice", token_env = "OPS_TOKEN_ALICE" }}]
         [[accounts]]
         slug = "{ACCOUNT}"
         default_currency = "USD"
@@ -429,7 +431,7 @@ fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {
     })
 }
 
-fn charge_refunded(event_id: &str, intent: &str, amount: i64, refunded: i64) -> Value {
+pub(crate) fn charge_refunded(event_id: &str, intent: &str, amount: i64, refunded: i64) -> Value {
     json!({
         "id": event_id, "object": "event", "type": "charge.refunded", "created": 1764190000, "livemode": false,
         "data": { "object": {

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub scheduler: SchedulerSection,
     #[serde(default)]
     pub jobs: JobsSection,
+    #[serde(default)]
+    pub ops: OpsSection,
     /// The Kommo accounts this deployment serves, each with its own providers.
     #[serde(default)]
     pub accounts: Vec<AccountSection>,
@@ -152,6 +154,24 @@ impl Default for SchedulerSection {
             finished_job_retention_days: 7,
         }
     }
+}
+
+/// The ops API (`/ops/v1/…` on the ingest server). Without tokens it refuses every request.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSection {
+    /// Who may call the ops API: each token's name is recorded in the log with what its holder
+    /// did.
+    pub tokens: Vec<OpsTokenSection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpsTokenSection {
+    /// The operator (a person or a tool), e.g. `alice` or `runbook-bot`.
+    pub name: String,
+    /// Environment variable holding the bearer token (at least 32 characters).
+    pub token_env: String,
 }
 
 /// Retries: defaults for every job kind, and overrides per kind.

@@ -45,7 +45,15 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub scheduler: SchedulerSection,
     pub jobs: JobPolicies,
+    /// The ops API's bearer tokens, by operator name.
+    pub ops_tokens: Vec<OpsToken>,
     pub accounts: Accounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpsToken {
+    pub name: String,
+    pub token: SecretString,
 }
 
 #[derive(Debug, Clone)]

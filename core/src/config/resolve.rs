@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 use crate::money::Currency;
@@ -97,6 +97,20 @@ impl Config {
         let jobs = v.job_policies(&file.jobs);
 
         let mut accounts = BTreeMap::new();
+        let mut ops_tokens: Vec<OpsToken> = Vec::new();
+        for (i, t) in file.ops.tokens.iter().enumerate() {
+            let key = format!("ops.tokens[{i}]");
+            if t.name.trim().is_empty() || ops_tokens.iter().any(|other| other.name == t.name) {
+                v.problem(&format!("{key}.name"), "must be a name of its own: the log records it with what its holder did");
+            }
+            if let Some(token) = v.secret(&format!("{key}.token_env"), &t.token_env) {
+                if token.expose_secret().len() < 32 {
+                    v.problem(&format!("{key}.token_env"), &format!("the token in {} is shorter than 32 characters", t.token_env));
+                }
+                ops_tokens.push(OpsToken { name: t.name.clone(), token });
+            }
+        }
+
         let mut kommo_ids = BTreeSet::new();
         for (i, section) in file.accounts.into_iter().enumerate() {
             let key = format!("accounts[{i}]");
@@ -136,6 +150,7 @@ impl Config {
             worker,
             scheduler: file.scheduler,
             jobs,
+            ops_tokens,
             accounts: Accounts(accounts),
         })
     }

@@ -4,6 +4,7 @@
 mod health;
 mod kommo;
 mod lemonsqueezy;
+mod ops;
 mod stripe;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .merge(ops::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             // The span names the route template, never the URI: Kommo's URL ends in the account's

@@ -1,0 +1,61 @@
+//! The queue at a glance: counts by state, kind and account; how long the oldest runnable job has
+//! waited; what runs now and where.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::OpsError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub by_state: Vec<Count>,
+    pub by_kind: Vec<Count>,
+    pub by_account: Vec<Count>,
+    /// Seconds the oldest job that could run now has been waiting (0: none waits).
+    pub oldest_runnable_age_secs: f64,
+    pub running: Vec<Running>,
+}
+
+/// Jobs of one `key` (a kind or an account; empty for `by_state`) in one state.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Count {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    pub state: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Running {
+    pub id: i64,
+    pub kind: String,
+    pub account: String,
+    pub lead_id: Option<i64>,
+    pub attempt: i32,
+    /// The worker process (`host:pid:…`).
+    pub locked_by: Option<String>,
+    pub locked_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
+    let counts = |key: &str| {
+        format!("SELECT {key} AS key, state, count(*) AS count FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
+    };
+    let by_state = sqlx::query_as(super::sql(counts("''"))).fetch_all(pool).await?;
+    let by_kind = sqlx::query_as(super::sql(counts("kind"))).fetch_all(pool).await?;
+    let by_account = sqlx::query_as(super::sql(counts("account"))).fetch_all(pool).await?;
+    let oldest_runnable_age_secs: f64 = sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0) FROM jobs
+         WHERE state IN ('available', 'retryable') AND run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    let running = sqlx::query_as(
+        "SELECT id, kind, account, lead_id, attempt, locked_by, locked_at, heartbeat_at FROM jobs WHERE state = 'running' ORDER BY locked_at, id LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, running })
+}

@@ -1,0 +1,361 @@
+//! The ops API (`/ops/v1`) and the ops CLI: authentication, the event log searched, dead letters
+//! listed, counted, shown, replayed and discarded (also ten thousand at once), the queue, and a
+//! deal's payment history.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+impl TestApp {
+    async fn ops(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn ops_get(&self, path: &str) -> (u16, Value) {
+        self.ops(reqwest::Method::GET, path, Some(OPS_TOKEN_ALICE), None).await
+    }
+
+    async fn ops_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.ops(reqwest::Method::POST, path, Some(OPS_TOKEN_ALICE), Some(body)).await
+    }
+}
+
+/// `n` dead jobs of `kind` for lead `lead`, each with two failed attempts, caused by one Stripe
+/// event; returns their ids.
+async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i64> {
+    let event = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload) VALUES ($1, $2, 'stripe', 'checkout.session.completed', $3, $4, '{}')")
+        .bind(event)
+        .bind(ACCOUNT)
+        .bind(format!("evt_{event}"))
+        .bind(lead)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, account, lead_id, event_id, state, attempt, max_attempts, finished_at, errors, unique_key)
+         SELECT $1, jsonb_build_object('event_id', $3::text), $2, $4, $3, 'dead', 2, 2, now(),
+                jsonb_build_array(jsonb_build_object('at', now(), 'attempt', 1, 'error', 'first try: ' || $5::text),
+                                  jsonb_build_object('at', now(), 'attempt', 2, 'error', $5::text)),
+                'unique:' || $3::text || ':' || i
+         FROM generate_series(1, $6) AS i RETURNING id",
+    )
+    .bind(kind)
+    .bind(ACCOUNT)
+    .bind(event)
+    .bind(lead)
+    .bind(error)
+    .bind(n)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_ops_api_needs_a_named_token_and_the_webhooks_do_not() {
+    let app = spawn_app().await;
+    for token in [None, Some("wrong"), Some(&OPS_TOKEN_ALICE[..10]), Some("")] {
+        let (status, body) = app.ops(reqwest::Method::GET, "/ops/v1/queue", token, None).await;
+        assert_eq!(status, 401, "{token:?}");
+        assert_eq!(body["error"], "a valid bearer token is required");
+    }
+    assert_eq!(app.ops(reqwest::Method::GET, "/ops/v1/queue", Some(OPS_TOKEN_BOB), None).await.0, 200);
+    assert_eq!(app.ops_get("/ops/v1/queue").await.0, 200);
+    let event = json!({ "id": "evt_no_token", "object": "event", "type": "customer.created", "created": now(), "livemode": false, "data": { "object": {} } });
+    assert_eq!(app.post_signed_stripe(&event.to_string()).await.status(), 200, "webhooks authenticate by signature");
+}
+
+#[tokio::test]
+async fn events_are_searched_by_filters_a_page_at_a_time_and_shown_with_their_jobs() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        let event = json!({ "id": format!("evt_{i}"), "object": "event", "type": "customer.created", "created": now(), "livemode": false, "data": { "object": {} } });
+        app.post_signed_stripe(&event.to_string()).await;
+    }
+    let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=77&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=1&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=2";
+    app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await;
+
+    let (status, first) = app.ops_get("/ops/v1/events?source=stripe&limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let ids = |page: &Value| page["items"].as_array().unwrap().iter().map(|e| e["dedup_key"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["evt_2", "evt_1"], "newest first");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app.ops_get(&format!("/ops/v1/events?source=stripe&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), ["evt_0"]);
+    assert!(second.get("next_cursor").is_none(), "the last page");
+
+    let (_, kommo) = app.ops_get(&format!("/ops/v1/events?account={ACCOUNT}&lead=77")).await;
+    assert_eq!(kommo["items"].as_array().unwrap().len(), 1);
+    let id = kommo["items"][0]["id"].as_str().unwrap();
+    let (status, shown) = app.ops_get(&format!("/ops/v1/events/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["payload"]["item"]["id"], "77");
+    assert_eq!(shown["jobs"], json!([]), "a stage that is no trigger implies no job");
+    let from = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, none) = app.ops_get(&format!("/ops/v1/events?from={}", urlencode(&from))).await;
+    assert_eq!(none["items"], json!([]));
+
+    for (query, problem) in [
+        ("source=paypal", "source \"paypal\" is not one of kommo, stripe, lemonsqueezy, internal"),
+        ("from=yesterday", "from \"yesterday\" is not an RFC 3339 time"),
+        ("limit=0", "limit 0 is out of range: 1 to 1000"),
+        ("cursor=abc", "cursor \"abc\" is not one this API gave out"),
+        ("lead=seven", "lead"),
+        ("colour=red", "unknown field `colour`"),
+    ] {
+        let (status, body) = app.ops_get(&format!("/ops/v1/events?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(body["error"].as_str().unwrap().contains(problem), "{query}: {body}");
+    }
+    assert_eq!(app.ops_get(&format!("/ops/v1/events/{}", uuid::Uuid::now_v7())).await.0, 404);
+    assert_eq!(app.ops_get("/ops/v1/events/not-a-uuid").await.0, 400);
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_counted_shown_replayed_and_discarded_with_a_record_each() {
+    let app = spawn_app().await;
+    let db = &app.db;
+    let timeouts = bury(db, 3, "stripe.payment", 15318175, "Kommo is unavailable: 503").await;
+    let refused = bury(db, 2, "payment_link.issue", 42, "Stripe refused the link").await;
+
+    let (_, counts) = app.ops_get("/ops/v1/dead-letters/counts").await;
+    assert_eq!(
+        counts["counts"],
+        json!([
+            { "kind": "stripe.payment", "error": "Kommo is unavailable: 503", "count": 3 },
+            { "kind": "payment_link.issue", "error": "Stripe refused the link", "count": 2 },
+        ])
+    );
+    let (_, page) = app.ops_get("/ops/v1/dead-letters?error=REFUSED").await;
+    let listed: Vec<i64> = page["items"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    assert_eq!(listed, refused, "matched by part of the error, ignoring case");
+
+    let (status, shown) = app.ops_get(&format!("/ops/v1/jobs/{}", timeouts[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["state"], "dead");
+    assert_eq!(shown["errors"].as_array().unwrap().len(), 2, "every attempt's error");
+    assert_eq!(shown["event"]["kind"], "checkout.session.completed");
+    assert_eq!(shown["lead_id"], 15318175);
+
+    // A dry run counts and changes nothing.
+    let (_, dry) = app.ops_post("/ops/v1/dead-letters/replay", json!({ "filter": { "kind": "stripe.payment" }, "reason": "Kommo is back", "dry_run": true })).await;
+    assert_eq!(dry, json!({ "matched": 3, "done": 0, "dry_run": true }));
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 5);
+
+    let (status, replayed) = app.ops_post("/ops/v1/dead-letters/replay", json!({ "ids": [timeouts[0], timeouts[1]], "reason": "Kommo is back" })).await;
+    assert_eq!((status, &replayed), (200, &json!({ "matched": 2, "done": 2, "dry_run": false })));
+    let (_, old) = app.ops_get(&format!("/ops/v1/jobs/{}", timeouts[0])).await;
+    assert_eq!(old["state"], "replayed");
+    let new_id = old["replayed_as"].as_i64().unwrap();
+    let (_, new) = app.ops_get(&format!("/ops/v1/jobs/{new_id}")).await;
+    assert_eq!((new["state"].as_str(), new["replay_of"].as_i64(), new["attempt"].as_i64()), (Some("available"), Some(timeouts[0]), Some(0)));
+    assert_eq!(new["args"], old["args"]);
+    let (operator, reason): (String, String) =
+        sqlx::query_as("SELECT payload ->> 'operator', payload ->> 'reason' FROM events WHERE kind = 'job.replayed' AND caused_by_job = $1")
+            .bind(timeouts[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((operator.as_str(), reason.as_str()), ("alice", "Kommo is back"));
+    let unique_key_moved: String = sqlx::query_scalar("SELECT unique_key FROM jobs WHERE id = $1").bind(new_id).fetch_one(&db.pool).await.unwrap();
+    assert!(unique_key_moved.starts_with("unique:"), "the replay took over the dead job's unique key");
+
+    // Asking again for jobs that are no longer dead letters changes nothing.
+    let (status, body) = app.ops_post("/ops/v1/dead-letters/replay", json!({ "ids": [timeouts[0], timeouts[2]], "reason": "again" })).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains(&format!("not dead letters (or no such jobs): {}", timeouts[0])), "{body}");
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 3);
+
+    for (body, problem) in [
+        (json!({ "filter": {}, "reason": "  " }), "a reason is required"),
+        (json!({ "reason": "why" }), "either \"ids\" or \"filter\""),
+        (json!({ "ids": [], "reason": "why" }), "no job ids given"),
+        (json!({ "ids": [1], "filter": {}, "reason": "why" }), "either \"ids\" or \"filter\""),
+        (json!({ "filter": { "colour": "red" }, "reason": "why" }), "unknown field `colour`"),
+    ] {
+        let (status, answer) = app.ops_post("/ops/v1/dead-letters/discard", body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(answer["error"].as_str().unwrap().contains(problem), "{body}: {answer}");
+    }
+
+    let (_, discarded) = app.ops_post("/ops/v1/dead-letters/discard", json!({ "filter": { "lead": 42 }, "reason": "the deal was lost" })).await;
+    assert_eq!(discarded["done"], 2);
+    assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'job.discarded' AND payload ->> 'reason' = 'the deal was lost'").await, 2);
+    let (_, stats) = app.ops_get("/ops/v1/queue").await;
+    let state = |name: &str| stats["by_state"].as_array().unwrap().iter().find(|c| c["state"] == name).map(|c| c["count"].as_i64().unwrap());
+    assert_eq!((state("dead"), state("replayed"), state("discarded"), state("available")), (Some(1), Some(2), Some(2), Some(2)));
+    assert!(stats["oldest_runnable_age_secs"].as_f64().unwrap() >= 0.0);
+}
+
+/// `kommo-pay ARGS…` against the test database, with the test configuration.
+fn cli(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let path = std::env::temp_dir().join(format!("kommo-pay-ops-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, test_config_text("")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KOMMO_PAY_OPERATOR", "carol")
+        .envs(test_env(&db.url))
+        .output()
+        .expect("kommo-pay runs");
+    std::fs::remove_file(&path).ok();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test]
+async fn the_cli_does_the_same_with_tables_json_and_exit_codes_scripts_can_trust() {
+    let db = TestDb::new().await;
+    let dead = bury(&db, 2, "stripe.payment", 15318175, "Kommo is unavailable: 503").await;
+
+    let (code, out, _) = cli(&db, &["dead", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stripe.payment") && out.contains("Kommo is unavailable: 503") && out.contains(&dead[1].to_string()), "{out}");
+    let (code, out, _) = cli(&db, &["dead", "list", "--json", "--limit", "1"]);
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((page["items"][0]["id"].as_i64(), page["next_cursor"].as_str()), (Some(dead[0]), Some(dead[0].to_string().as_str())));
+    let (_, out, _) = cli(&db, &["dead", "counts", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["counts"][0]["count"], 2);
+    let (code, out, _) = cli(&db, &["dead", "show", &dead[0].to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("first try: Kommo is unavailable") && out.contains("checkout.session.completed"), "{out}");
+    let (_, out, _) = cli(&db, &["events", "list", "--json", "--source", "stripe"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["items"].as_array().unwrap().len(), 1);
+    let (_, out, _) = cli(&db, &["queue"]);
+    assert!(out.contains("dead") && out.contains("oldest runnable job"), "{out}");
+
+    let (code, out, _) = cli(&db, &["dead", "replay", "--all", "--reason", "Kommo is back", "--dry-run"]);
+    assert_eq!((code, out.trim()), (0, "would replay 2 dead job(s); nothing was changed"));
+    let (code, out, _) = cli(&db, &["dead", "replay", &dead[0].to_string(), "--reason", "Kommo is back"]);
+    assert_eq!((code, out.trim()), (0, "replayed 1 dead job(s) as carol"));
+    let who: String = sqlx::query_scalar("SELECT payload ->> 'operator' FROM events WHERE kind = 'job.replayed'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(who, "carol", "the CLI's operator is in the log");
+
+    // Bad arguments exit 2 and change nothing; what does not exist exits 3.
+    let replayed = dead[0].to_string();
+    for args in [
+        vec!["dead", "replay", "--reason", "no selection"],
+        vec!["dead", "replay", "1", "--all", "--reason", "two selections"],
+        vec!["dead", "discard", &replayed, "--reason", "not dead any more"],
+        vec!["events", "list", "--source", "paypal"],
+        vec!["history", "--account", ACCOUNT, "--lead", "1", "--format", "xml"],
+    ] {
+        let (code, _, err) = cli(&db, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    assert_eq!(cli(&db, &["dead", "show", "999999"]).0, 3);
+    assert_eq!(cli(&db, &["history", "--account", ACCOUNT, "--lead", "404"]).0, 3);
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 1);
+}
+
+#[tokio::test]
+async fn ten_thousand_dead_letters_page_quickly_and_replay_in_bulk_with_one_record_each() {
+    let app = spawn_app().await;
+    let db = &app.db;
+    bury(db, 10_000, "stripe.payment", 15318175, "Kommo is unavailable: 503").await;
+
+    let mut seen = 0;
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app.ops_get(&format!("/ops/v1/dead-letters?limit=1000{cursor}")).await;
+        assert_eq!(status, 200);
+        seen += page["items"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 10_000, "every dead letter, a page at a time");
+
+    let (code, out, err) = cli(db, &["dead", "replay", "--kind", "stripe.payment", "--reason", "Kommo is back"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "replayed 10000 dead job(s) as carol");
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM jobs WHERE replay_of IS NOT NULL AND state = 'available'").await, 10_000);
+    assert_eq!(db.count("SELECT count(DISTINCT caused_by_job) FROM events WHERE kind = 'job.replayed'").await, 10_000);
+    assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'job.replayed'").await, 10_000, "one record per job");
+}
+
+#[tokio::test]
+async fn a_deals_payment_history_is_read_from_the_log_as_json_csv_and_a_table() {
+    use crate::stripe_flow::*;
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    f.stripe_sends(checkout_completed("evt_paid", "plink_fake1", "pi_test_h", 200000)).await;
+    f.stripe_sends(charge_refunded("evt_refund", "pi_test_h", 200000, 50000)).await;
+    f.drain_with_retries().await;
+
+    let (status, history) = f.app.ops_get(&format!("/ops/v1/deals/{ACCOUNT}/{LEAD}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let entries = history["entries"].as_array().unwrap();
+    let row = |kind: &str| entries.iter().find(|e| e["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in {entries:?}"));
+    assert_eq!(entries[0]["kind"], "leads.status", "oldest first");
+    assert!(row("payment_link.issued")["what"].as_str().unwrap().contains("https://buy.stripe.com/test_fake1"));
+    assert_eq!(row("payment_link.issued")["amount"], "2,000.00 USD");
+    assert_eq!((row("checkout.session.completed")["amount_minor"].as_i64(), row("checkout.session.completed")["status"].as_str()), (Some(200000), Some("paid")));
+    assert_eq!(row("payment.received")["currency"], "USD");
+    assert_eq!((row("charge.refunded")["amount"].as_str(), row("charge.refunded")["status"].as_str()), (Some("500.00 USD"), Some("refunded")));
+    assert!(row("refund.applied")["what"].as_str().unwrap().contains("500.00 USD of 2,000.00 USD"));
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in the log's order");
+
+    let response = f.app.client.get(format!("{}/ops/v1/deals/{ACCOUNT}/{LEAD}/history?format=csv", f.app.address)).bearer_auth(OPS_TOKEN_ALICE).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = response.text().await.unwrap();
+    assert!(csv.starts_with("seq,at,source,kind,what,amount_minor,currency,amount,status,event_id\r\n"), "{csv}");
+    assert!(csv.contains(",200000,USD,\"2,000.00 USD\",paid,"), "amounts with commas are quoted: {csv}");
+    assert_eq!(csv.lines().count(), entries.len() + 1);
+    assert_eq!(f.app.ops_get(&format!("/ops/v1/deals/{ACCOUNT}/{LEAD}/history?format=xml")).await.0, 400);
+    assert_eq!(f.app.ops_get(&format!("/ops/v1/deals/{ACCOUNT}/1/history")).await.0, 404);
+}
+
+#[tokio::test]
+async fn replaying_an_event_derives_its_jobs_again_linked_to_it() {
+    use crate::stripe_flow::*;
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    let (_, page) = f.app.ops_get("/ops/v1/events?kind=leads.status").await;
+    let stage_event = page["items"][0]["id"].as_str().unwrap().to_owned();
+
+    let (status, replay) = f.app.ops_post(&format!("/ops/v1/events/{stage_event}/replay"), json!({ "reason": "after the amount fix" })).await;
+    assert_eq!(status, 200, "{replay}");
+    let (_, shown) = f.app.ops_get(&format!("/ops/v1/events/{stage_event}")).await;
+    let jobs = shown["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "the original job and the replayed one");
+    assert_eq!((jobs[1]["kind"].as_str(), jobs[1]["state"].as_str()), (Some("payment_link.issue"), Some("available")));
+    assert_eq!(replay["jobs"], json!([jobs[1]["id"]]));
+    let (_, record) = f.app.ops_get(&format!("/ops/v1/events/{}", replay["record"].as_str().unwrap())).await;
+    assert_eq!((record["kind"].as_str(), record["caused_by_event"].as_str()), (Some("event.replayed"), Some(stage_event.as_str())));
+    assert_eq!(record["payload"]["operator"], "alice");
+    f.drain().await;
+    assert_eq!(f.link_creates().len(), 1, "the replayed job reuses the deal's link");
+
+    let (_, facts) = f.app.ops_get("/ops/v1/events?kind=payment_link.issued").await;
+    let internal = facts["items"][0]["id"].as_str().unwrap();
+    let (status, body) = f.app.ops_post(&format!("/ops/v1/events/{internal}/replay"), json!({ "reason": "why not" })).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("internal record"), "{body}");
+}
