@@ -52,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KommoCommand,
     },
+    /// Print the OpenAPI document of the ops API (`/ops/v1`).
+    Openapi,
     /// Search the event log, show one event and the jobs it caused, replay an event.
     Events {
         #[command(subcommand)]

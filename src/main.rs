@@ -30,6 +30,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
         return Ok(());
     }
+    if let Command::Openapi = cli.command {
+        println!("{}", serde_json::to_string_pretty(&kommo_pay_core::ops::openapi::document())?);
+        return Ok(());
+    }
     let config = load_config(cli.config.as_deref())?;
     if let Command::Config { command: ConfigCommand::Check } = cli.command {
         println!("configuration is valid: {} account(s)", config.accounts.len());
@@ -78,7 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => (false, true, false),
         Command::Scheduler => (false, false, true),
         Command::Migrate | Command::Config { .. } | Command::Kommo { .. } => unreachable!("handled above"),
-        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } => unreachable!("handled above"),
+        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } | Command::Openapi => unreachable!("handled above"),
     };
     let ingest = async {
         if ingest {

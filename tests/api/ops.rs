@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 impl TestApp {
+    /// An ops API request; a JSON answer is checked against the OpenAPI document on the way.
     async fn ops(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let request_method = method.clone();
         let mut request = self.client.request(method, format!("{}{path}", self.address));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -19,8 +21,14 @@ impl TestApp {
         }
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
+        let json = response.headers().get("content-type").is_some_and(|t| t == "application/json");
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        if !json {
+            return (status, Value::String(text));
+        }
+        let body: Value = serde_json::from_str(&text).unwrap();
+        conforms(method_name(&request_method), path, status, &body);
+        (status, body)
     }
 
     async fn ops_get(&self, path: &str) -> (u16, Value) {
@@ -30,6 +38,37 @@ impl TestApp {
     async fn ops_post(&self, path: &str, body: Value) -> (u16, Value) {
         self.ops(reqwest::Method::POST, path, Some(OPS_TOKEN_ALICE), Some(body)).await
     }
+}
+
+fn method_name(method: &reqwest::Method) -> String {
+    method.as_str().to_lowercase()
+}
+
+/// Panics unless `body`, answered `status` to `method path`, is what `schemas/ops-api.openapi.json`
+/// says that operation answers.
+fn conforms(method: String, path: &str, status: u16, body: &Value) {
+    let document: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
+    let path = path.split('?').next().unwrap();
+    let segments: Vec<&str> = path.split('/').collect();
+    let (_, operations) = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(template, _)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len() && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+        })
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let answer = &operations[&method]["responses"][status.to_string()];
+    let schema = answer.pointer("/content/application~1json/schema").unwrap_or_else(|| panic!("{method} {path} answering {status} is not in the OpenAPI document"));
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": schema["$ref"],
+        "components": document["components"],
+    });
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let problems: Vec<String> = validator.iter_errors(body).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(problems.is_empty(), "{method} {path} answered {status} with a body the OpenAPI document does not allow: {problems:?}\n{body}");
 }
 
 /// `n` dead jobs of `kind` for lead `lead`, each with two failed attempts, caused by one Stripe
@@ -61,6 +100,12 @@ async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i6
     .fetch_all(&db.pool)
     .await
     .unwrap()
+}
+
+#[test]
+fn the_committed_openapi_document_is_the_generated_one() {
+    let committed: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
+    assert!(committed == kommo_pay_core::ops::openapi::document(), "schemas/ops-api.openapi.json is stale: run `cargo run -- openapi > schemas/ops-api.openapi.json`");
 }
 
 #[tokio::test]
@@ -241,6 +286,16 @@ async fn the_cli_does_the_same_with_tables_json_and_exit_codes_scripts_can_trust
     assert!(out.contains("first try: Kommo is unavailable") && out.contains("checkout.session.completed"), "{out}");
     let (_, out, _) = cli(&db, &["events", "list", "--json", "--source", "stripe"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["items"].as_array().unwrap().len(), 1);
+    let event: String = sqlx::query_scalar("SELECT id::text FROM events").fetch_one(&db.pool).await.unwrap();
+    let (code, out, _) = cli(&db, &["events", "show", &event]);
+    assert_eq!(code, 0);
+    assert!(out.contains("checkout.session.completed") && out.contains("payload:") && out.contains("stripe.payment"), "{out}");
+    let (code, out, _) = cli(&db, &["events", "replay", &event, "--reason", "after the fix", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"].as_array().unwrap().len(), 1);
+    let (code, out, _) = cli(&db, &["history", "--account", ACCOUNT, "--lead", "15318175", "--format", "csv"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("seq,at,source,kind,what") && out.contains("event.replayed") && out.contains("after the fix"), "{out}");
     let (_, out, _) = cli(&db, &["queue"]);
     assert!(out.contains("dead") && out.contains("oldest runnable job"), "{out}");
 
@@ -267,6 +322,13 @@ async fn the_cli_does_the_same_with_tables_json_and_exit_codes_scripts_can_trust
     assert_eq!(cli(&db, &["dead", "show", "999999"]).0, 3);
     assert_eq!(cli(&db, &["history", "--account", ACCOUNT, "--lead", "404"]).0, 3);
     assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 1);
+}
+
+#[test]
+fn the_openapi_command_prints_the_document() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kommo-pay")).arg("openapi").output().unwrap();
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["openapi"], "3.1.0");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! in the log (`job.replayed`, `job.discarded`) with the operator and the reason.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -14,7 +15,7 @@ use super::events::{EventSummary, JOB_SUMMARY, JobSummary, page};
 use super::{OpsError, Operator, Page};
 
 /// Which dead jobs; every field optional. `error` matches part of the last error, ignoring case.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadFilter {
     pub account: Option<String>,
@@ -25,7 +26,7 @@ pub struct DeadFilter {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct DeadJob {
     pub id: i64,
     pub kind: String,
@@ -38,7 +39,7 @@ pub struct DeadJob {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct DeadCount {
     pub kind: String,
     /// The last error, its first 200 characters.
@@ -46,7 +47,7 @@ pub struct DeadCount {
     pub count: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobSummary,
@@ -63,8 +64,7 @@ pub struct JobDetail {
 }
 
 /// The dead jobs an action applies to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum Selection {
     /// These jobs, each of which must be dead.
     Ids(Vec<i64>),
@@ -72,8 +72,37 @@ pub enum Selection {
     Matching(DeadFilter),
 }
 
+/// `POST /ops/v1/dead-letters/replay|discard`: which dead jobs (`ids`, or a `filter`; `{}`
+/// matches them all), why, and whether only to count them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    pub ids: Option<Vec<i64>>,
+    pub filter: Option<DeadFilter>,
+    /// Why, for the audit log.
+    pub reason: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl BulkRequest {
+    pub fn selection(&self) -> Result<Selection, OpsError> {
+        match (&self.ids, &self.filter) {
+            (Some(ids), None) => Ok(Selection::Ids(ids.clone())),
+            (None, Some(filter)) => Ok(Selection::Matching(filter.clone())),
+            _ => Err(OpsError::BadRequest("name the jobs with either \"ids\" or \"filter\" ({} matches every dead letter)".into())),
+        }
+    }
+}
+
+/// `GET /ops/v1/dead-letters/counts`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadCounts {
+    pub counts: Vec<DeadCount>,
+}
+
 /// What a replay or discard did (or, on a dry run, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Outcome {
     pub matched: i64,
     pub done: i64,

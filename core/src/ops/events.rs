@@ -2,6 +2,7 @@
 //! and replay an event (derive its jobs again, e.g. after a bug fix).
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -13,7 +14,7 @@ use crate::event_log::{NewEvent, Source};
 use crate::jobs;
 
 /// What to list; every field optional. Times are RFC 3339; `cursor` comes from a previous page.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
     pub account: Option<String>,
@@ -27,7 +28,7 @@ pub struct EventFilter {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct EventSummary {
     /// The log's global order.
     pub seq: i64,
@@ -42,7 +43,7 @@ pub struct EventSummary {
     pub caused_by_job: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct EventDetail {
     #[serde(flatten)]
     pub event: EventSummary,
@@ -53,7 +54,7 @@ pub struct EventDetail {
     pub jobs: Vec<JobSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct JobSummary {
     pub id: i64,
     pub kind: String,
@@ -123,8 +124,16 @@ pub async fn show(pool: &PgPool, id: Uuid) -> Result<EventDetail, OpsError> {
     Ok(EventDetail { event, caused_by_event, payload, headers, jobs })
 }
 
+/// `POST /ops/v1/events/{id}/replay`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
 /// What replaying an event did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct EventReplay {
     /// The `event.replayed` record in the log.
     pub record: Uuid,

@@ -2,6 +2,7 @@
 //! the deal, in the log's order, read from `events` alone (never from state that changes).
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use super::OpsError;
 use crate::money::{Currency, Money};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Entry {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -26,6 +27,14 @@ pub struct Entry {
     /// The provider's or kommo-pay's status word, e.g. `paid`, `failed`, `refunded`.
     pub status: Option<String>,
     pub event_id: Uuid,
+}
+
+/// `GET /ops/v1/deals/{account}/{lead}/history`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct History {
+    pub account: String,
+    pub lead_id: i64,
+    pub entries: Vec<Entry>,
 }
 
 /// Every event of deal `lead_id` of `account`, oldest first.

@@ -12,9 +12,11 @@
 pub mod dead_letters;
 pub mod events;
 pub mod history;
+pub mod openapi;
 pub mod queue_stats;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// A statement joined from this module's constant fragments (filters are bind parameters, never
@@ -39,8 +41,16 @@ pub enum OpsError {
     Database(#[from] sqlx::Error),
 }
 
+/// Every error answer of the ops API.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// What was wrong, in words an operator can act on.
+    pub error: String,
+}
+
 /// One page of a list, and the cursor of the next page when there is one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass back as `cursor` for the next page; absent on the last page.

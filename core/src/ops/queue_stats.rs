@@ -2,12 +2,13 @@
 //! waited; what runs now and where.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use super::OpsError;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct QueueStats {
     pub by_state: Vec<Count>,
     pub by_kind: Vec<Count>,
@@ -18,15 +19,14 @@ pub struct QueueStats {
 }
 
 /// Jobs of one `key` (a kind or an account; empty for `by_state`) in one state.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct Count {
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub key: String,
     pub state: String,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct Running {
     pub id: i64,
     pub kind: String,

@@ -13,12 +13,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use kommo_pay_core::ops::dead_letters::{self, DeadFilter, Selection};
-use kommo_pay_core::ops::events::{self, EventFilter};
-use kommo_pay_core::ops::{OpsError, Operator, history, queue_stats};
+use kommo_pay_core::ops::dead_letters::{self, BulkRequest, DeadCounts, DeadFilter};
+use kommo_pay_core::ops::events::{self, EventFilter, ReplayRequest};
+use kommo_pay_core::ops::history::{self, History};
+use kommo_pay_core::ops::{ErrorBody, OpsError, Operator, queue_stats};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -70,7 +70,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
 }
 
 fn failure(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    (status, Json(ErrorBody { error: message.to_owned() })).into_response()
 }
 
 /// An [`OpsError`] or a request the extractors could not read, as an answer.
@@ -125,13 +125,7 @@ async fn show_event(State(state): State<AppState>, Path(id): Path<String>) -> An
     ok(events::show(&state.pool, event_id(&id)?).await?)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayEvent {
-    reason: String,
-}
-
-async fn replay_event(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayEvent>, JsonRejection>) -> Answer {
+async fn replay_event(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayRequest>, JsonRejection>) -> Answer {
     let body = body?.0;
     ok(events::replay(&state.pool, &state.accounts, &state.job_policies, event_id(&id)?, &operator, &body.reason).await?)
 }
@@ -145,41 +139,19 @@ async fn list_dead(State(state): State<AppState>, filter: Result<Query<DeadFilte
 }
 
 async fn count_dead(State(state): State<AppState>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
-    ok(json!({ "counts": dead_letters::counts(&state.pool, &filter?.0).await? }))
+    ok(DeadCounts { counts: dead_letters::counts(&state.pool, &filter?.0).await? })
 }
 
 async fn show_job(State(state): State<AppState>, Path(id): Path<i64>) -> Answer {
     ok(dead_letters::show(&state.pool, id).await?)
 }
 
-/// A bulk action's request: which dead jobs (`ids`, or a `filter`; `{}` matches them all), why,
-/// and whether only to count them.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Act {
-    ids: Option<Vec<i64>>,
-    filter: Option<DeadFilter>,
-    reason: String,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-impl Act {
-    fn selection(&self) -> Result<Selection, OpsError> {
-        match (&self.ids, &self.filter) {
-            (Some(ids), None) => Ok(Selection::Ids(ids.clone())),
-            (None, Some(filter)) => Ok(Selection::Matching(filter.clone())),
-            _ => Err(OpsError::BadRequest("name the jobs with either \"ids\" or \"filter\" ({} matches every dead letter)".into())),
-        }
-    }
-}
-
-async fn replay_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<Act>, JsonRejection>) -> Answer {
+async fn replay_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
     let act = body?.0;
     ok(dead_letters::replay(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
 }
 
-async fn discard_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<Act>, JsonRejection>) -> Answer {
+async fn discard_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
     let act = body?.0;
     ok(dead_letters::discard(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
 }
@@ -199,7 +171,7 @@ async fn deal_history(State(state): State<AppState>, Path((account, lead)): Path
     let format = format?.0.format;
     let entries = history::of_deal(&state.pool, &account, lead).await?;
     match format.as_deref() {
-        None | Some("json") => ok(json!({ "account": account, "lead_id": lead, "entries": entries })),
+        None | Some("json") => ok(History { account, lead_id: lead, entries }),
         Some("csv") => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], history::to_csv(&entries)).into_response()),
         Some(other) => Err(OpsError::BadRequest(format!("format {other:?} is not json or csv")).into()),
     }
