@@ -66,6 +66,12 @@ pub enum Command {
     },
     /// The queue: jobs by state, kind and account; the oldest waiting job; what runs where.
     Queue,
+    /// The projections (payment links, payments, subscriptions, failed-payment runs, self-serve
+    /// deals): tables folded from the event log.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// A deal's payment history, read from the event log alone.
     History {
         #[arg(long)]
@@ -77,6 +83,13 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Empty them and apply every recorded change again from the log, in one transaction.
+    /// Refused while jobs run: stop the workers first.
+    Rebuild,
 }
 
 #[derive(Debug, Subcommand)]

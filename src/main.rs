@@ -67,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", done.config);
         return Ok(());
     }
-    if matches!(cli.command, Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. }) {
+    if matches!(cli.command, Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } | Command::Projections { .. }) {
         let operator = ops::operator(cli.operator);
         return ops::run(cli.command, &pool, &config, cli.json, &operator).await;
     }
@@ -82,7 +82,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => (false, true, false),
         Command::Scheduler => (false, false, true),
         Command::Migrate | Command::Config { .. } | Command::Kommo { .. } => unreachable!("handled above"),
-        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } | Command::Openapi => unreachable!("handled above"),
+        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } | Command::Projections { .. } | Command::Openapi => {
+            unreachable!("handled above")
+        }
     };
     let ingest = async {
         if ingest {

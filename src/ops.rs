@@ -4,6 +4,8 @@
 //! Exit codes: 0 done; 1 failed (e.g. the database is unreachable); 2 a bad argument or filter
 //! (nothing was changed); 3 not found.
 
+use std::io::IsTerminal;
+
 use comfy_table::{Table, presets};
 use indicatif::{ProgressBar, ProgressStyle};
 use kommo_pay_core::config::Config;
@@ -13,7 +15,7 @@ use kommo_pay_core::ops::{OpsError, Operator, Page, history, queue_stats};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cli::{ActArgs, Command, DeadArgs, DeadCommand, EventsCommand};
+use crate::cli::{ActArgs, Command, DeadArgs, DeadCommand, EventsCommand, ProjectionsCommand};
 
 /// The exit code for a failed ops command.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
@@ -145,6 +147,14 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 }
             }
         }
+        Command::Projections { command: ProjectionsCommand::Rebuild } => {
+            let rebuilt = kommo_pay_core::projections::rebuild(pool).await?;
+            if json {
+                return print_json(&rebuilt);
+            }
+            println!("projections rebuilt from the log: {} recorded change(s) applied", rebuilt.changes);
+            Ok(())
+        }
         _ => unreachable!("main runs only ops commands here"),
     }
 }
@@ -160,9 +170,14 @@ async fn bulk(pool: &PgPool, act: ActArgs, json: bool, operator: &Operator, verb
     let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)").expect("a valid template"));
     bar.set_message(format!("{verb}ing"));
+    // A bar on a terminal; one line per batch otherwise (a script's log shows it moving).
+    let lines = !json && !std::io::stderr().is_terminal();
     let mut progress = |done: i64, total: i64| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+        if lines {
+            eprintln!("{verb}ed {done}/{total}");
+        }
     };
     let outcome = match verb {
         "replay" => dead_letters::replay(pool, &selection, operator, &act.reason, act.dry_run, &mut progress).await?,

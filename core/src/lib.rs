@@ -14,6 +14,7 @@ pub mod money;
 pub mod ops;
 pub mod payment_links;
 pub mod payments;
+pub mod projections;
 pub mod lemonsqueezy;
 pub mod queue;
 pub mod rate_limit;

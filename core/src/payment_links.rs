@@ -1,10 +1,10 @@
 //! Payment links issued for deals (`payment_links`), kept with the `payment_link.*` events.
 
-use serde_json::json;
+use chrono::Utc;
 use sqlx::PgPool;
 
-use crate::event_log::{self, Fact};
 use crate::money::{Currency, Money};
+use crate::projections::{self, Change, Meta};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentLink {
@@ -71,42 +71,15 @@ pub struct Issued<'a> {
 /// Records a new link as the deal's active one, the previous active one as replaced, and the
 /// fact in the event log, in one transaction. A retry that records the same link changes nothing.
 pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<PaymentLink, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_by_job)
-         VALUES ($1, $9, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(issued.account)
-    .bind(issued.link_id)
-    .bind(issued.lead_id)
-    .bind(issued.trigger)
-    .bind(issued.url)
-    .bind(issued.amount.minor())
-    .bind(issued.amount.currency().code())
-    .bind(issued.job_id)
-    .bind(issued.provider)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        sqlx::query(
-            "UPDATE payment_links SET status = 'replaced'
-             WHERE account = $1 AND lead_id = $2 AND status = 'active' AND link_id <> $3",
-        )
-        .bind(issued.account)
-        .bind(issued.lead_id)
-        .bind(issued.link_id)
-        .execute(&mut *tx)
-        .await?;
-        let payload = json!({
-            "provider": issued.provider, "link_id": issued.link_id, "url": issued.url, "trigger": issued.trigger,
-            "amount_minor": issued.amount.minor(), "currency": issued.amount.currency().code(),
-            "amount": issued.amount.to_string(),
-        });
-        let dedup_key = format!("payment_link.issued:{}:{}", issued.provider, issued.link_id);
-        let fact = Fact { account: issued.account, kind: "payment_link.issued", dedup_key: &dedup_key, lead_id: issued.lead_id, job_id: issued.job_id, payload };
-        event_log::append_fact(&mut *tx, fact).await?;
-    }
-    tx.commit().await?;
+    let change = Change::LinkIssued {
+        provider: issued.provider.to_owned(),
+        link_id: issued.link_id.to_owned(),
+        trigger: issued.trigger.to_owned(),
+        url: issued.url.to_owned(),
+        amount_minor: issued.amount.minor(),
+        currency: issued.amount.currency().code().to_owned(),
+    };
+    projections::record_alone(pool, Meta { account: issued.account, lead_id: issued.lead_id, job_id: Some(issued.job_id), at: Utc::now() }, &change).await?;
     let link = sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND provider = $2 AND link_id = $3")
         .bind(issued.account)
         .bind(issued.provider)
@@ -128,15 +101,11 @@ pub async fn replaced(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<
     .await
 }
 
-/// Moves a link to `status` (`paid`, `deactivated`); call it once Stripe has deactivated it.
-pub async fn set_status(pool: &PgPool, account: &str, link_id: &str, status: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payment_links SET status = $3 WHERE account = $1 AND provider = 'stripe' AND link_id = $2")
-        .bind(account)
-        .bind(link_id)
-        .bind(status)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Moves a Stripe link of the deal to `status` (`paid`, `deactivated`); call it once Stripe has
+/// deactivated it. `job_id` is the job that did.
+pub async fn set_status(pool: &PgPool, account: &str, lead_id: i64, job_id: i64, link_id: &str, status: &str) -> Result<(), sqlx::Error> {
+    let change = Change::LinkStatus { provider: "stripe".into(), link_id: link_id.to_owned(), status: status.to_owned() };
+    projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal's active links' ids.
@@ -148,23 +117,16 @@ pub async fn active_ids(pool: &PgPool, account: &str, lead_id: i64) -> Result<Ve
         .await
 }
 
-/// Records that the link's note was added / its Salesbot launched, so a retry does not repeat it.
-pub async fn mark_note_added(pool: &PgPool, account: &str, link_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payment_links SET note_added_at = now() WHERE account = $1 AND link_id = $2")
-        .bind(account)
-        .bind(link_id)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Records that the link's note was added, so a retry does not repeat it.
+pub async fn mark_note_added(pool: &PgPool, account: &str, link: &PaymentLink, job_id: i64) -> Result<(), sqlx::Error> {
+    let change = Change::LinkNoteAdded { provider: link.provider.clone(), link_id: link.link_id.clone() };
+    projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
-pub async fn mark_salesbot_run(pool: &PgPool, account: &str, link_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payment_links SET salesbot_run_at = now() WHERE account = $1 AND link_id = $2")
-        .bind(account)
-        .bind(link_id)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Records that the link's Salesbot was launched, so a retry does not repeat it.
+pub async fn mark_salesbot_run(pool: &PgPool, account: &str, link: &PaymentLink, job_id: i64) -> Result<(), sqlx::Error> {
+    let change = Change::LinkSalesbotRun { provider: link.provider.clone(), link_id: link.link_id.clone() };
+    projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The link with id `link_id`, whichever provider issued it.

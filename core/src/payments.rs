@@ -2,11 +2,10 @@
 //! per provider payment, however many events announce it.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::PgPool;
 
-use crate::event_log::{self, Fact};
 use crate::money::Money;
+use crate::projections::{self, Change, Meta};
 
 pub struct Received<'a> {
     pub account: &'a str,
@@ -17,6 +16,12 @@ pub struct Received<'a> {
     pub amount: Money,
     pub paid_at: DateTime<Utc>,
     pub job_id: i64,
+}
+
+impl Received<'_> {
+    fn meta(&self) -> Meta<'_> {
+        Meta { account: self.account, lead_id: self.lead_id, job_id: Some(self.job_id), at: Utc::now() }
+    }
 }
 
 /// Who updates the deal for a payment.
@@ -34,30 +39,17 @@ pub enum Application {
 /// gets a lease; others find it busy until it is applied (or the lease is abandoned).
 pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Application, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO payments (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(received.account)
-    .bind(received.provider)
-    .bind(received.payment_id)
-    .bind(received.lead_id)
-    .bind(received.link_id)
-    .bind(received.amount.minor())
-    .bind(received.amount.currency().code())
-    .bind(received.paid_at)
-    .execute(&mut *tx)
-    .await?;
-    // The fact is written even when a refund that arrived first created the row: the log, not
-    // the row, is the deal's history. Its key makes it once per payment.
-    let payload = json!({
-        "provider": received.provider, "payment_id": received.payment_id, "link_id": received.link_id,
-        "amount_minor": received.amount.minor(), "currency": received.amount.currency().code(),
-        "amount": received.amount.to_string(), "paid_at": received.paid_at,
-    });
-    let dedup_key = format!("payment.received:{}:{}", received.provider, received.payment_id);
-    let fact = Fact { account: received.account, kind: "payment.received", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
-    event_log::append_fact(&mut *tx, fact).await?;
+    // Recorded even when a refund that arrived first created the row: the log, not the row, is
+    // the deal's history.
+    let change = Change::PaymentReceived {
+        provider: received.provider.to_owned(),
+        payment_id: received.payment_id.to_owned(),
+        link_id: received.link_id.map(str::to_owned),
+        amount_minor: received.amount.minor(),
+        currency: received.amount.currency().code().to_owned(),
+        paid_at: received.paid_at,
+    };
+    projections::record(&mut tx, received.meta(), &change).await?;
     let leased: Option<i64> = sqlx::query_scalar(
         "UPDATE payments SET applying_job = $4, applying_since = now()
          WHERE account = $1 AND provider = $2 AND payment_id = $3 AND applied_at IS NULL
@@ -109,33 +101,19 @@ pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str
 /// payment when its own events have not arrived yet, and never lowers the refunded amount.
 /// Returns whether the total grew (a refund the deal has not been told about).
 pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_total: i64) -> Result<bool, sqlx::Error> {
-    let grew: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO payments AS p (account, provider, payment_id, lead_id, amount_minor, currency, paid_at, refunded_minor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (account, provider, payment_id) DO UPDATE SET refunded_minor = excluded.refunded_minor
-             WHERE p.refunded_minor < excluded.refunded_minor
-         RETURNING refunded_minor",
-    )
-    .bind(received.account)
-    .bind(received.provider)
-    .bind(received.payment_id)
-    .bind(received.lead_id)
-    .bind(received.amount.minor())
-    .bind(received.amount.currency().code())
-    .bind(received.paid_at)
-    .bind(refunded_total)
-    .fetch_optional(pool)
-    .await?;
-    Ok(grew.is_some())
+    let change = Change::RefundRecorded {
+        provider: received.provider.to_owned(),
+        payment_id: received.payment_id.to_owned(),
+        amount_minor: received.amount.minor(),
+        currency: received.amount.currency().code().to_owned(),
+        paid_at: received.paid_at,
+        refunded_minor: refunded_total,
+    };
+    Ok(projections::record_alone(pool, received.meta(), &change).await?.changed > 0)
 }
 
 /// The deal was updated for this payment.
-pub async fn mark_applied(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payments SET applied_at = now(), applying_job = NULL WHERE account = $1 AND provider = $2 AND payment_id = $3")
-        .bind(account)
-        .bind(provider)
-        .bind(payment_id)
-        .execute(pool)
-        .await?;
-    Ok(())
+pub async fn mark_applied(pool: &PgPool, received: &Received<'_>) -> Result<(), sqlx::Error> {
+    let change = Change::PaymentApplied { provider: received.provider.to_owned(), payment_id: received.payment_id.to_owned() };
+    projections::record_alone(pool, received.meta(), &change).await.map(drop)
 }

@@ -65,6 +65,24 @@ impl Waker {
     }
 }
 
+/// Enqueues one job outside ingest's append (a job that hangs off a fact recorded in the same
+/// transaction); a job whose unique key is taken is not enqueued again. Returns its id if new.
+pub async fn enqueue<'e>(db: impl sqlx::PgExecutor<'e>, job: &NewJob) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO jobs (event_id, kind, args, account, lead_id, max_attempts, unique_key) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id",
+    )
+    .bind(job.event_id)
+    .bind(&job.kind)
+    .bind(&job.args)
+    .bind(&job.account)
+    .bind(job.lead_id)
+    .bind(job.max_attempts)
+    .bind(&job.unique_key)
+    .fetch_optional(db)
+    .await
+}
+
 /// One NOTIFY to the workers, now. For rare enqueues outside ingest (an operator's replay); hot
 /// paths go through a [`Waker`].
 pub async fn wake_workers(pool: &PgPool) -> Result<(), sqlx::Error> {

@@ -1,7 +1,10 @@
 //! Self-serve buyers: the deal created for an order that named none (`self_serve_orders`), and
 //! the round-robin cursor that assigns their managers (`round_robin`).
 
+use chrono::Utc;
 use sqlx::PgPool;
+
+use crate::projections::{self, Change, Meta};
 
 /// Who creates the deal for an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +55,10 @@ pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str,
     })
 }
 
-/// The deal created for `order_id`, stored the moment Kommo returned it.
-pub async fn record_lead(pool: &PgPool, account: &str, provider: &str, order_id: &str, lead_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE self_serve_orders SET lead_id = $4 WHERE account = $1 AND provider = $2 AND order_id = $3")
-        .bind(account)
-        .bind(provider)
-        .bind(order_id)
-        .bind(lead_id)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// The deal created for `order_id`, stored the moment Kommo returned it, by job `job_id`.
+pub async fn record_lead(pool: &PgPool, account: &str, provider: &str, order_id: &str, lead_id: i64, job_id: i64) -> Result<(), sqlx::Error> {
+    let change = Change::SelfServeDealCreated { provider: provider.to_owned(), order_id: order_id.to_owned() };
+    projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal created for `order_id`, if any.

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::projections::{self, Change, Meta};
+
 /// A subscription snapshot as the provider sent it.
 pub struct Snapshot<'a> {
     pub account: &'a str,
@@ -13,25 +15,17 @@ pub struct Snapshot<'a> {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Stores the snapshot unless a newer one is stored already (an equal time is not older).
-/// Returns whether it was stored.
-pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>) -> Result<bool, sqlx::Error> {
-    let stored: Option<String> = sqlx::query_scalar(
-        "INSERT INTO subscriptions AS s (account, provider, subscription_id, lead_id, status, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (account, provider, subscription_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at
-             WHERE s.updated_at <= excluded.updated_at
-         RETURNING status",
-    )
-    .bind(snapshot.account)
-    .bind(snapshot.provider)
-    .bind(snapshot.subscription_id)
-    .bind(snapshot.lead_id)
-    .bind(snapshot.status)
-    .bind(snapshot.updated_at)
-    .fetch_optional(pool)
-    .await?;
-    Ok(stored.is_some())
+/// Stores the snapshot unless a newer one is stored already (an equal time is not older);
+/// recorded by job `job_id`. Returns whether it was stored.
+pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64) -> Result<bool, sqlx::Error> {
+    let change = Change::SubscriptionSnapshot {
+        provider: snapshot.provider.to_owned(),
+        subscription_id: snapshot.subscription_id.to_owned(),
+        status: snapshot.status.to_owned(),
+        updated_at: snapshot.updated_at,
+    };
+    let meta = Meta { account: snapshot.account, lead_id: snapshot.lead_id, job_id: Some(job_id), at: Utc::now() };
+    Ok(projections::record_alone(pool, meta, &change).await?.changed > 0)
 }
 
 /// The deal of a subscription we have seen.

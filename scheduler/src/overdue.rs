@@ -1,15 +1,14 @@
 //! Overdue subscriptions: a run of failed charges (`dunning`) still open after the account's grace
 //! period → a `deal.overdue` job, once per run.
 //!
-//! The job, its internal event (`subscription.overdue`, keyed by the run) and the run's mark are
+//! The run's mark (recorded as the fact `subscription.overdue`, keyed by the run) and the job are
 //! committed in one transaction, so a second scan or a second leader finds the run marked.
 
 use chrono::{DateTime, Utc};
 use kommo_pay_core::config::{Accounts, JobPolicies};
 use kommo_pay_core::dunning;
-use kommo_pay_core::event_log::{self, NewEvent, Source};
 use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::queue::NewJob;
+use kommo_pay_core::queue::{self, NewJob};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -30,24 +29,20 @@ impl Overdue {
         for account in self.accounts.iter() {
             for run in dunning::due(&self.pool, &account.slug, now - account.overdue_grace).await? {
                 let mut tx = self.pool.begin().await?;
-                if !dunning::mark_overdue(&mut *tx, &account.slug, &run, now).await? {
+                // The mark is recorded as a `subscription.overdue` fact; the job hangs off it.
+                let Some(fact) = dunning::mark_overdue(&mut tx, &account.slug, &run, now).await? else {
                     continue; // paid or marked since the query
-                }
-                let args = json!({ "run_id": run.run_id, "provider": run.provider, "subscription_id": run.subscription_id });
-                let raw = serde_json::value::to_raw_value(&json!({ "what": run.what, "grace_days": account.overdue_grace.num_days(), "run": args }))
-                    .expect("JSON serialises");
-                let key = format!("overdue:{}", run.run_id);
-                let event = NewEvent::new(&account.slug, Source::Internal, "subscription.overdue".into(), key.clone(), Some(run.lead_id), raw);
+                };
                 let job = NewJob {
                     kind: JobKind::MarkOverdue.as_str().into(),
-                    args,
+                    args: json!({ "run_id": run.run_id, "provider": run.provider, "subscription_id": run.subscription_id }),
                     account: account.slug.clone(),
                     lead_id: Some(run.lead_id),
-                    event_id: event.id,
+                    event_id: fact,
                     max_attempts: self.policies.policy(JobKind::MarkOverdue.as_str()).max_attempts,
-                    unique_key: Some(format!("{}:{key}", account.slug)),
+                    unique_key: Some(format!("{}:overdue:{}", account.slug, run.run_id)),
                 };
-                event_log::append(&mut *tx, &[event], &[job]).await?;
+                queue::enqueue(&mut *tx, &job).await?;
                 tx.commit().await?;
                 marked += 1;
             }

@@ -296,6 +296,9 @@ async fn the_cli_does_the_same_with_tables_json_and_exit_codes_scripts_can_trust
     let (code, out, _) = cli(&db, &["history", "--account", ACCOUNT, "--lead", "15318175", "--format", "csv"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("seq,at,source,kind,what") && out.contains("event.replayed") && out.contains("after the fix"), "{out}");
+    let (code, out, _) = cli(&db, &["projections", "rebuild"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("projections rebuilt from the log"), "{out}");
     let (_, out, _) = cli(&db, &["queue"]);
     assert!(out.contains("dead") && out.contains("oldest runnable job"), "{out}");
 
@@ -353,6 +356,9 @@ async fn ten_thousand_dead_letters_page_quickly_and_replay_in_bulk_with_one_reco
     let (code, out, err) = cli(db, &["dead", "replay", "--kind", "stripe.payment", "--reason", "Kommo is back"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "replayed 10000 dead job(s) as carol");
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("replayed ")).collect();
+    assert_eq!(progress.len(), 20, "a line per batch of 500: {err}");
+    assert_eq!((progress[0], progress[19]), ("replayed 500/10000", "replayed 10000/10000"));
     assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 0);
     assert_eq!(db.count("SELECT count(*) FROM jobs WHERE replay_of IS NOT NULL AND state = 'available'").await, 10_000);
     assert_eq!(db.count("SELECT count(DISTINCT caused_by_job) FROM events WHERE kind = 'job.replayed'").await, 10_000);
@@ -420,4 +426,89 @@ async fn replaying_an_event_derives_its_jobs_again_linked_to_it() {
     let (status, body) = f.app.ops_post(&format!("/ops/v1/events/{internal}/replay"), json!({ "reason": "why not" })).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("internal record"), "{body}");
+}
+
+/// The projections as JSON, leases left out (they are not projections).
+async fn projections(db: &TestDb) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+             'payment_links', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY account, provider, link_id), '[]') FROM payment_links t),
+             'payments', (SELECT coalesce(jsonb_agg(to_jsonb(t) - 'applying_job' - 'applying_since' ORDER BY account, provider, payment_id), '[]') FROM payments t),
+             'subscriptions', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY account, provider, subscription_id), '[]') FROM subscriptions t),
+             'dunning', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY account, provider, subscription_id), '[]') FROM dunning t),
+             'self_serve', (SELECT coalesce(jsonb_agg(jsonb_build_object('order', order_id, 'lead', lead_id) ORDER BY order_id), '[]') FROM self_serve_orders))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn projections_rebuilt_from_the_log_equal_the_live_ones_after_a_long_mixed_scenario() {
+    use crate::stripe_flow::*;
+    let f = flow().await;
+    // Stripe: a link, the same amount again, a new amount (the first link replaced), the payment
+    // announced three times, a partial then a full refund.
+    f.deal_enters_stage().await;
+    f.drain().await;
+    f.deal_enters_stage().await;
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["price"] = json!(2500);
+    f.kommo.add_lead(lead);
+    f.deal_enters_stage().await;
+    f.drain().await;
+    for event in [
+        checkout_completed("evt_cs", "plink_fake2", "pi_mixed", 250000),
+        payment_intent_succeeded("evt_pi", "pi_mixed", 250000),
+        charge_refunded("evt_r1", "pi_mixed", 250000, 50000),
+        charge_refunded("evt_r2", "pi_mixed", 250000, 250000),
+    ] {
+        f.stripe_sends(event).await;
+    }
+    f.drain_with_retries().await;
+    // Stripe subscription invoices: paid, failed, overdue, paid at last; another failure open.
+    for event in [invoice("evt_i1", "invoice.paid", "in_1", 4990), invoice("evt_i2", "invoice.payment_failed", "in_2", 0)] {
+        f.stripe_sends(event).await;
+    }
+    f.drain_with_retries().await;
+    let overdue = f.overdue();
+    overdue.run_once(chrono::Utc::now() + chrono::Duration::days(30)).await.unwrap();
+    f.drain_with_retries().await;
+    f.stripe_sends(invoice("evt_i2_paid", "invoice.paid", "in_2", 4990)).await;
+    f.stripe_sends(invoice("evt_i3", "invoice.payment_failed", "in_3", 0)).await;
+    f.drain_with_retries().await;
+    // Lemon Squeezy: a checkout, its subscription, a renewal, a failure, snapshots out of order.
+    f.deal_enters(LS_STAGE).await;
+    f.drain().await;
+    for body in [
+        ls_subscription("subscription_created", "active", "2026-11-26T12:00:00.000000Z", true),
+        ls_invoice("subscription_payment_success", "802", "renewal"),
+        ls_subscription("subscription_updated", "past_due", "2026-12-27T12:00:00.000000Z", true),
+        ls_subscription("subscription_updated", "active", "2026-12-01T12:00:00.000000Z", true),
+        ls_invoice("subscription_payment_failed", "803", "renewal"),
+    ] {
+        f.lemonsqueezy_sends(&body).await;
+    }
+    f.drain_with_retries().await;
+    // Self-serve buyers.
+    for order in [2001, 2002] {
+        f.lemonsqueezy_sends(&self_serve_order(order, 67890)).await;
+    }
+    f.drain_with_retries().await;
+
+    let live = projections(&f.app.db).await;
+    for table in ["payment_links", "payments", "subscriptions", "dunning", "self_serve"] {
+        assert!(!live[table].as_array().unwrap().is_empty(), "the scenario leaves rows in {table}: {live}");
+    }
+    let rebuilt = kommo_pay_core::projections::rebuild(&f.app.db.pool).await.unwrap();
+    assert!(rebuilt.changes > 20, "{rebuilt:?}");
+    let again = projections(&f.app.db).await;
+    assert!(again == live, "rebuilt:\n{again:#}\nlive:\n{live:#}");
+    kommo_pay_core::projections::rebuild(&f.app.db.pool).await.unwrap();
+    assert!(projections(&f.app.db).await == live, "a rebuild of a rebuild is the same");
+
+    // Never while jobs run.
+    sqlx::query("INSERT INTO jobs (kind, account, max_attempts, state) VALUES ('k', $1, 1, 'running')").bind(ACCOUNT).execute(&f.app.db.pool).await.unwrap();
+    let refused = kommo_pay_core::projections::rebuild(&f.app.db.pool).await.unwrap_err();
+    assert!(refused.to_string().contains("1 job(s) are running: stop the workers first"), "{refused}");
 }

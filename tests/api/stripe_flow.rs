@@ -210,7 +210,7 @@ pub(crate) fn checkout_completed(event_id: &str, link: &str, intent: &str, amoun
     })
 }
 
-fn payment_intent_succeeded(event_id: &str, intent: &str, amount: i64) -> Value {
+pub(crate) fn payment_intent_succeeded(event_id: &str, intent: &str, amount: i64) -> Value {
     json!({
         "id": event_id, "object": "event", "type": "payment_intent.succeeded", "created": 1764170001, "livemode": false,
         "data": { "object": {
@@ -257,7 +257,18 @@ async fn a_deal_entering_the_stage_gets_a_link_and_paying_it_closes_the_deal() {
         .fetch_all(&f.app.db.pool)
         .await
         .unwrap();
-    assert_eq!(facts, vec!["payment_link.issued", "payment.received"]);
+    assert_eq!(
+        facts,
+        vec![
+            "payment_link.issued",
+            "payment_link.note_added",
+            "payment_link.salesbot_run",
+            "payment.received",
+            "payment.applied",
+            "payment_link.status_changed",
+        ],
+        "every change of the deal's projections is a fact in the log"
+    );
 }
 
 #[tokio::test]
@@ -417,7 +428,7 @@ async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
     assert_eq!(f.kommo.requests().len(), 1, "no retry, and no alert, hammered the blocked account");
 }
 
-fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {
+pub(crate) fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {
     json!({
         "id": event_id, "object": "event", "type": kind, "created": 1764180000, "livemode": false,
         "data": { "object": {
@@ -671,7 +682,7 @@ async fn a_failed_lemonsqueezy_order_tells_the_manager_and_a_pending_one_waits()
     assert!(f.field(STATUS_FIELD).is_none(), "not marked paid");
 }
 
-fn self_serve_order(order: u32, variant: u32) -> String {
+pub(crate) fn self_serve_order(order: u32, variant: u32) -> String {
     ls_order("order_created", "paid", 0, None)
         .replace("\"1001\"", &format!("\"{order}\""))
         .replace("\"variant_id\":67890", &format!("\"variant_id\":{variant}"))
@@ -782,7 +793,7 @@ pub(crate) fn ls_subscription(event: &str, status: &str, updated_at: &str, with_
     .to_string()
 }
 
-fn ls_invoice(event: &str, invoice: &str, reason: &str) -> String {
+pub(crate) fn ls_invoice(event: &str, invoice: &str, reason: &str) -> String {
     json!({
         "meta": { "event_name": event, "test_mode": true },
         "data": { "type": "subscription-invoices", "id": invoice, "attributes": {

@@ -118,7 +118,18 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
             let what = match kind {
                 "payment_link.issued" => format!("Payment link issued: {}", text(payload, "/url").unwrap_or_default()),
                 "payment.received" => format!("Payment recorded: {} {}", text(payload, "/provider").unwrap_or_default(), text(payload, "/payment_id").unwrap_or_default()),
-                "refund.applied" => format!("Refund applied: {} of {}", text(payload, "/refunded").unwrap_or_default(), text(payload, "/of").unwrap_or_default()),
+                "refund.applied" => {
+                    let total = money(payload, "/refunded_minor", "/currency").and_then(|(minor, code)| Some(Money::from_minor(minor, Currency::parse(&code).ok()?)));
+                    let of = money(payload, "/amount_minor", "/currency").and_then(|(minor, code)| Some(Money::from_minor(minor, Currency::parse(&code).ok()?)));
+                    let shown = |m: Option<Money>| m.map(|m| m.to_string()).unwrap_or_default();
+                    return d(format!("Refunded so far: {} of {}", shown(total), shown(of)), money(payload, "/refunded_minor", "/currency"), Some("refunded".into()));
+                }
+                "payment_link.status_changed" => format!("Payment link {} is now {}", text(payload, "/link_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default()),
+                "payment.applied" => format!("Deal updated for payment {}", text(payload, "/payment_id").unwrap_or_default()),
+                "subscription.snapshot" => format!("Subscription {} is {}", text(payload, "/subscription_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default()),
+                "payment.failure_run_opened" => format!("A subscription payment failed: {}", text(payload, "/what").unwrap_or_default()),
+                "payment.failure_runs_cleared" => "Earlier failed payments made good".to_owned(),
+                "self_serve.deal_created" => format!("Deal created for self-serve order {}", text(payload, "/order_id").unwrap_or_default()),
                 "payment_link.reminder_due" => format!("Reminder {} due for {}", text(payload, "/reminder").unwrap_or_default(), text(payload, "/url").unwrap_or_default()),
                 "subscription.overdue" => format!("Subscription overdue: {}", text(payload, "/what").unwrap_or_default()),
                 "job.dead_lettered" => format!("Failed for good ({}): {}", text(payload, "/job_kind").unwrap_or_default(), text(payload, "/error").unwrap_or_default()),

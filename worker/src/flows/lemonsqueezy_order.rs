@@ -129,7 +129,7 @@ async fn self_serve_deal(
             let existing = found.iter().find(|lead| lead.get("name").and_then(Value::as_str).is_some_and(|n| n.ends_with(&marker)));
             if let Some(lead_id) = existing.and_then(|lead| lead.get("id")).and_then(kommo_pay_core::kommo::lenient_id) {
                 tracing::warn!(order = order_id, lead_id, "an interrupted attempt had created the deal already; using it");
-                self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id).await.map_err(db_failed)?;
+                self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id, job.id).await.map_err(db_failed)?;
                 return Ok(lead_id);
             }
         }
@@ -163,7 +163,7 @@ async fn self_serve_deal(
         }
     });
     let lead_id = clients.kommo.create_lead_with_contact(&lead).await.map_err(kommo_failed)?;
-    self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id).await.map_err(db_failed)?;
+    self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id, job.id).await.map_err(db_failed)?;
     // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
     if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {
         let pairs: Vec<String> = custom.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();

@@ -97,7 +97,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         status: &text("status"),
         updated_at: time("updated_at"),
     };
-    let newest = subscriptions::store(pool, &snapshot).await.map_err(db_failed)?;
+    let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
     match name.as_str() {
         "subscription_cancelled" => {
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
@@ -117,7 +117,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         _ if newest && matches!(snapshot.status, "past_due" | "unpaid") => {
             let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
             let failure = Failure { account: &account.slug, provider: "lemonsqueezy", subscription_id: &subscription_id, lead_id, failed_at: snapshot.updated_at, what: &what };
-            dunning::record_failure(pool, &failure).await.map_err(db_failed).map(drop)
+            dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
         }
         _ => {
             tracing::info!(name, subscription = %subscription_id, newest, "subscription snapshot stored");

@@ -19,7 +19,7 @@ use crate::JobError;
 /// A subscription charge failed: open (or continue) the subscription's run of failures and say
 /// so in the deal's feed.
 pub(super) async fn charge_failed(context: &Context, clients: &AccountClients, job: &ClaimedJob, failure: Failure<'_>) -> Result<(), JobError> {
-    dunning::record_failure(&context.pool, &failure).await.map_err(db_failed)?;
+    dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed)?;
     let provider = match failure.provider {
         "stripe" => "Stripe",
         _ => "Lemon Squeezy",

@@ -135,7 +135,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     for old in payment_links::replaced(pool, &account.slug, lead_id).await.map_err(db_failed)? {
         let stripe = clients.stripe()?;
         stripe.deactivate_payment_link(&old, &format!("kommo-pay:deactivate:{old}")).await.map_err(stripe_failed)?;
-        payment_links::set_status(pool, &account.slug, &old, "deactivated").await.map_err(db_failed)?;
+        payment_links::set_status(pool, &account.slug, lead_id, job.id, &old, "deactivated").await.map_err(db_failed)?;
     }
 
     let mut changes = json!({
@@ -153,11 +153,11 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         let text = format!("Payment link for {amount}: {}", link.url);
         let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } });
         kommo.add_lead_note(note).await.map_err(kommo_failed)?;
-        payment_links::mark_note_added(pool, &account.slug, &link.link_id).await.map_err(db_failed)?;
+        payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     if let Some(bot) = trigger.salesbot_id.filter(|_| link.salesbot_run_at.is_none()) {
         kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
-        payment_links::mark_salesbot_run(pool, &account.slug, &link.link_id).await.map_err(db_failed)?;
+        payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
     Ok(())

@@ -5,7 +5,6 @@
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning;
-use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
 use kommo_pay_core::queue::ClaimedJob;
@@ -54,7 +53,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         job_id: job.id,
     };
     // Paid: whatever failed before is made good, whichever job applies the payment.
-    dunning::clear(pool, &account.slug, lead_id, payment.at).await.map_err(db_failed)?;
+    dunning::clear(pool, &account.slug, lead_id, payment.at, job.id).await.map_err(db_failed)?;
     match payments::record(pool, &received).await.map_err(db_failed)? {
         // Another announcement of the same payment is being applied right now; look again later.
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
@@ -63,7 +62,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
             write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage).await?;
             let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": note } });
             clients.kommo.add_lead_note(note).await.map_err(kommo_failed)?;
-            payments::mark_applied(pool, &account.slug, provider, &payment.id).await.map_err(db_failed)?;
+            payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())
         }
@@ -111,19 +110,15 @@ pub(super) async fn write_payment_state(
 }
 
 /// Records a refund of a settled (or not yet settled) payment, Stripe's and Lemon Squeezy's
-/// running total, and writes the deal's resulting status. Returns the refunded total when it grew,
-/// `None` when the deal shows this total already (a late or repeated event).
+/// running total (the fact `refund.applied`), and writes the deal's resulting status. Returns the
+/// refunded total when it grew, `None` when this total was recorded before (a late or repeated
+/// event, or a retry after a crash: the deal's status is written again all the same).
 pub(super) async fn record_refund(context: &Context, clients: &AccountClients, received: &Received<'_>, refunded_total: i64) -> Result<Option<Money>, JobError> {
-    let pool = &context.pool;
-    if !payments::record_refund(pool, received, refunded_total).await.map_err(db_failed)? {
-        tracing::info!(payment = received.payment_id, "no new refund: the deal shows this total already");
+    let grew = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
+    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None).await?;
+    if !grew {
+        tracing::info!(payment = received.payment_id, "no new refund: this total was recorded before");
         return Ok(None);
     }
-    let refunded = Money::from_minor(refunded_total, received.amount.currency());
-    let dedup_key = format!("refund.applied:{}:{}:{refunded_total}", received.provider, received.payment_id);
-    let payload = json!({ "provider": received.provider, "payment_id": received.payment_id, "refunded": refunded.to_string(), "of": received.amount.to_string() });
-    let fact = Fact { account: received.account, kind: "refund.applied", dedup_key: &dedup_key, lead_id: received.lead_id, job_id: received.job_id, payload };
-    event_log::append_fact(pool, fact).await.map_err(db_failed)?;
-    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None).await?;
-    Ok(Some(refunded))
+    Ok(Some(Money::from_minor(refunded_total, received.amount.currency())))
 }

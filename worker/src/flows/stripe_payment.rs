@@ -67,15 +67,15 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
     let note = format!("Payment received: {} via Stripe", payment.amount);
     settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage, note }).await?;
-    deactivate_paid_links(clients, pool, lead_id).await
+    deactivate_paid_links(clients, pool, lead_id, job.id).await
 }
 
 /// A paid deal must not be charged again through its Stripe links, whichever event came first.
-async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, lead_id: i64) -> Result<(), JobError> {
+async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, lead_id: i64, job_id: i64) -> Result<(), JobError> {
     let account = &clients.account.slug;
     for link in payment_links::active_ids(pool, account, lead_id).await.map_err(db_failed)? {
         clients.stripe()?.deactivate_payment_link(&link, &format!("kommo-pay:deactivate:{link}")).await.map_err(stripe_failed)?;
-        payment_links::set_status(pool, account, &link, "paid").await.map_err(db_failed)?;
+        payment_links::set_status(pool, account, lead_id, job_id, &link, "paid").await.map_err(db_failed)?;
     }
     Ok(())
 }
@@ -99,7 +99,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
             }
             let note = format!("Payment received: {} via Stripe (subscription invoice {id})", payment.amount);
             settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage: None, note }).await?;
-            deactivate_paid_links(clients, &context.pool, lead_id).await
+            deactivate_paid_links(clients, &context.pool, lead_id, job.id).await
         }
         "invoice.payment_failed" => {
             if payments::find(&context.pool, &account.slug, "stripe", &id).await.map_err(db_failed)?.is_some() {

@@ -1,0 +1,366 @@
+//! The projections: tables the flows read that are folds of the event log — `payment_links`,
+//! `payments`, `subscriptions`, `dunning` and the deals of `self_serve_orders`.
+//!
+//! Every change to them is a [`Change`], made by [`record`]: it appends the change to the log as
+//! an internal fact and applies it, in the caller's transaction. [`rebuild`] empties the tables and
+//! applies every recorded change again in the log's order, with the same code, so the rebuilt
+//! tables equal the live ones. Leases (`payments.applying_*`, `self_serve_orders.creating_*`) are
+//! not projections: they only say who is working on something right now.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// One change to a projection, as recorded in the log (`payload.change` names the variant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A new link becomes the deal's active one; the active one before it is replaced.
+    LinkIssued { provider: String, link_id: String, trigger: String, url: String, amount_minor: i64, currency: String },
+    /// `paid` or `deactivated`.
+    LinkStatus { provider: String, link_id: String, status: String },
+    LinkNoteAdded { provider: String, link_id: String },
+    LinkSalesbotRun { provider: String, link_id: String },
+    /// A payment announced by the provider (once per payment id).
+    PaymentReceived { provider: String, payment_id: String, link_id: Option<String>, amount_minor: i64, currency: String, paid_at: DateTime<Utc> },
+    /// The deal was updated for the payment.
+    PaymentApplied { provider: String, payment_id: String },
+    /// The provider's running total of refunds of a payment; it never goes down.
+    RefundRecorded { provider: String, payment_id: String, amount_minor: i64, currency: String, paid_at: DateTime<Utc>, refunded_minor: i64 },
+    /// A subscription snapshot; applied only when not older than the stored one.
+    SubscriptionSnapshot { provider: String, subscription_id: String, status: String, updated_at: DateTime<Utc> },
+    /// A charge failed: a run of failures opens unless one is open.
+    FailureRunOpened { provider: String, subscription_id: String, run_id: Uuid, failed_at: DateTime<Utc>, what: String },
+    /// The run outlasted the grace period. (`what` failed, for the log's reader.)
+    FailureRunOverdue { run_id: Uuid, what: String },
+    /// A payment made at `paid_at` ends the deal's runs that began before it.
+    FailureRunsCleared { paid_at: DateTime<Utc> },
+    /// The deal created for a self-serve order.
+    SelfServeDealCreated { provider: String, order_id: String },
+}
+
+impl Change {
+    /// The fact's kind in the log.
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::LinkIssued { .. } => "payment_link.issued",
+            Change::LinkStatus { .. } => "payment_link.status_changed",
+            Change::LinkNoteAdded { .. } => "payment_link.note_added",
+            Change::LinkSalesbotRun { .. } => "payment_link.salesbot_run",
+            Change::PaymentReceived { .. } => "payment.received",
+            Change::PaymentApplied { .. } => "payment.applied",
+            Change::RefundRecorded { .. } => "refund.applied",
+            Change::SubscriptionSnapshot { .. } => "subscription.snapshot",
+            Change::FailureRunOpened { .. } => "payment.failure_run_opened",
+            Change::FailureRunOverdue { .. } => "subscription.overdue",
+            Change::FailureRunsCleared { .. } => "payment.failure_runs_cleared",
+            Change::SelfServeDealCreated { .. } => "self_serve.deal_created",
+        }
+    }
+
+    /// The fact's dedup key: the same change recorded twice (a retried job) is one fact. That is
+    /// only right for changes that have no further effect when applied again, whatever happened
+    /// in between (inserts that keep the first, values that only grow, newer-wins snapshots).
+    fn key(&self, lead_id: i64) -> String {
+        let kind = self.kind();
+        match self {
+            Change::LinkIssued { provider, link_id, .. } | Change::LinkNoteAdded { provider, link_id } | Change::LinkSalesbotRun { provider, link_id } => {
+                format!("{kind}:{provider}:{link_id}")
+            }
+            Change::LinkStatus { provider, link_id, status } => format!("{kind}:{provider}:{link_id}:{status}"),
+            Change::PaymentReceived { provider, payment_id, .. } | Change::PaymentApplied { provider, payment_id } => format!("{kind}:{provider}:{payment_id}"),
+            Change::RefundRecorded { provider, payment_id, refunded_minor, .. } => format!("{kind}:{provider}:{payment_id}:{refunded_minor}"),
+            Change::SubscriptionSnapshot { provider, subscription_id, status, updated_at } => {
+                format!("{kind}:{provider}:{subscription_id}:{}:{status}", updated_at.timestamp_micros())
+            }
+            // What these two do depends on what is open when they apply, not on what they carry:
+            // each is a fact of its own, applied again in the same order.
+            Change::FailureRunOpened { run_id, .. } => format!("{kind}:{run_id}"),
+            Change::FailureRunsCleared { paid_at } => format!("{kind}:{lead_id}:{}:{}", paid_at.timestamp_micros(), Uuid::now_v7()),
+            Change::FailureRunOverdue { run_id, .. } => format!("overdue:{run_id}"),
+            Change::SelfServeDealCreated { provider, order_id } => format!("{kind}:{provider}:{order_id}"),
+        }
+    }
+}
+
+/// Whose change it is and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub account: &'a str,
+    pub lead_id: i64,
+    /// The job that made it; none for the scheduler's own changes.
+    pub job_id: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// What [`record`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// Rows the change touched (0: it changed nothing, e.g. an older snapshot).
+    pub changed: u64,
+    /// The fact's id, when it is new to the log.
+    pub fact: Option<Uuid>,
+}
+
+/// Records `change` in the log and applies it, in the caller's transaction.
+///
+/// Changes of one deal are serialised (a transaction-scoped advisory lock on the deal), and the
+/// fact is appended after the change is applied, so the log's order of a deal's facts is the
+/// order their changes took effect: what a rebuild replays.
+pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))")
+        .bind(meta.account)
+        .bind(meta.lead_id)
+        .execute(&mut *conn)
+        .await?;
+    let changed = apply(conn, meta, change).await?;
+    let mut payload = serde_json::to_value(change).expect("a change serialises");
+    payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");
+    let fact: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
+         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(meta.account)
+    .bind(change.kind())
+    .bind(change.key(meta.lead_id))
+    .bind(meta.lead_id)
+    .bind(meta.job_id)
+    .bind(payload)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(Recorded { changed, fact })
+}
+
+/// [`record`] in a transaction of its own.
+pub async fn record_alone(pool: &PgPool, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let recorded = record(&mut tx, meta, change).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Applies a change to the tables; returns the rows it touched. The one place these tables are
+/// written (besides leases), live and in a rebuild.
+async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<u64, sqlx::Error> {
+    let Meta { account, lead_id, job_id, at } = meta;
+    let done = match change {
+        Change::LinkIssued { provider, link_id, trigger, url, amount_minor, currency } => {
+            let inserted = sqlx::query(
+                "INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_at, issued_by_job)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(link_id)
+            .bind(lead_id)
+            .bind(trigger)
+            .bind(url)
+            .bind(amount_minor)
+            .bind(currency)
+            .bind(at)
+            .bind(job_id)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                sqlx::query("UPDATE payment_links SET status = 'replaced' WHERE account = $1 AND lead_id = $2 AND status = 'active' AND link_id <> $3")
+                    .bind(account)
+                    .bind(lead_id)
+                    .bind(link_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            inserted
+        }
+        Change::LinkStatus { provider, link_id, status } => {
+            sqlx::query("UPDATE payment_links SET status = $4 WHERE account = $1 AND provider = $2 AND link_id = $3 AND status <> $4")
+                .bind(account)
+                .bind(provider)
+                .bind(link_id)
+                .bind(status)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::LinkNoteAdded { provider, link_id } => {
+            sqlx::query("UPDATE payment_links SET note_added_at = $4 WHERE account = $1 AND provider = $2 AND link_id = $3 AND note_added_at IS NULL")
+                .bind(account)
+                .bind(provider)
+                .bind(link_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::LinkSalesbotRun { provider, link_id } => {
+            sqlx::query("UPDATE payment_links SET salesbot_run_at = $4 WHERE account = $1 AND provider = $2 AND link_id = $3 AND salesbot_run_at IS NULL")
+                .bind(account)
+                .bind(provider)
+                .bind(link_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::PaymentReceived { provider, payment_id, link_id, amount_minor, currency, paid_at } => {
+            // The first announcement wins (a refund may even have created the row first): the
+            // payment's fact carries one key, so a later announcement must change nothing.
+            sqlx::query(
+                "INSERT INTO payments (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(payment_id)
+            .bind(lead_id)
+            .bind(link_id)
+            .bind(amount_minor)
+            .bind(currency)
+            .bind(paid_at)
+            .execute(&mut *conn)
+            .await?
+        }
+        Change::PaymentApplied { provider, payment_id } => {
+            sqlx::query("UPDATE payments SET applied_at = $4, applying_job = NULL, applying_since = NULL WHERE account = $1 AND provider = $2 AND payment_id = $3 AND applied_at IS NULL")
+                .bind(account)
+                .bind(provider)
+                .bind(payment_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::RefundRecorded { provider, payment_id, amount_minor, currency, paid_at, refunded_minor } => {
+            sqlx::query(
+                "INSERT INTO payments AS p (account, provider, payment_id, lead_id, amount_minor, currency, paid_at, refunded_minor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (account, provider, payment_id) DO UPDATE SET refunded_minor = excluded.refunded_minor
+                     WHERE p.refunded_minor < excluded.refunded_minor",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(payment_id)
+            .bind(lead_id)
+            .bind(amount_minor)
+            .bind(currency)
+            .bind(paid_at)
+            .bind(refunded_minor)
+            .execute(&mut *conn)
+            .await?
+        }
+        Change::SubscriptionSnapshot { provider, subscription_id, status, updated_at } => {
+            sqlx::query(
+                "INSERT INTO subscriptions AS s (account, provider, subscription_id, lead_id, status, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (account, provider, subscription_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at
+                     WHERE s.updated_at <= excluded.updated_at",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(subscription_id)
+            .bind(lead_id)
+            .bind(status)
+            .bind(updated_at)
+            .execute(&mut *conn)
+            .await?
+        }
+        Change::FailureRunOpened { provider, subscription_id, run_id, failed_at, what } => {
+            sqlx::query(
+                "INSERT INTO dunning (account, provider, subscription_id, run_id, lead_id, failed_at, what) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (account, provider, subscription_id) DO NOTHING",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(subscription_id)
+            .bind(run_id)
+            .bind(lead_id)
+            .bind(failed_at)
+            .bind(what)
+            .execute(&mut *conn)
+            .await?
+        }
+        Change::FailureRunOverdue { run_id, .. } => {
+            sqlx::query("UPDATE dunning SET overdue_at = $3 WHERE account = $1 AND run_id = $2 AND overdue_at IS NULL")
+                .bind(account)
+                .bind(run_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::FailureRunsCleared { paid_at } => {
+            sqlx::query("DELETE FROM dunning WHERE account = $1 AND lead_id = $2 AND failed_at <= $3")
+                .bind(account)
+                .bind(lead_id)
+                .bind(paid_at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::SelfServeDealCreated { provider, order_id } => {
+            sqlx::query(
+                "INSERT INTO self_serve_orders AS o (account, provider, order_id, lead_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account, provider, order_id) DO UPDATE SET lead_id = excluded.lead_id WHERE o.lead_id IS NULL",
+            )
+            .bind(account)
+            .bind(provider)
+            .bind(order_id)
+            .bind(lead_id)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(done.rows_affected())
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rebuilt {
+    /// Recorded changes applied again.
+    pub changes: u64,
+}
+
+/// Why a rebuild was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("{0} job(s) are running: stop the workers first, so that nothing changes the projections during the rebuild")]
+    JobsRunning(i64),
+    #[error("fact {seq} in the log cannot be read as a change: {problem}")]
+    Unreadable { seq: i64, problem: String },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Empties the projections and applies every recorded change again, in the log's order, in one
+/// transaction (readers see the old tables until it commits). Refused while jobs run.
+pub async fn rebuild(pool: &PgPool) -> Result<Rebuilt, RebuildError> {
+    let mut tx = pool.begin().await?;
+    // No worker may claim or finish a job meanwhile (their changes would interleave).
+    sqlx::query("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'").fetch_one(&mut *tx).await?;
+    if running > 0 {
+        return Err(RebuildError::JobsRunning(running));
+    }
+    // Leases of unfinished self-serve claims survive: they are work in progress, not projection.
+    sqlx::query("TRUNCATE payment_links, payments, subscriptions, dunning").execute(&mut *tx).await?;
+    sqlx::query("UPDATE self_serve_orders SET lead_id = NULL").execute(&mut *tx).await?;
+    let mut changes = 0;
+    let mut after = 0_i64;
+    loop {
+        let facts: Vec<(i64, String, i64, Option<i64>, Value)> = sqlx::query_as(
+            "SELECT seq, account, lead_id, caused_by_job, payload FROM events
+             WHERE source = 'internal' AND payload ? 'change' AND lead_id IS NOT NULL AND seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = facts.last() else { break };
+        after = last.0;
+        for (seq, account, lead_id, job_id, payload) in facts {
+            let unreadable = |problem: String| RebuildError::Unreadable { seq, problem };
+            let at: DateTime<Utc> = serde_json::from_value(payload["at"].clone()).map_err(|e| unreadable(format!("at: {e}")))?;
+            let change: Change = serde_json::from_value(payload).map_err(|e| unreadable(e.to_string()))?;
+            apply(&mut tx, Meta { account: &account, lead_id, job_id, at }, &change).await?;
+            changes += 1;
+        }
+    }
+    sqlx::query("DELETE FROM self_serve_orders WHERE lead_id IS NULL AND creating_job IS NULL").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Rebuilt { changes })
+}
