@@ -163,18 +163,8 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
     let mut tx = pool.begin().await?;
     let mut ids = Vec::new();
     for job in &derived {
-        let job_id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (event_id, kind, args, account, lead_id, max_attempts) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(job.event_id)
-        .bind(&job.kind)
-        .bind(&job.args)
-        .bind(&job.account)
-        .bind(job.lead_id)
-        .bind(job.max_attempts)
-        .fetch_one(&mut *tx)
-        .await?;
-        ids.push(job_id);
+        // Derived jobs carry no unique key (their event is unique), so each is new.
+        ids.extend(crate::queue::enqueue(&mut *tx, job).await?);
     }
     let record = Uuid::now_v7();
     sqlx::query(
