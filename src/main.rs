@@ -108,7 +108,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    tokio::try_join!(ingest, worker, scheduler)?;
+    let metrics = async {
+        if let Some(listen) = config.metrics.listen {
+            kommo_pay_ingest::serve_metrics(listen, &config.metrics.path, pool.clone(), stopped(stop.clone())).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(ingest, worker, scheduler, metrics)?;
     tracing::info!("stopped");
     Ok(())
 }

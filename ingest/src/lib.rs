@@ -82,7 +82,7 @@ impl Application {
             ops_tokens: std::sync::Arc::new(config.ops_tokens.clone()),
             metrics: metrics::Metrics::install(),
         };
-        Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes) })
+        Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes, &config.metrics.path) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -94,4 +94,19 @@ impl Application {
         tracing::info!(address = %self.local_addr(), "ingest listening");
         axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
     }
+}
+
+/// Serves `path` (the metrics) and `/healthz` on `listen` until `shutdown` completes: how worker
+/// and scheduler processes, which have no server of their own, are scraped.
+pub async fn serve_metrics(listen: SocketAddr, path: &str, pool: PgPool, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen for metrics on {listen}: {e}"))?;
+    kommo_pay_core::telemetry::metrics();
+    let router = Router::new()
+        .route(path, get(async move |axum::extract::State(pool): axum::extract::State<PgPool>| kommo_pay_core::telemetry::render_metrics(&pool).await))
+        .route("/healthz", get(async || "ok"))
+        .with_state(pool);
+    tracing::info!(address = %listen, path, "metrics listening");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
 }

@@ -1,29 +1,20 @@
 //! Counters of accepted and rejected deliveries, exposed at `/metrics` in Prometheus format.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
 use crate::IngestError;
 
 #[derive(Clone)]
-pub(crate) struct Metrics {
-    handle: PrometheusHandle,
-}
+pub(crate) struct Metrics;
 
 impl Metrics {
-    /// The process-wide recorder, installed on first use (several servers in one test process
-    /// share it).
+    /// Makes sure the process's recorder is installed.
     pub(crate) fn install() -> Metrics {
-        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-        let handle = HANDLE.get_or_init(|| {
-            PrometheusBuilder::new().install_recorder().expect("no other metrics recorder is installed")
-        });
-        Metrics { handle: handle.clone() }
+        kommo_pay_core::telemetry::metrics();
+        Metrics
     }
 
-    pub(crate) fn render(&self) -> String {
-        self.handle.render()
+    /// How long a delivery took from its request to its answer, by source and outcome.
+    pub(crate) fn latency(&self, source: &'static str, outcome: &'static str, started: std::time::Instant) {
+        metrics::histogram!("kommo_pay_ingest_seconds", "source" => source, "outcome" => outcome).record(started.elapsed().as_secs_f64());
     }
 
     pub(crate) fn accepted(&self, source: &'static str, account: &str, accepted: usize, duplicates: usize) {

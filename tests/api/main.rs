@@ -11,6 +11,7 @@ mod kommo;
 mod kommo_client;
 mod lemonsqueezy;
 mod lemonsqueezy_client;
+mod metrics;
 mod ops;
 mod reconcile;
 mod scheduler;

@@ -191,6 +191,7 @@ impl Worker {
 async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt + 1, account = %job.account, lead_id = job.lead_id);
     async move {
+        let started = std::time::Instant::now();
         let handler = shared.handlers.get(&job.kind).expect("only kinds with a handler are claimed").clone();
         let attempt = AssertUnwindSafe(handler(job.clone())).catch_unwind();
         let result = match tokio::time::timeout(shared.job_timeout, attempt).await {
@@ -229,6 +230,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
             Outcome::Lost => "lost",
         };
         metrics::counter!("kommo_pay_jobs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
+        metrics::histogram!("kommo_pay_job_seconds", "kind" => job.kind.clone(), "outcome" => label).record(started.elapsed().as_secs_f64());
         outcome
     }
     .instrument(span)

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub jobs: JobsSection,
     #[serde(default)]
     pub ops: OpsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The Kommo accounts this deployment serves, each with its own providers.
     #[serde(default)]
     pub accounts: Vec<AccountSection>,
@@ -153,6 +155,23 @@ impl Default for SchedulerSection {
             housekeeping_interval_secs: 3600,
             finished_job_retention_days: 7,
         }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// The path of the metrics, on the ingest server and on `listen`.
+    pub path: String,
+    /// An address of its own for metrics (and `/healthz`), in every role: how worker and
+    /// scheduler processes are scraped. Unset: only the ingest server serves them.
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { path: "/metrics".into(), listen: None }
     }
 }
 

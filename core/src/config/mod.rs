@@ -47,7 +47,14 @@ pub struct Config {
     pub jobs: JobPolicies,
     /// The ops API's bearer tokens, by operator name.
     pub ops_tokens: Vec<OpsToken>,
+    pub metrics: MetricsConfig,
     pub accounts: Accounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub path: String,
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

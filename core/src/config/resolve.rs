@@ -97,6 +97,12 @@ impl Config {
         let jobs = v.job_policies(&file.jobs);
 
         let mut accounts = BTreeMap::new();
+        if !file.metrics.path.starts_with('/') || file.metrics.path.len() < 2 || file.metrics.path.starts_with("/webhooks/") || file.metrics.path.starts_with("/ops/") {
+            v.problem("metrics.path", &format!("{:?} is not a path of its own: start it with '/', away from /webhooks/ and /ops/", file.metrics.path));
+        }
+        let metrics_listen = file.metrics.listen.as_deref().and_then(|listen| {
+            v.check("metrics.listen", listen.parse::<SocketAddr>().map_err(|e| format!("{listen:?} is not an address and port: {e}")))
+        });
         let mut ops_tokens: Vec<OpsToken> = Vec::new();
         for (i, t) in file.ops.tokens.iter().enumerate() {
             let key = format!("ops.tokens[{i}]");
@@ -151,6 +157,7 @@ impl Config {
             scheduler: file.scheduler,
             jobs,
             ops_tokens,
+            metrics: MetricsConfig { path: file.metrics.path, listen: metrics_listen },
             accounts: Accounts(accounts),
         })
     }

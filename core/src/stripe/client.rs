@@ -215,7 +215,7 @@ impl StripeClient {
         let mut tries = 0;
         loop {
             let request = build().bearer_auth(self.secret_key.expose_secret()).header("Stripe-Version", API_VERSION);
-            match self.send(request).await {
+            match self.send(path, request).await {
                 Err(error) if error.is_retryable() && tries < RETRIES => {
                     tracing::debug!(%error, path, "Stripe request failed; trying again");
                     tries += 1;
@@ -231,9 +231,11 @@ impl StripeClient {
         self.base.join(path.trim_start_matches('/')).expect("API paths join onto the base URL")
     }
 
-    async fn send<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
-        // reqwest's errors name the URL, which holds no secret (the key travels in a header).
-        let response = request.send().await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
+    async fn send<T: for<'de> Deserialize<'de>>(&self, path: &str, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        crate::http::observe("stripe", path, sent.as_ref().ok().map(|r| r.status().as_u16()), started);
+        let response = sent.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let should_retry = header("stripe-should-retry").map(|v| v == "true");

@@ -28,5 +28,5 @@ pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics.render()
+    kommo_pay_core::telemetry::render_metrics(&state.pool).await
 }

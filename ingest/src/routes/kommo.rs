@@ -23,8 +23,9 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let started = std::time::Instant::now();
     let outcome = accept(&state, &slug, &secret, &headers, &body).await;
-    state.finish(Source::Kommo, &slug, outcome)
+    state.finish(Source::Kommo, &slug, outcome, started)
 }
 
 async fn accept(state: &AppState, slug: &str, secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, IngestError> {

@@ -14,8 +14,9 @@ use super::{header, kept_headers};
 use crate::{Accepted, AppState, IngestError};
 
 pub(super) async fn receive(State(state): State<AppState>, Path(slug): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
     let outcome = accept(&state, &slug, &headers, &body).await;
-    state.finish(Source::LemonSqueezy, &slug, outcome)
+    state.finish(Source::LemonSqueezy, &slug, outcome, started)
 }
 
 async fn accept(state: &AppState, slug: &str, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, IngestError> {

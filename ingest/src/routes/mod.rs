@@ -26,14 +26,14 @@ use crate::{Accepted, AppState, IngestError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
+pub(crate) fn router(state: AppState, body_limit: usize, metrics_path: &str) -> Router {
     Router::new()
         .route("/webhooks/kommo/{account}/{secret}", post(kommo::receive))
         .route("/webhooks/stripe/{account}", post(stripe::receive))
         .route("/webhooks/lemonsqueezy/{account}", post(lemonsqueezy::receive))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .route(metrics_path, get(health::metrics))
         .merge(ops::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
@@ -59,8 +59,9 @@ impl AppState {
     }
 
     /// Turns a delivery's outcome into the answer, counting and logging it on the way.
-    fn finish(&self, source: Source, slug: &str, outcome: Result<Accepted, IngestError>) -> Response {
+    fn finish(&self, source: Source, slug: &str, outcome: Result<Accepted, IngestError>, started: std::time::Instant) -> Response {
         let known = self.accounts.get(slug).map(|a| a.slug.as_str());
+        self.metrics.latency(source.as_str(), if outcome.is_ok() { "accepted" } else { "rejected" }, started);
         match outcome {
             Ok(accepted) => {
                 self.metrics.accepted(source.as_str(), slug, accepted.accepted, accepted.duplicates);
