@@ -23,6 +23,19 @@ pub fn describe(error: reqwest::Error) -> String {
     if causes.is_empty() { kind.to_owned() } else { format!("{kind}: {}", causes.join(": ")) }
 }
 
+/// Sends `request` to `provider`'s `path` and reads the whole answer, observed by [`observe`].
+pub async fn send(provider: &'static str, path: &str, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
+    let started = Instant::now();
+    let answer = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await?))
+    }
+    .await;
+    observe(provider, path, answer.as_ref().ok().map(|(status, _)| *status), started);
+    answer
+}
+
 /// Counts one call to `provider` and records how long it took: `kommo_pay_provider_requests_total`
 /// and `kommo_pay_provider_request_seconds`, by provider, endpoint class (the path with ids
 /// replaced, e.g. `api/v4/leads/:id`) and status (`error` when there was no answer).

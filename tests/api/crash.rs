@@ -3,46 +3,29 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use crate::fakes::kommo::FakeKommo;
-use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_completes_it_once() {
-    let kommo = FakeKommo::start().await;
-    let stripe = FakeStripe::start().await;
-    kommo.add_lead(json!({
-        "id": 15318175, "name": "Website redesign", "price": 2000, "pipeline_id": 8572511, "status_id": 67548619,
-        "responsible_user_id": 504141, "custom_fields_values": null
-    }));
-    let db = TestDb::new().await;
     let sections = "[log]\nfilter = \"warn\"\n[worker]\nheartbeat_interval_ms = 300\npoll_interval_ms = 100";
-    let (path, env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
-
-    // The deal enters the stage: the event and its job are committed.
-    let config = kommo_pay_core::config::Config::load(&path, &|name| env.get(name).cloned()).unwrap();
-    let app = spawn_app_from(db, &config).await;
-    let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=15318175&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511";
-    assert_eq!(app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await.status(), 200);
+    let setup = ProcessSetup::deal_entered_stage(sections).await;
+    let (kommo, stripe, app) = (&setup.kommo, &setup.stripe, &setup.app);
 
     // The first worker is inside Stripe's (slow) answer when it is killed.
     stripe.delay_creates(Some(Duration::from_secs(30)));
-    let mut first = start_role("worker", &path, &env);
+    let mut first = setup.start("worker");
     eventually(Duration::from_secs(30), "the first worker calls Stripe", || async { !stripe.requests().is_empty() }).await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     stripe.delay_creates(None);
 
-    let mut second = start_role("worker", &path, &env);
+    let mut second = setup.start("worker");
     eventually(Duration::from_secs(30), "the second worker completes the job", || async {
         app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1
     })
     .await;
     second.kill().unwrap();
     second.wait().unwrap();
-    std::fs::remove_file(&path).ok();
 
     let keys: Vec<String> = stripe.requests().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
     assert_eq!(keys.len(), 2, "one try per worker");

@@ -310,3 +310,42 @@ pub fn account_config_file(sections: &str, database_url: &str, kommo_url: &str, 
     env.insert("KOMMO_TOKEN".into(), crate::fakes::kommo::TOKEN.into());
     (path, env)
 }
+
+/// A deal, fake Kommo and Stripe, a configuration file with `sections` for `kommo-pay` processes,
+/// and the app on a fresh database; the deal has just entered the trigger stage (its event and
+/// job are committed).
+pub struct ProcessSetup {
+    pub kommo: crate::fakes::kommo::FakeKommo,
+    pub stripe: crate::fakes::stripe::FakeStripe,
+    pub app: TestApp,
+    pub config_path: std::path::PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+impl ProcessSetup {
+    pub async fn deal_entered_stage(sections: &str) -> ProcessSetup {
+        let kommo = crate::fakes::kommo::FakeKommo::start().await;
+        let stripe = crate::fakes::stripe::FakeStripe::start().await;
+        kommo.add_lead(serde_json::json!({
+            "id": 15318175, "name": "Website redesign", "price": 2000, "pipeline_id": 8572511, "status_id": 67548619,
+            "responsible_user_id": 504141, "custom_fields_values": null
+        }));
+        let db = TestDb::new().await;
+        let (config_path, env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
+        let config = Config::load(&config_path, &|name| env.get(name).cloned()).unwrap();
+        let app = spawn_app_from(db, &config).await;
+        let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=15318175&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511";
+        assert_eq!(app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await.status(), 200);
+        ProcessSetup { kommo, stripe, app, config_path, env }
+    }
+
+    pub fn start(&self, role: &str) -> std::process::Child {
+        start_role(role, &self.config_path, &self.env)
+    }
+}
+
+impl Drop for ProcessSetup {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.config_path).ok();
+    }
+}

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::fakes::kommo::FakeKommo;
-use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
 #[tokio::test]
@@ -23,22 +21,12 @@ async fn ingest_measures_its_latency_and_the_queue_by_state() {
 
 #[tokio::test]
 async fn a_worker_process_serves_its_job_and_provider_metrics_where_configured() {
-    let kommo = FakeKommo::start().await;
-    let stripe = FakeStripe::start().await;
-    kommo.add_lead(json!({
-        "id": 15318175, "name": "Website redesign", "price": 2000, "pipeline_id": 8572511, "status_id": 67548619,
-        "responsible_user_id": 504141, "custom_fields_values": null
-    }));
-    let db = TestDb::new().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sections = format!("[log]\nfilter = \"warn\"\n[worker]\npoll_interval_ms = 100\n[metrics]\npath = \"/prom\"\nlisten = \"127.0.0.1:{port}\"");
-    let (path, env) = account_config_file(&sections, &db.url, &kommo.url, &stripe.url);
-    let config = kommo_pay_core::config::Config::load(&path, &|name| env.get(name).cloned()).unwrap();
-    let app = spawn_app_from(db, &config).await;
-    let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=15318175&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511";
-    assert_eq!(app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await.status(), 200);
+    let setup = ProcessSetup::deal_entered_stage(&sections).await;
+    let app = &setup.app;
 
-    let mut worker = start_role("worker", &path, &env);
+    let mut worker = setup.start("worker");
     eventually(Duration::from_secs(30), "the worker completes the job", || async {
         app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1
     })
@@ -46,7 +34,6 @@ async fn a_worker_process_serves_its_job_and_provider_metrics_where_configured()
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/prom")).await.unwrap().text().await.unwrap();
     worker.kill().unwrap();
     worker.wait().unwrap();
-    std::fs::remove_file(&path).ok();
 
     for expected in [
         r#"kommo_pay_jobs_total{kind="payment_link.issue",outcome="completed"} 1"#,

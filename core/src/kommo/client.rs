@@ -290,15 +290,7 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let started = std::time::Instant::now();
-        let answer = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            Ok::<_, reqwest::Error>((status, response.bytes().await?))
-        }
-        .await;
-        crate::http::observe("kommo", path, answer.as_ref().ok().map(|(status, _)| *status), started);
-        let (status, bytes) = answer.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
+        let (status, bytes) = crate::http::send("kommo", path, request).await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
         Ok((status, bytes, token))
     }
 

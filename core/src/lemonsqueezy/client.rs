@@ -178,15 +178,7 @@ impl LemonSqueezyClient {
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
-        let started = std::time::Instant::now();
-        let answer = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            Ok::<_, reqwest::Error>((status, response.bytes().await?))
-        }
-        .await;
-        crate::http::observe("lemonsqueezy", path, answer.as_ref().ok().map(|(status, _)| *status), started);
-        let (status, bytes) = answer.map_err(|e| LemonSqueezyError::Unavailable(crate::http::describe(e)))?;
+        let (status, bytes) = crate::http::send("lemonsqueezy", path, request).await.map_err(|e| LemonSqueezyError::Unavailable(crate::http::describe(e)))?;
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         let first_error = json.as_ref().and_then(|j| j.pointer("/errors/0")).cloned().unwrap_or_default();
         let detail = first_error
