@@ -16,6 +16,7 @@ mod metrics;
 mod ops;
 mod reconcile;
 mod scheduler;
+mod secrets;
 mod stripe;
 mod stripe_client;
 mod stripe_flow;
