@@ -4,6 +4,7 @@
 mod bad_input;
 mod binary;
 mod crash;
+mod deploy;
 mod event_log;
 mod fakes;
 mod health;
