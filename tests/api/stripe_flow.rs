@@ -297,6 +297,26 @@ async fn duplicated_and_reordered_payment_events_apply_once() {
 }
 
 #[tokio::test]
+async fn a_retry_reads_the_deals_notes_first_and_does_not_repeat_one_an_earlier_attempt_added() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    // An earlier attempt added the note, then died before recording that it had.
+    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }));
+    sqlx::query("UPDATE jobs SET attempt = 1").execute(&f.app.db.pool).await.unwrap();
+    f.drain().await;
+    assert_eq!(f.note_texts().len(), 1, "{:?}", f.note_texts());
+    assert!(f.kommo.requests().iter().any(|r| r.method == "GET" && r.path.starts_with(&format!("/api/v4/leads/{LEAD}/notes"))), "read before written");
+
+    // A first attempt writes without reading.
+    f.deal_enters(LINK_SENT_STAGE).await;
+    let reads = f.kommo.requests().iter().filter(|r| r.path.contains("/notes?")).count();
+    f.stripe_sends(checkout_completed("evt_first_try", "plink_fake1", "pi_first", 200000)).await;
+    f.drain().await;
+    assert_eq!(f.note_texts().len(), 2);
+    assert_eq!(f.kommo.requests().iter().filter(|r| r.path.contains("/notes?")).count(), reads);
+}
+
+#[tokio::test]
 async fn reentering_the_stage_reuses_the_link_and_a_new_amount_replaces_it() {
     let f = flow().await;
     f.deal_enters_stage().await;

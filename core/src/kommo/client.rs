@@ -170,6 +170,37 @@ impl KommoClient {
         self.lead_notes.submit(note).await
     }
 
+    /// Adds a common note with `text` to lead `lead_id`. Kommo has no idempotency keys, so when
+    /// `maybe_done` (an earlier attempt may have added it, then died before recording that) the
+    /// lead's notes are read first, and a note with this text means it is done.
+    pub async fn add_lead_note_once(&self, lead_id: i64, text: &str, maybe_done: bool) -> Result<(), KommoError> {
+        if maybe_done {
+            let path = format!("api/v4/leads/{lead_id}/notes?filter[note_type]=common&limit=250&order[id]=desc");
+            let notes = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
+            let found = notes.as_ref().and_then(|n| n.pointer("/_embedded/notes")).and_then(Value::as_array);
+            if found.is_some_and(|notes| notes.iter().any(|n| n.pointer("/params/text").and_then(Value::as_str) == Some(text))) {
+                tracing::info!(lead_id, "the note was added by an earlier attempt");
+                return Ok(());
+            }
+        }
+        self.add_lead_note(serde_json::json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } })).await
+    }
+
+    /// Creates `task` (`{"text", "complete_till", "entity_id", "entity_type": "leads", …}`), read
+    /// before written when `maybe_done`, like [`KommoClient::add_lead_note_once`].
+    pub async fn add_task_once(&self, task: Value, maybe_done: bool) -> Result<(), KommoError> {
+        if maybe_done && let Some(lead_id) = task.get("entity_id").and_then(super::lenient_id) {
+            let path = format!("api/v4/tasks?filter[entity_type]=leads&filter[entity_id][]={lead_id}&limit=250&order[id]=desc");
+            let tasks = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
+            let found = tasks.as_ref().and_then(|t| t.pointer("/_embedded/tasks")).and_then(Value::as_array);
+            if found.is_some_and(|tasks| tasks.iter().any(|t| t.get("text") == task.get("text"))) {
+                tracing::info!(lead_id, "the task was created by an earlier attempt");
+                return Ok(());
+            }
+        }
+        self.add_task(task).await
+    }
+
     /// Creates a task: `{"text", "complete_till", "entity_id", "entity_type", …}`. Batched.
     pub async fn add_task(&self, task: Value) -> Result<(), KommoError> {
         self.tasks.submit(task).await

@@ -68,7 +68,8 @@ impl FakeKommo {
             .route("/api/v4/leads/complex", post(add_complex))
             .route("/api/v4/contacts/{id}", get(get_contact))
             .route("/api/v4/leads/notes", post(add_notes))
-            .route("/api/v4/tasks", post(add_tasks))
+            .route("/api/v4/tasks", get(list_tasks).post(add_tasks))
+            .route("/api/v4/leads/{id}/notes", get(list_lead_notes))
             .route("/api/v4/bots/{id}/run", post(run_bot))
             .route("/oauth2/access_token", post(access_token))
             .route("/api/v4/leads/custom_fields", get(list_fields).post(add_fields))
@@ -151,6 +152,11 @@ impl FakeKommo {
     /// The hooks `GET /api/v4/webhooks` lists.
     pub fn set_webhooks(&self, webhooks: Vec<Value>) {
         self.state.lock().unwrap().webhooks = webhooks;
+    }
+
+    /// A note that is there already (e.g. added by an attempt that then died).
+    pub fn add_note(&self, note: Value) {
+        self.state.lock().unwrap().notes.push(note);
     }
 
     pub fn notes(&self) -> Vec<Value> {
@@ -400,4 +406,25 @@ async fn list_webhooks(State(state): State<Arc<Mutex<Fake>>>, method: Method, ur
     }
     let hooks = state.lock().unwrap().webhooks.clone();
     if hooks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_total_items": hooks.len(), "_embedded": { "webhooks": hooks } })) }
+}
+
+/// `GET /api/v4/leads/{id}/notes`: the lead's notes, newest first; 204 when none.
+async fn list_lead_notes(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let notes: Vec<Value> = state.lock().unwrap().notes.iter().rev().filter(|n| n["entity_id"] == id).cloned().collect();
+    if notes.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "notes": notes } })) }
+}
+
+/// `GET /api/v4/tasks?filter[entity_id][]=…`: the entity's tasks, newest first; 204 when none.
+async fn list_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let entity: Option<i64> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "filter[entity_id][]")
+        .and_then(|(_, v)| v.parse().ok());
+    let tasks: Vec<Value> = state.lock().unwrap().tasks.iter().rev().filter(|t| entity.is_none_or(|e| t["entity_id"] == e)).cloned().collect();
+    if tasks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "tasks": tasks } })) }
 }

@@ -104,7 +104,7 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     if let Some(user) = deal.responsible_user_id {
         task["responsible_user_id"] = json!(user);
     }
-    kommo.add_task(task).await.map_err(kommo_failed)?;
+    kommo.add_task_once(task, tried_before(pool, job_id).await?).await.map_err(kommo_failed)?;
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
@@ -117,9 +117,15 @@ pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str,
     if logged(pool, account, &dedup_key).await? {
         return Ok(());
     }
-    kommo.add_lead_note(json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } })).await.map_err(kommo_failed)?;
+    kommo.add_lead_note_once(lead_id, text, tried_before(pool, job_id).await?).await.map_err(kommo_failed)?;
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id, job_id, payload: json!({ "note": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
+}
+
+/// Whether an earlier attempt of job `job_id` ran (and may have written to Kommo before it died).
+async fn tried_before(pool: &PgPool, job_id: i64) -> Result<bool, JobError> {
+    let attempt: Option<i32> = sqlx::query_scalar("SELECT attempt FROM jobs WHERE id = $1").bind(job_id).fetch_optional(pool).await.map_err(db_failed)?;
+    Ok(attempt.is_some_and(|a| a > 0))
 }
 
 /// Whether an internal fact with this key is in the log.

@@ -167,8 +167,8 @@ async fn self_serve_deal(
     // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
     if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {
         let pairs: Vec<String> = custom.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();
-        let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Self-serve order {order_id}. {}", pairs.join(", ")) } });
-        clients.kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+        let text = format!("Self-serve order {order_id}. {}", pairs.join(", "));
+        clients.kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
     }
     tracing::info!(order = order_id, lead_id, responsible, "deal created for a self-serve buyer");
     Ok(lead_id)

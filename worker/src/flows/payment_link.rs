@@ -151,8 +151,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 
     if trigger.add_note && link.note_added_at.is_none() {
         let text = format!("Payment link for {amount}: {}", link.url);
-        let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } });
-        kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+        kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
         payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     if let Some(bot) = trigger.salesbot_id.filter(|_| link.salesbot_run_at.is_none()) {

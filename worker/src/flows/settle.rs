@@ -60,8 +60,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         Application::Done => Ok(()),
         Application::Yours => {
             write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage).await?;
-            let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": note } });
-            clients.kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+            clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0).await.map_err(kommo_failed)?;
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())

@@ -15,7 +15,7 @@ use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::deal::{Deal, mark_and_tell, tell_manager};
 use super::overdue::charge_failed;
@@ -159,8 +159,8 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
     let kommo = &clients.kommo;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
-    let note = json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount) } });
-    kommo.add_lead_note(note).await.map_err(kommo_failed)?;
+    let text = format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount);
+    kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
     Ok(())
 }
 
