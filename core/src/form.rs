@@ -10,8 +10,9 @@ use crate::event_log::PayloadError;
 /// `leads[status][0][custom_fields][0][values][0][enum]`, 7 levels).
 const MAX_DEPTH: usize = 10;
 
-/// Reads `application/x-www-form-urlencoded` with bracket keys into a JSON tree: `a[b][0]=x`
-/// becomes `{"a": {"b": ["x"]}}`. Objects whose keys are all indexes become arrays, in index order.
+/// Reads `application/x-www-form-urlencoded` with bracket keys into a JSON object: `a[b][0]=x`
+/// becomes `{"a": {"b": ["x"]}}`. Nested objects whose keys are all indexes become arrays, in
+/// index order; the top level is always an object.
 ///
 /// A generic tree (rather than typed structs through `serde_qs`) because the log keeps every field
 /// Kommo sends, known or not, and one body mixes many shapes (docs/adr/0002).
@@ -21,7 +22,9 @@ pub fn parse_form(body: &[u8]) -> Result<Value, PayloadError> {
         let path = split_key(&key)?;
         insert(&mut root, &path, Value::String(value.into_owned()), &key)?;
     }
-    Ok(index_maps_to_arrays(Value::Object(root)))
+    // The top level stays an object whatever its keys (`0=x` is a field named "0"): callers read
+    // fields from it, and a body of bare indexes must not turn it into an array.
+    Ok(Value::Object(root.into_iter().map(|(k, v)| (k, index_maps_to_arrays(v))).collect()))
 }
 
 fn split_key(key: &str) -> Result<Vec<&str>, PayloadError> {
@@ -122,6 +125,13 @@ pub fn encode(params: &Value) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_top_level_stays_an_object_even_with_index_keys() {
+        // Found by the property tests: this body once made the Kommo parser panic.
+        assert_eq!(parse_form(b"0=x&1=y").unwrap(), json!({ "0": "x", "1": "y" }));
+        assert!(crate::kommo::webhook::KommoDelivery::parse(b"0=a").is_err());
+    }
 
     #[test]
     fn form_trees() {

@@ -44,7 +44,9 @@ proptest! {
 
     #[test]
     fn the_form_and_kommo_parsers_never_panic(body in formish()) {
-        let _ = parse_form(&body);
+        if let Ok(tree) = parse_form(&body) {
+            prop_assert!(tree.is_object(), "the top level is an object: {tree}");
+        }
         if let Ok(delivery) = KommoDelivery::parse(&body) {
             for change in &delivery.changes {
                 prop_assert!(!change.entity.is_empty() && !change.action.is_empty());

@@ -317,7 +317,7 @@ pub fn account_config_file(sections: &str, database_url: &str, kommo_url: &str, 
 pub struct ProcessSetup {
     pub kommo: crate::fakes::kommo::FakeKommo,
     pub stripe: crate::fakes::stripe::FakeStripe,
-    pub app: TestApp,
+    pub app: std::sync::Arc<TestApp>,
     pub config_path: std::path::PathBuf,
     pub env: HashMap<String, String>,
 }
@@ -332,11 +332,13 @@ impl ProcessSetup {
         }));
         let db = TestDb::new().await;
         let (config_path, env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
-        let config = Config::load(&config_path, &|name| env.get(name).cloned()).unwrap();
+        let mut config = Config::load(&config_path, &|name| env.get(name).cloned()).unwrap();
+        // The test's own server takes any free port; processes started from the file keep theirs.
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
         let app = spawn_app_from(db, &config).await;
         let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=15318175&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511";
         assert_eq!(app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await.status(), 200);
-        ProcessSetup { kommo, stripe, app, config_path, env }
+        ProcessSetup { kommo, stripe, app: std::sync::Arc::new(app), config_path, env }
     }
 
     pub fn start(&self, role: &str) -> std::process::Child {

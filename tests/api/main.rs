@@ -16,6 +16,7 @@ mod lemonsqueezy_client;
 mod metrics;
 mod ops;
 mod reconcile;
+mod resilience;
 mod scheduler;
 mod secrets;
 mod stripe;

@@ -64,7 +64,9 @@ impl StripeError {
                 should_retry.unwrap_or(*status == 409 || *status == 429 || *status >= 500)
             }
             StripeError::Unreachable(_) => true,
-            StripeError::Unreadable { status, .. } => *status == 429 || *status >= 500,
+            // A success we cannot read (a proxy's page, a cut-off body) may have done the work:
+            // the retry carries the same idempotency key and gets Stripe's stored answer.
+            StripeError::Unreadable { status, .. } => (200..300).contains(status) || *status == 429 || *status >= 500,
         }
     }
 }

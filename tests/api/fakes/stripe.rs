@@ -106,16 +106,14 @@ fn answer(status: u16, body: Value, should_retry: Option<bool>) -> Response {
 }
 
 async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, body: Bytes) -> Response {
-    let delay = {
+    let (request, delay) = {
         let mut fake = state.lock().unwrap();
-        record(&mut fake, "/v1/payment_links".into(), &headers, &body);
-        fake.delay
+        (record(&mut fake, "/v1/payment_links".into(), &headers, &body), fake.delay)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     let mut fake = state.lock().unwrap();
-    let request = fake.requests.last().expect("recorded above").clone();
     if let Some((status, body, retry)) = fake.failures.pop_front() {
         return answer(status, body, retry);
     }

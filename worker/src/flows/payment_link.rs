@@ -127,7 +127,12 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 amount,
                 job_id: job.id,
             };
-            payment_links::record_issued(pool, &issued).await.map_err(db_failed)?
+            let link = payment_links::record_issued(pool, &issued).await.map_err(db_failed)?;
+            // A provider that answered with another deal's link must not put it in this card.
+            if link.lead_id != lead_id {
+                return Err(JobError::permanent(anyhow!("{provider} answered with link {} of deal {}, not a new one for deal {lead_id}", link.link_id, link.lead_id)));
+            }
+            link
         }
     };
 
