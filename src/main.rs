@@ -47,7 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    telemetry::init(&config.log);
+    let spans = telemetry::init(&config.log);
     let pool = db::connect(&config.database).await?;
     if matches!(cli.command, Command::Migrate) {
         db::migrate(&pool).await?;
@@ -114,9 +114,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    tokio::try_join!(ingest, worker, scheduler, metrics)?;
+    let ran = tokio::try_join!(ingest, worker, scheduler, metrics);
     tracing::info!("stopped");
-    Ok(())
+    spans.shutdown();
+    ran.map(drop)
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

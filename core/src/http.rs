@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use tracing::Instrument;
+
 /// "timed out", "could not connect: …", or the error with its causes; never the URL (a Kommo
 /// webhook URL would carry a secret; API URLs carry none, but no client should rely on that).
 pub fn describe(error: reqwest::Error) -> String {
@@ -31,9 +33,15 @@ pub async fn send(provider: &'static str, path: &str, request: reqwest::RequestB
         let status = response.status().as_u16();
         Ok((status, response.bytes().await?))
     }
+    .instrument(call_span(provider, path))
     .await;
     observe(provider, path, answer.as_ref().ok().map(|(status, _)| *status), started);
     answer
+}
+
+/// The span of one call to a provider (a child of the job's span, so of the delivery's trace).
+pub fn call_span(provider: &'static str, path: &str) -> tracing::Span {
+    tracing::info_span!("provider call", provider, endpoint = %endpoint_class(path))
 }
 
 /// Counts one call to `provider` and records how long it took: `kommo_pay_provider_requests_total`

@@ -103,6 +103,8 @@ pub struct ClaimedJob {
     /// Attempts already used before this one.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// The trace of the delivery that caused it (its event's `traceparent`), to continue.
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` runnable jobs of `kinds` for `owner`, oldest first.
@@ -115,7 +117,8 @@ pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64) -> 
              ORDER BY run_at, id
              LIMIT $3
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, kind, args, account, lead_id, event_id, attempt, max_attempts",
+         RETURNING id, kind, args, account, lead_id, event_id, attempt, max_attempts,
+                   (SELECT e.headers ->> 'traceparent' FROM events e WHERE e.id = jobs.event_id) AS traceparent",
     )
     .bind(owner)
     .bind(kinds)

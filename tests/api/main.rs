@@ -22,5 +22,6 @@ mod secrets;
 mod stripe;
 mod stripe_client;
 mod stripe_flow;
+mod tracing;
 mod unavailable;
 mod worker;

@@ -190,6 +190,9 @@ impl Worker {
 /// Runs one attempt of `job` and records its outcome.
 async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt + 1, account = %job.account, lead_id = job.lead_id);
+    if let Some(traceparent) = &job.traceparent {
+        kommo_pay_core::telemetry::continue_trace(&span, traceparent);
+    }
     async move {
         let started = std::time::Instant::now();
         let handler = shared.handlers.get(&job.kind).expect("only kinds with a handler are claimed").clone();
@@ -292,6 +295,7 @@ mod tests {
             event_id: None,
             attempt,
             max_attempts,
+            traceparent: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::client::{Api, KommoError};
 
@@ -14,13 +15,16 @@ const MAX_BATCH: usize = 50;
 
 type Reply = oneshot::Sender<Result<(), KommoError>>;
 
+/// An item, who waits for its answer, and the span it was submitted in.
+type Submitted = (Value, Reply, tracing::Span);
+
 pub(super) struct Batcher {
-    queue: mpsc::Sender<(Value, Reply)>,
+    queue: mpsc::Sender<Submitted>,
 }
 
 impl Batcher {
     pub(super) fn spawn(api: Arc<Api>, method: reqwest::Method, path: &'static str) -> Batcher {
-        let (queue, mut incoming) = mpsc::channel::<(Value, Reply)>(1024);
+        let (queue, mut incoming) = mpsc::channel::<Submitted>(1024);
         tokio::spawn(async move {
             while let Some(first) = incoming.recv().await {
                 let mut batch = vec![first];
@@ -28,18 +32,20 @@ impl Batcher {
                     let Ok(next) = incoming.try_recv() else { break };
                     batch.push(next);
                 }
-                let items = Value::Array(batch.iter().map(|(item, _)| item.clone()).collect());
-                match api.call::<Value>(method.clone(), path, Some(&items)).await {
-                    Ok(_) => batch.into_iter().for_each(|(_, reply)| drop(reply.send(Ok(())))),
+                let items = Value::Array(batch.iter().map(|(item, _, _)| item.clone()).collect());
+                // The request belongs to the first item's trace (a batch can serve several jobs).
+                let span = batch[0].2.clone();
+                match api.call::<Value>(method.clone(), path, Some(&items)).instrument(span).await {
+                    Ok(_) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Ok(())))),
                     // Kommo refuses the whole array for one bad item: send each on its own, so
                     // only the bad one fails.
                     Err(KommoError::Refused { .. }) if batch.len() > 1 => {
-                        for (item, reply) in batch {
-                            let alone = api.call::<Value>(method.clone(), path, Some(&Value::Array(vec![item]))).await.map(drop);
+                        for (item, reply, span) in batch {
+                            let alone = api.call::<Value>(method.clone(), path, Some(&Value::Array(vec![item]))).instrument(span).await.map(drop);
                             let _ = reply.send(alone);
                         }
                     }
-                    Err(error) => batch.into_iter().for_each(|(_, reply)| drop(reply.send(Err(error.replicate())))),
+                    Err(error) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
                 }
             }
         });
@@ -50,7 +56,7 @@ impl Batcher {
     pub(super) async fn submit(&self, item: Value) -> Result<(), KommoError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || KommoError::Unavailable("the Kommo client is shutting down".into());
-        self.queue.send((item, reply)).await.map_err(|_| stopped())?;
+        self.queue.send((item, reply, tracing::Span::current())).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

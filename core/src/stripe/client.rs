@@ -235,7 +235,7 @@ impl StripeClient {
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, path: &str, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
         let started = std::time::Instant::now();
-        let sent = request.send().await;
+        let sent = tracing::Instrument::instrument(request.send(), crate::http::call_span("stripe", path)).await;
         crate::http::observe("stripe", path, sent.as_ref().ok().map(|r| r.status().as_u16()), started);
         let response = sent.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         let status = response.status().as_u16();

@@ -93,13 +93,17 @@ const KEPT_HEADERS: &[&str] =
     &["content-type", "user-agent", "x-request-id", "x-amocrm-requestid", "x-event-name", "stripe-should-retry"];
 
 fn kept_headers(headers: &HeaderMap) -> Value {
-    let kept: Map<String, Value> = KEPT_HEADERS
+    let mut kept: Map<String, Value> = KEPT_HEADERS
         .iter()
         .filter_map(|name| {
             let value = headers.get(*name)?.to_str().ok()?;
             Some((name.to_string(), Value::String(value.to_owned())))
         })
         .collect();
+    // This request's trace (when tracing is on), so the event's jobs continue it.
+    if let Some(traceparent) = kommo_pay_core::telemetry::current_traceparent() {
+        kept.insert("traceparent".into(), Value::String(traceparent));
+    }
     Value::Object(kept)
 }
 
