@@ -76,7 +76,8 @@ impl Load {
         let body = self.template.replace("EVENT_ID", &format!("evt_bench_{}_{n}", self.run));
         let signature = signature_header(&self.secret, chrono::Utc::now().timestamp(), body.as_bytes());
         let ok = match self.client.post(&self.url).header("Stripe-Signature", signature).body(body).send().await {
-            Ok(response) => response.status() == 200,
+            // Read to the end, so that the connection goes back to the pool for the next request.
+            Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
             Err(_) => false,
         };
         if ok {
