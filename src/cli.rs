@@ -197,6 +197,14 @@ pub enum KommoCommand {
         #[arg(long)]
         account: String,
     },
+    /// Let calls for the account go out again after Kommo blocked it (403: every call stops
+    /// until an operator has fixed the cause and says so here, with a reason for the log).
+    Unblock {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

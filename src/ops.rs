@@ -15,7 +15,7 @@ use kommo_pay_core::ops::{OpsError, Operator, Page, history, queue_stats};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cli::{ActArgs, Command, DeadArgs, DeadCommand, EventsCommand, ProjectionsCommand};
+use crate::cli::{ActArgs, Command, DeadArgs, DeadCommand, EventsCommand, KommoCommand, ProjectionsCommand};
 
 /// The exit code for a failed ops command.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
@@ -153,6 +153,14 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 return print_json(&rebuilt);
             }
             println!("projections rebuilt from the log: {} recorded change(s) applied", rebuilt.changes);
+            Ok(())
+        }
+        Command::Kommo { command: KommoCommand::Unblock { account, reason } } => {
+            let unblocked = kommo_pay_core::ops::unblock(pool, "kommo", &account, operator, &reason).await?;
+            if json {
+                return print_json(&unblocked);
+            }
+            println!("Kommo calls for {account} go out again (blocked since {}: {})", unblocked.blocked_at.to_rfc3339(), unblocked.reason);
             Ok(())
         }
         _ => unreachable!("main runs only ops commands here"),

@@ -512,3 +512,28 @@ async fn projections_rebuilt_from_the_log_equal_the_live_ones_after_a_long_mixed
     let refused = kommo_pay_core::projections::rebuild(&f.app.db.pool).await.unwrap_err();
     assert!(refused.to_string().contains("1 job(s) are running: stop the workers first"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_kommo_block_is_lifted_by_an_operator_with_a_reason_in_the_log() {
+    let app = spawn_app().await;
+    let block = "INSERT INTO api_limits (provider, account, next_slot, blocked_at, blocked_reason) VALUES ('kommo', 'acme', now(), now(), '403 from api/v4/leads: blocked')";
+    sqlx::query(block).execute(&app.db.pool).await.unwrap();
+
+    let (status, body) = app.ops_post(&format!("/ops/v1/accounts/{ACCOUNT}/unblock"), json!({ "reason": "the integration's IP was whitelisted" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reason"], "403 from api/v4/leads: blocked");
+    assert_eq!(app.db.count("SELECT count(*) FROM api_limits WHERE blocked_at IS NOT NULL").await, 0);
+    let (operator, reason): (String, String) = sqlx::query_as("SELECT payload ->> 'operator', payload ->> 'reason' FROM events WHERE kind = 'provider.unblocked'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((operator.as_str(), reason.as_str()), ("alice", "the integration's IP was whitelisted"));
+    assert_eq!(app.ops_post(&format!("/ops/v1/accounts/{ACCOUNT}/unblock"), json!({ "reason": "again" })).await.0, 404, "nothing to lift");
+    assert_eq!(app.ops_post(&format!("/ops/v1/accounts/{ACCOUNT}/unblock"), json!({ "reason": "" })).await.0, 400);
+
+    sqlx::query("UPDATE api_limits SET blocked_at = now(), blocked_reason = 'blocked again'").execute(&app.db.pool).await.unwrap();
+    let (code, out, err) = cli(&app.db, &["kommo", "unblock", "--account", ACCOUNT, "--reason", "fixed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Kommo calls for acme go out again"), "{out}");
+    assert_eq!(cli(&app.db, &["kommo", "unblock", "--account", ACCOUNT, "--reason", "fixed"]).0, 3);
+}

@@ -98,3 +98,58 @@ pub fn reason(given: &str) -> Result<&str, OpsError> {
     }
     Ok(reason)
 }
+
+/// `POST /ops/v1/accounts/{account}/unblock`.
+#[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnblockRequest {
+    /// `kommo` (the default) or `lemonsqueezy`.
+    #[serde(default = "kommo")]
+    pub provider: String,
+    /// What was fixed, for the audit log.
+    pub reason: String,
+}
+
+fn kommo() -> String {
+    "kommo".into()
+}
+
+/// A provider account that was blocked (Kommo's 403) and is now unblocked.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Unblocked {
+    pub provider: String,
+    pub account: String,
+    pub blocked_at: chrono::DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Lets calls to `provider` for `account` go out again after a block (Kommo answers 403 when it
+/// blocks an integration; every call stops until an operator has fixed the cause and says so
+/// here). Recorded in the log (`provider.unblocked`) with the operator and the reason.
+pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operator: &Operator, reason: &str) -> Result<Unblocked, OpsError> {
+    let reason = self::reason(reason)?;
+    let mut tx = pool.begin().await?;
+    let cleared: Option<(chrono::DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        "UPDATE api_limits a SET blocked_at = NULL, blocked_reason = NULL
+         FROM (SELECT blocked_at, blocked_reason FROM api_limits WHERE provider = $1 AND account = $2 FOR UPDATE) b
+         WHERE a.provider = $1 AND a.account = $2 AND b.blocked_at IS NOT NULL
+         RETURNING b.blocked_at, b.blocked_reason",
+    )
+    .bind(provider)
+    .bind(account)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (blocked_at, blocked_reason) = cleared.ok_or_else(|| OpsError::NotFound(format!("{provider} calls for account {account:?} are not blocked")))?;
+    let record = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO events (id, account, source, kind, dedup_key, payload) VALUES ($1, $2, 'internal', 'provider.unblocked', $3, $4)",
+    )
+    .bind(record)
+    .bind(account)
+    .bind(format!("provider.unblocked:{provider}:{record}"))
+    .bind(serde_json::json!({ "provider": provider, "blocked_at": blocked_at, "blocked_reason": blocked_reason, "operator": operator.0, "reason": reason }))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Unblocked { provider: provider.to_owned(), account: account.to_owned(), blocked_at, reason: blocked_reason.unwrap_or_default() })
+}

@@ -11,7 +11,7 @@ use super::dead_letters::{BulkRequest, DeadCounts, DeadFilter, DeadJob, JobDetai
 use super::events::{EventDetail, EventFilter, EventReplay, EventSummary, ReplayRequest};
 use super::history::History;
 use super::queue_stats::QueueStats;
-use super::{ErrorBody, Page};
+use super::{ErrorBody, Page, UnblockRequest, Unblocked};
 
 pub fn document() -> Value {
     let mut generator = SchemaGenerator::new(SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()));
@@ -28,6 +28,8 @@ pub fn document() -> Value {
     let queue = schema(|g| g.subschema_for::<QueueStats>());
     let history = schema(|g| g.subschema_for::<History>());
     let error = schema(|g| g.subschema_for::<ErrorBody>());
+    let unblock_request = schema(|g| g.subschema_for::<UnblockRequest>());
+    let unblocked = schema(|g| g.subschema_for::<Unblocked>());
     let event_filter = query_parameters::<EventFilter>(&mut generator);
     let dead_filter = query_parameters::<DeadFilter>(&mut generator);
     let components = serde_json::to_value(generator.take_definitions(true)).expect("schemas serialise");
@@ -79,6 +81,7 @@ pub fn document() -> Value {
             "/ops/v1/dead-letters/replay": { "post": { "summary": "Replay dead jobs (by ids or filter; dry_run only counts)", "requestBody": body(&bulk), "responses": answers(&outcome, &[400, 401, 503]) } },
             "/ops/v1/dead-letters/discard": { "post": { "summary": "Discard dead jobs with a reason", "requestBody": body(&bulk), "responses": answers(&outcome, &[400, 401, 503]) } },
             "/ops/v1/jobs/{id}": { "get": { "summary": "Any job with every attempt's error and its event", "parameters": [path_id("id", "integer", Some("int64"))], "responses": answers(&job, &[400, 401, 404, 503]) } },
+            "/ops/v1/accounts/{account}/unblock": { "post": { "summary": "Let calls for the account go out again after the provider blocked it", "parameters": [path_id("account", "string", None)], "requestBody": body(&unblock_request), "responses": answers(&unblocked, &[400, 401, 404, 503]) } },
             "/ops/v1/queue": { "get": { "summary": "The queue by state, kind and account; the oldest runnable job; what runs", "responses": answers(&queue, &[401, 503]) } },
             "/ops/v1/deals/{account}/{lead}/history": { "get": {
                 "summary": "A deal's payment history from the event log",

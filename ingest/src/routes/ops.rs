@@ -16,7 +16,7 @@ use axum::{Extension, Router};
 use kommo_pay_core::ops::dead_letters::{self, BulkRequest, DeadCounts, DeadFilter};
 use kommo_pay_core::ops::events::{self, EventFilter, ReplayRequest};
 use kommo_pay_core::ops::history::{self, History};
-use kommo_pay_core::ops::{ErrorBody, OpsError, Operator, queue_stats};
+use kommo_pay_core::ops::{ErrorBody, OpsError, Operator, UnblockRequest, queue_stats};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -36,6 +36,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .route("/ops/v1/jobs/{id}", get(show_job))
         .route("/ops/v1/queue", get(queue))
         .route("/ops/v1/deals/{account}/{lead}/history", get(deal_history))
+        .route("/ops/v1/accounts/{account}/unblock", post(unblock))
         .route_layer(axum::middleware::from_fn_with_state(state, authenticate))
 }
 
@@ -154,6 +155,11 @@ async fn replay_dead(State(state): State<AppState>, Extension(operator): Extensi
 async fn discard_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
     let act = body?.0;
     ok(dead_letters::discard(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
+}
+
+async fn unblock(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(account): Path<String>, body: Result<Json<UnblockRequest>, JsonRejection>) -> Answer {
+    let body = body?.0;
+    ok(kommo_pay_core::ops::unblock(&state.pool, &body.provider, &account, &operator, &body.reason).await?)
 }
 
 async fn queue(State(state): State<AppState>) -> Answer {
