@@ -42,7 +42,7 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 })
             }
             EventsCommand::Show { id } => {
-                let detail = events::show(pool, parse_uuid(&id)?).await?;
+                let detail = events::show(pool, events::parse_id(&id)?).await?;
                 if json {
                     return print_json(&detail);
                 }
@@ -56,7 +56,7 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 Ok(())
             }
             EventsCommand::Replay { id, reason } => {
-                let replayed = events::replay(pool, &config.accounts, &config.jobs, parse_uuid(&id)?, operator, &reason).await?;
+                let replayed = events::replay(pool, &config.accounts, &config.jobs, events::parse_id(&id)?, operator, &reason).await?;
                 if json {
                     return print_json(&replayed);
                 }
@@ -105,8 +105,8 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 }));
                 Ok(())
             }
-            DeadCommand::Replay(act) => bulk(pool, act, json, operator, "replay").await,
-            DeadCommand::Discard(act) => bulk(pool, act, json, operator, "discard").await,
+            DeadCommand::Replay(act) => bulk(pool, act, json, operator, Bulk::Replay).await,
+            DeadCommand::Discard(act) => bulk(pool, act, json, operator, Bulk::Discard).await,
         },
         Command::Queue => {
             let stats = queue_stats::stats(pool).await?;
@@ -167,7 +167,17 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
     }
 }
 
-async fn bulk(pool: &PgPool, act: ActArgs, json: bool, operator: &Operator, verb: &str) -> anyhow::Result<()> {
+#[derive(Clone, Copy)]
+enum Bulk {
+    Replay,
+    Discard,
+}
+
+async fn bulk(pool: &PgPool, act: ActArgs, json: bool, operator: &Operator, action: Bulk) -> anyhow::Result<()> {
+    let verb = match action {
+        Bulk::Replay => "replay",
+        Bulk::Discard => "discard",
+    };
     let filter = dead_filter(act.filter.clone());
     let filtered = filter.account.is_some() || filter.kind.is_some() || filter.lead.is_some() || filter.error.is_some();
     let selection = match (act.ids.is_empty(), filtered, act.all) {
@@ -187,9 +197,9 @@ async fn bulk(pool: &PgPool, act: ActArgs, json: bool, operator: &Operator, verb
             eprintln!("{verb}ed {done}/{total}");
         }
     };
-    let outcome = match verb {
-        "replay" => dead_letters::replay(pool, &selection, operator, &act.reason, act.dry_run, &mut progress).await?,
-        _ => dead_letters::discard(pool, &selection, operator, &act.reason, act.dry_run, &mut progress).await?,
+    let outcome = match action {
+        Bulk::Replay => dead_letters::replay(pool, &selection, operator, &act.reason, act.dry_run, &mut progress).await?,
+        Bulk::Discard => dead_letters::discard(pool, &selection, operator, &act.reason, act.dry_run, &mut progress).await?,
     };
     bar.finish_and_clear();
     if json {
@@ -205,10 +215,6 @@ async fn bulk(pool: &PgPool, act: ActArgs, json: bool, operator: &Operator, verb
 
 fn dead_filter(a: DeadArgs) -> DeadFilter {
     DeadFilter { account: a.account, kind: a.kind, lead: a.lead, error: a.error, cursor: None, limit: None }
-}
-
-fn parse_uuid(text: &str) -> Result<uuid::Uuid, OpsError> {
-    text.parse().map_err(|_| OpsError::BadRequest(format!("{text:?} is not an event id (a UUID)")))
 }
 
 fn opt(value: Option<i64>) -> String {

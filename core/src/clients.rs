@@ -18,6 +18,11 @@ pub struct AccountClients {
     pub lemonsqueezy: Option<LemonSqueezyClient>,
 }
 
+/// The clients of every account, built once and shared by whatever in a process calls out.
+pub fn for_accounts(pool: &PgPool, accounts: &crate::config::Accounts) -> Arc<[AccountClients]> {
+    accounts.iter().map(|account| AccountClients::new(pool, account)).collect()
+}
+
 impl AccountClients {
     pub fn new(pool: &PgPool, account: &Arc<Account>) -> AccountClients {
         AccountClients {

@@ -103,19 +103,15 @@ pub async fn render_metrics(pool: &PgPool) -> String {
 }
 
 async fn queue_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let states: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state").fetch_all(pool).await?;
+    let (states, oldest) = crate::ops::queue_stats::depth(pool).await?;
+    // Every state, so that a state that emptied shows 0 rather than its last count.
     for state in ["available", "running", "retryable", "completed", "dead", "discarded", "replayed"] {
-        let count = states.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        let count = states.iter().find(|c| c.state == state).map_or(0, |c| c.count);
         metrics::gauge!("kommo_pay_jobs", "state" => state).set(count as f64);
         if state == "dead" {
             metrics::gauge!("kommo_pay_dead_letters").set(count as f64);
         }
     }
-    let oldest: f64 = sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0) FROM jobs WHERE state IN ('available', 'retryable') AND run_at <= now()",
-    )
-    .fetch_one(pool)
-    .await?;
     metrics::gauge!("kommo_pay_oldest_runnable_job_seconds").set(oldest);
     Ok(())
 }

@@ -7,8 +7,10 @@
 //!   (the integration would have to be authorised again).
 
 use chrono::{DateTime, Duration, Utc};
-use kommo_pay_core::config::{Accounts, KommoAuth};
-use kommo_pay_core::kommo::client::KommoClient;
+use std::sync::Arc;
+
+use kommo_pay_core::clients::AccountClients;
+use kommo_pay_core::config::KommoAuth;
 use sqlx::PgPool;
 
 /// Rows deleted per statement, so that one round never holds long locks.
@@ -17,30 +19,27 @@ const BATCH: i64 = 5_000;
 pub struct Housekeeping {
     pool: PgPool,
     retention: Duration,
-    /// The Kommo clients of the accounts with OAuth credentials.
-    oauth_accounts: Vec<(String, KommoClient)>,
+    /// The accounts' clients (those with OAuth credentials get their tokens refreshed).
+    accounts: Arc<[AccountClients]>,
     /// How long a token must stay valid after a round: past the next round, with room to spare.
     token_margin: std::time::Duration,
 }
 
 impl Housekeeping {
     /// `every` is the time between rounds.
-    pub fn new(pool: PgPool, accounts: &Accounts, retention: Duration, every: std::time::Duration) -> Housekeeping {
-        let oauth_accounts = accounts
-            .iter()
-            .filter(|account| matches!(account.kommo.auth, KommoAuth::Oauth { .. }))
-            .map(|account| (account.slug.clone(), KommoClient::for_account(pool.clone(), account)))
-            .collect();
+    pub fn new(pool: PgPool, accounts: Arc<[AccountClients]>, retention: Duration, every: std::time::Duration) -> Housekeeping {
         let token_margin = every * 2 + std::time::Duration::from_secs(600);
-        Housekeeping { pool, retention, oauth_accounts, token_margin }
+        Housekeeping { pool, retention, accounts, token_margin }
     }
 
     /// One round at `now`: prunes finished jobs and keeps OAuth tokens fresh; returns how many jobs
     /// were pruned. A token refresh that fails is logged (and retried next round); an account
     /// whose refresh token Kommo refuses needs an operator to authorise the integration again.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
-        for (account, kommo) in &self.oauth_accounts {
-            if let Err(error) = kommo.refresh_ahead(self.token_margin).await {
+        let oauth = self.accounts.iter().filter(|clients| matches!(clients.account.kommo.auth, KommoAuth::Oauth { .. }));
+        for clients in oauth {
+            let account = &clients.account.slug;
+            if let Err(error) = clients.kommo.refresh_ahead(self.token_margin).await {
                 tracing::error!(account, %error, "could not refresh the account's Kommo OAuth tokens ahead of expiry");
                 metrics::counter!("kommo_pay_kommo_token_refresh_failures_total", "account" => account.clone()).increment(1);
             }

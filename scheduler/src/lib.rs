@@ -37,9 +37,10 @@ pub async fn run(pool: PgPool, accounts: Accounts, policies: JobPolicies, config
     let reminders = Reminders::new(pool.clone(), accounts.clone(), policies.clone());
     let overdue = Overdue::new(pool.clone(), accounts.clone(), policies.clone());
     let lookback = chrono::Duration::hours(config.reconcile_lookback_hours as i64);
-    let reconciler = Reconciler::new(pool.clone(), &accounts, policies, lookback);
+    let clients = kommo_pay_core::clients::for_accounts(&pool, &accounts);
+    let reconciler = Reconciler::new(pool.clone(), clients.clone(), policies, lookback);
     let housekeeping_every = Duration::from_secs(config.housekeeping_interval_secs);
-    let housekeeping = Housekeeping::new(pool, &accounts, chrono::Duration::days(config.finished_job_retention_days as i64), housekeeping_every);
+    let housekeeping = Housekeeping::new(pool, clients, chrono::Duration::days(config.finished_job_retention_days as i64), housekeeping_every);
     let scan = Duration::from_secs(config.scan_interval_secs);
     let scans = async {
         tokio::join!(

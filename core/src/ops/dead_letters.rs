@@ -149,18 +149,32 @@ pub async fn counts(pool: &PgPool, filter: &DeadFilter) -> Result<Vec<DeadCount>
 
 /// Any job, dead or not, with its arguments, every attempt's error and its causing event.
 pub async fn show(pool: &PgPool, id: i64) -> Result<JobDetail, OpsError> {
-    let job: JobSummary = sqlx::query_as(super::sql(format!("SELECT {JOB_SUMMARY} FROM jobs WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| OpsError::NotFound(format!("no job {id}")))?;
-    let (account, lead_id, args, errors, locked_by, event_id): (String, Option<i64>, Value, Value, Option<String>, Option<Uuid>) =
-        sqlx::query_as("SELECT account, lead_id, args, errors, locked_by, event_id FROM jobs WHERE id = $1").bind(id).fetch_one(pool).await?;
-    let replayed_as = sqlx::query_scalar("SELECT id FROM jobs WHERE replay_of = $1").bind(id).fetch_optional(pool).await?;
-    let event = match event_id {
-        Some(event_id) => Some(super::events::show(pool, event_id).await?.event),
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        job: JobSummary,
+        account: String,
+        lead_id: Option<i64>,
+        args: Value,
+        errors: Value,
+        locked_by: Option<String>,
+        event_id: Option<Uuid>,
+        replayed_as: Option<i64>,
+    }
+    let row: Row = sqlx::query_as(super::sql(format!(
+        "SELECT {JOB_SUMMARY}, account, lead_id, args, errors, locked_by, event_id,
+                (SELECT r.id FROM jobs r WHERE r.replay_of = jobs.id) AS replayed_as
+         FROM jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| OpsError::NotFound(format!("no job {id}")))?;
+    let event = match row.event_id {
+        Some(event_id) => super::events::summary(pool, event_id).await?,
         None => None,
     };
+    let Row { job, account, lead_id, args, errors, locked_by, replayed_as, .. } = row;
     Ok(JobDetail { job, account, lead_id, args, errors, locked_by, replayed_as, event })
 }
 

@@ -117,11 +117,31 @@ pub(super) fn page<T>(mut items: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) ->
 
 /// One event with its payload and the jobs it caused.
 pub async fn show(pool: &PgPool, id: Uuid) -> Result<EventDetail, OpsError> {
-    let row: Option<(Option<Uuid>, Value, Value)> = sqlx::query_as("SELECT caused_by_event, payload, headers FROM events WHERE id = $1").bind(id).fetch_optional(pool).await?;
-    let (caused_by_event, payload, headers) = row.ok_or_else(|| OpsError::NotFound(format!("no event {id}")))?;
-    let event: EventSummary = sqlx::query_as(super::sql(format!("SELECT {SUMMARY} FROM events WHERE id = $1"))).bind(id).fetch_one(pool).await?;
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        event: EventSummary,
+        caused_by_event: Option<Uuid>,
+        payload: Value,
+        headers: Value,
+    }
+    let row: Row = sqlx::query_as(super::sql(format!("SELECT {SUMMARY}, caused_by_event, payload, headers FROM events WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no event {id}")))?;
     let jobs = sqlx::query_as(super::sql(format!("SELECT {JOB_SUMMARY} FROM jobs WHERE event_id = $1 ORDER BY id"))).bind(id).fetch_all(pool).await?;
-    Ok(EventDetail { event, caused_by_event, payload, headers, jobs })
+    Ok(EventDetail { event: row.event, caused_by_event: row.caused_by_event, payload: row.payload, headers: row.headers, jobs })
+}
+
+/// An event id as an operator typed it.
+pub fn parse_id(text: &str) -> Result<Uuid, OpsError> {
+    text.parse().map_err(|_| OpsError::BadRequest(format!("{text:?} is not an event id (a UUID)")))
+}
+
+/// An event's summary, without its payload.
+pub(super) async fn summary(pool: &PgPool, id: Uuid) -> Result<Option<EventSummary>, sqlx::Error> {
+    sqlx::query_as(super::sql(format!("SELECT {SUMMARY} FROM events WHERE id = $1"))).bind(id).fetch_optional(pool).await
 }
 
 /// `POST /ops/v1/events/{id}/replay`.

@@ -54,7 +54,7 @@ pub async fn of_deal(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<E
 
 fn entry(seq: i64, at: DateTime<Utc>, source: String, kind: String, event_id: Uuid, payload: &Value) -> Entry {
     let described = describe(&source, &kind, payload);
-    let money = described.amount.and_then(|(minor, code)| Currency::parse(&code).ok().map(|c| Money::from_minor(minor, c)));
+    let money = described.amount.and_then(to_money);
     Entry {
         seq,
         at,
@@ -67,6 +67,11 @@ fn entry(seq: i64, at: DateTime<Utc>, source: String, kind: String, event_id: Uu
         kind,
         event_id,
     }
+}
+
+/// An amount in minor units and its currency code, when the code is one.
+fn to_money((minor, code): (i64, String)) -> Option<Money> {
+    Currency::parse(&code).ok().map(|currency| Money::from_minor(minor, currency))
 }
 
 struct Described {
@@ -119,10 +124,9 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
                 "payment_link.issued" => format!("Payment link issued: {}", text(payload, "/url").unwrap_or_default()),
                 "payment.received" => format!("Payment recorded: {} {}", text(payload, "/provider").unwrap_or_default(), text(payload, "/payment_id").unwrap_or_default()),
                 "refund.applied" => {
-                    let total = money(payload, "/refunded_minor", "/currency").and_then(|(minor, code)| Some(Money::from_minor(minor, Currency::parse(&code).ok()?)));
-                    let of = money(payload, "/amount_minor", "/currency").and_then(|(minor, code)| Some(Money::from_minor(minor, Currency::parse(&code).ok()?)));
-                    let shown = |m: Option<Money>| m.map(|m| m.to_string()).unwrap_or_default();
-                    return d(format!("Refunded so far: {} of {}", shown(total), shown(of)), money(payload, "/refunded_minor", "/currency"), Some("refunded".into()));
+                    let shown = |amount: &str| money(payload, amount, "/currency").and_then(to_money).map(|m| m.to_string()).unwrap_or_default();
+                    let what = format!("Refunded so far: {} of {}", shown("/refunded_minor"), shown("/amount_minor"));
+                    return d(what, money(payload, "/refunded_minor", "/currency"), Some("refunded".into()));
                 }
                 "payment_link.status_changed" => format!("Payment link {} is now {}", text(payload, "/link_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default()),
                 "payment.applied" => format!("Deal updated for payment {}", text(payload, "/payment_id").unwrap_or_default()),

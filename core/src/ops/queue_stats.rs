@@ -39,19 +39,27 @@ pub struct Running {
     pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
-pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
-    let counts = |key: &str| {
-        format!("SELECT {key} AS key, state, count(*) AS count FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
-    };
+fn counts(key: &str) -> String {
+    format!("SELECT {key} AS key, state, count(*) AS count FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
+}
+
+/// Jobs by state, and how long the oldest runnable job has waited, in seconds: the queue's depth,
+/// as `stats` shows it and the metrics gauges read it at each scrape.
+pub async fn depth(pool: &PgPool) -> Result<(Vec<Count>, f64), sqlx::Error> {
     let by_state = sqlx::query_as(super::sql(counts("''"))).fetch_all(pool).await?;
-    let by_kind = sqlx::query_as(super::sql(counts("kind"))).fetch_all(pool).await?;
-    let by_account = sqlx::query_as(super::sql(counts("account"))).fetch_all(pool).await?;
-    let oldest_runnable_age_secs: f64 = sqlx::query_scalar(
+    let oldest_runnable_age_secs = sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0) FROM jobs
          WHERE state IN ('available', 'retryable') AND run_at <= now()",
     )
     .fetch_one(pool)
     .await?;
+    Ok((by_state, oldest_runnable_age_secs))
+}
+
+pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
+    let (by_state, oldest_runnable_age_secs) = depth(pool).await?;
+    let by_kind = sqlx::query_as(super::sql(counts("kind"))).fetch_all(pool).await?;
+    let by_account = sqlx::query_as(super::sql(counts("account"))).fetch_all(pool).await?;
     let running = sqlx::query_as(
         "SELECT id, kind, account, lead_id, attempt, locked_by, locked_at, heartbeat_at FROM jobs WHERE state = 'running' ORDER BY locked_at, id LIMIT 1000",
     )

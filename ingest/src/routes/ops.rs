@@ -20,7 +20,6 @@ use kommo_pay_core::ops::{ErrorBody, OpsError, Operator, UnblockRequest, queue_s
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 use crate::AppState;
 
@@ -123,16 +122,12 @@ async fn list_events(State(state): State<AppState>, filter: Result<Query<EventFi
 }
 
 async fn show_event(State(state): State<AppState>, Path(id): Path<String>) -> Answer {
-    ok(events::show(&state.pool, event_id(&id)?).await?)
+    ok(events::show(&state.pool, events::parse_id(&id)?).await?)
 }
 
 async fn replay_event(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayRequest>, JsonRejection>) -> Answer {
     let body = body?.0;
-    ok(events::replay(&state.pool, &state.accounts, &state.job_policies, event_id(&id)?, &operator, &body.reason).await?)
-}
-
-fn event_id(text: &str) -> Result<Uuid, OpsError> {
-    text.parse().map_err(|_| OpsError::BadRequest(format!("{text:?} is not an event id (a UUID)")))
+    ok(events::replay(&state.pool, &state.accounts, &state.job_policies, events::parse_id(&id)?, &operator, &body.reason).await?)
 }
 
 async fn list_dead(State(state): State<AppState>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {

@@ -17,7 +17,9 @@ mod stripe;
 
 use chrono::{DateTime, Duration, Utc};
 use kommo_pay_core::clients::AccountClients;
-use kommo_pay_core::config::{Accounts, JobPolicies};
+use std::sync::Arc;
+
+use kommo_pay_core::config::JobPolicies;
 use kommo_pay_core::event_log::{self, NewEvent};
 use kommo_pay_core::jobs;
 use serde_json::json;
@@ -47,15 +49,14 @@ impl Provider {
 
 pub struct Reconciler {
     pool: PgPool,
-    accounts: Vec<AccountClients>,
+    accounts: Arc<[AccountClients]>,
     policies: JobPolicies,
     /// How far back an account's first round reads.
     lookback: Duration,
 }
 
 impl Reconciler {
-    pub fn new(pool: PgPool, accounts: &Accounts, policies: JobPolicies, lookback: Duration) -> Reconciler {
-        let accounts = accounts.iter().map(|account| AccountClients::new(&pool, account)).collect();
+    pub fn new(pool: PgPool, accounts: Arc<[AccountClients]>, policies: JobPolicies, lookback: Duration) -> Reconciler {
         Reconciler { pool, accounts, policies, lookback }
     }
 
@@ -64,7 +65,7 @@ impl Reconciler {
     /// same cursor next round; the others go on.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
         let mut recovered = 0;
-        for clients in &self.accounts {
+        for clients in self.accounts.iter() {
             let slug = clients.account.slug.as_str();
             let mut providers = vec![Provider::Kommo];
             providers.extend(clients.stripe.as_ref().map(|_| Provider::Stripe));

@@ -91,9 +91,7 @@ pub(super) fn field_enum(field_id: i64, enum_id: i64) -> Value {
 /// task, and its presence stops a retry from adding a second one).
 pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Deal, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
-    if logged(pool, account, &dedup_key).await? {
-        return Ok(());
-    }
+    let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
     let mut task = json!({
         "text": text,
         "complete_till": chrono::Utc::now().timestamp() + 24 * 3600,
@@ -104,7 +102,7 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     if let Some(user) = deal.responsible_user_id {
         task["responsible_user_id"] = json!(user);
     }
-    kommo.add_task_once(task, tried_before(pool, job_id).await?).await.map_err(kommo_failed)?;
+    kommo.add_task_once(task, tried_before).await.map_err(kommo_failed)?;
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
@@ -114,28 +112,27 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
 /// once per job, like [`tell_manager`].
 pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str, lead_id: i64, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
-    if logged(pool, account, &dedup_key).await? {
-        return Ok(());
-    }
-    kommo.add_lead_note_once(lead_id, text, tried_before(pool, job_id).await?).await.map_err(kommo_failed)?;
+    let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
+    kommo.add_lead_note_once(lead_id, text, tried_before).await.map_err(kommo_failed)?;
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id, job_id, payload: json!({ "note": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
 }
 
-/// Whether an earlier attempt of job `job_id` ran (and may have written to Kommo before it died).
-async fn tried_before(pool: &PgPool, job_id: i64) -> Result<bool, JobError> {
-    let attempt: Option<i32> = sqlx::query_scalar("SELECT attempt FROM jobs WHERE id = $1").bind(job_id).fetch_optional(pool).await.map_err(db_failed)?;
-    Ok(attempt.is_some_and(|a| a > 0))
-}
-
-/// Whether an internal fact with this key is in the log.
-async fn logged(pool: &PgPool, account: &str, dedup_key: &str) -> Result<bool, JobError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2)")
-        .bind(account)
-        .bind(dedup_key)
-        .fetch_one(pool)
-        .await
-        .map_err(db_failed)
+/// Where a job's task or note (fact `dedup_key`) stands, in one query: `None` when the log
+/// records it done; otherwise whether an earlier attempt of the job ran (and may have written to
+/// Kommo before it died, so Kommo is read before it is written).
+async fn still_to_do(pool: &PgPool, account: &str, dedup_key: &str, job_id: i64) -> Result<Option<bool>, JobError> {
+    let (logged, tried_before): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2),
+                coalesce((SELECT attempt > 0 FROM jobs WHERE id = $3), false)",
+    )
+    .bind(account)
+    .bind(dedup_key)
+    .bind(job_id)
+    .fetch_one(pool)
+    .await
+    .map_err(db_failed)?;
+    Ok((!logged).then_some(tried_before))
 }
 
 /// Sets the deal's payment status to `status` (picked from the configured options) and tells
