@@ -3,7 +3,8 @@
 # PostgreSQL ceiling for the same work measured in the same run.
 #
 #   benches/ingest.sh [SECONDS_PER_STEP]      (default 10)
-#   CONCURRENCIES="8 32 64" APPENDS=2         the concurrencies to measure; database.ingest_concurrent_appends
+#   CONCURRENCIES="8 32 64" ROUNDS=3 APPENDS=2
+#       the concurrencies to measure; rounds of each; database.ingest_concurrent_appends
 #
 # 1. The ceiling: pgbench runs the statement ingest runs (append one event and its job, one
 #    durable commit) at each concurrency.
@@ -74,18 +75,32 @@ WITH appended AS (
 SELECT (SELECT count(*) FROM appended), (SELECT count(*) FROM enqueued);
 EOF
 
-printf '\n%-12s %12s %14s %9s %9s %7s\n' concurrency "pgbench tx/s" "ingest ev/s" "p50 ms" "p99 ms" ratio
+# This machine's speed drifts by tens of percent within minutes (pgbench alone has swung from
+# 4.4k to 6.1k tx/s between runs), so each concurrency alternates the two ROUNDS times and the
+# verdict is the median of the rounds' ratios: each ratio compares two runs a few seconds apart.
+rounds=${ROUNDS:-3}
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+row() { printf '%-12s %6s %12s %14s %9s %9s %7s\n' "$@"; }
+printf '\n'
+row concurrency round "pgbench tx/s" "ingest ev/s" "p50 ms" "p99 ms" ratio
 # Each step starts from a CHECKPOINT, so that no step pays for the previous step's WAL.
 checkpoint() { psql "$DATABASE_URL" -qAtc CHECKPOINT; }
 for c in $concurrencies; do
-  checkpoint
-  ceiling=$(pgbench -n -M prepared -c "$c" -j 2 -T "$seconds" -f "$work/append.sql" "$DATABASE_URL" 2>/dev/null \
-    | awk '/^tps/ {print int($3)}')
-  checkpoint
-  read -r rate p50 p99 _ < <(target/release/examples/stripe_load "http://127.0.0.1:$port/webhooks/stripe/bench" "$secret" closed "$c" "$seconds" \
-    | sed -E 's/[a-z0-9_]+=//g')
-  ratio=$(awk -v a="$rate" -v b="$ceiling" 'BEGIN { printf "%.2f", a / b }')
-  printf '%-12s %12s %14s %9s %9s %7s\n' "$c" "$ceiling" "$rate" "$p50" "$p99" "$ratio"
+  : >"$work/rounds"
+  for round in $(seq "$rounds"); do
+    checkpoint
+    ceiling=$(pgbench -n -M prepared -c "$c" -j 2 -T "$seconds" -f "$work/append.sql" "$DATABASE_URL" 2>/dev/null \
+      | awk '/^tps/ {print int($3)}')
+    checkpoint
+    read -r rate p50 p99 _ < <(target/release/examples/stripe_load "http://127.0.0.1:$port/webhooks/stripe/bench" "$secret" closed "$c" "$seconds" \
+      | sed -E 's/[a-z0-9_]+=//g')
+    ratio=$(awk -v a="$rate" -v b="$ceiling" 'BEGIN { printf "%.2f", a / b }')
+    row "$c" "$round" "$ceiling" "$rate" "$p50" "$p99" "$ratio"
+    echo "$ceiling $rate $p50 $p99 $ratio" >>"$work/rounds"
+  done
+  medians=()
+  for column in 1 2 3 4 5; do medians+=("$(cut -d' ' -f"$column" "$work/rounds" | median)"); done
+  row "$c" median "${medians[@]}"
 done
 checkpoint
 read -r rate p50 p99 max _ < <(target/release/examples/stripe_load "http://127.0.0.1:$port/webhooks/stripe/bench" "$secret" rate 500 "$seconds" \
