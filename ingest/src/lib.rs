@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use kommo_pay_core::config::{Account, Accounts, Config, JobPolicies, OpsToken};
 use kommo_pay_core::event_log::NewEvent;
 use kommo_pay_core::{jobs, queue};
@@ -32,13 +33,12 @@ pub use error::IngestError;
 /// How often, at most, committed jobs wake the workers.
 const WAKE_INTERVAL: Duration = Duration::from_millis(5);
 
-/// What every request handler shares.
-#[derive(Clone)]
+/// What every request handler shares (behind an `Arc`: axum clones the state for each request).
 pub(crate) struct AppState {
     pool: PgPool,
     accounts: Accounts,
     job_policies: JobPolicies,
-    ops_tokens: std::sync::Arc<Vec<OpsToken>>,
+    ops_tokens: Vec<OpsToken>,
     appender: appender::Appender,
     metrics: metrics::Metrics,
 }
@@ -79,10 +79,10 @@ impl Application {
             pool,
             accounts: config.accounts.clone(),
             job_policies: config.jobs.clone(),
-            ops_tokens: std::sync::Arc::new(config.ops_tokens.clone()),
+            ops_tokens: config.ops_tokens.clone(),
             metrics: metrics::Metrics::install(),
         };
-        Ok(Application { listener, router: routes::router(state, config.server.body_limit_bytes, &config.metrics.path) })
+        Ok(Application { listener, router: routes::router(std::sync::Arc::new(state), config.server.body_limit_bytes, &config.metrics.path) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,7 +92,11 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), "ingest listening");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        // Answers go out as soon as they are written, not held back for a delayed ACK (Nagle).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router).with_graceful_shutdown(shutdown).await
     }
 }
 

@@ -1,5 +1,7 @@
 //! Liveness, readiness and metrics.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +15,7 @@ pub(super) async fn alive() -> &'static str {
 }
 
 /// The database answers and its schema is the one this binary expects.
-pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     match kommo_pay_core::db::schema_is_current(&state.pool).await {
         Ok(true) => (StatusCode::OK, Json(json!({ "database": "ok", "schema": "current" }))),
         Ok(false) => (
@@ -27,6 +29,6 @@ pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
     }
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> String {
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> String {
     kommo_pay_core::telemetry::render_metrics(&state.pool).await
 }

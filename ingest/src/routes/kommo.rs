@@ -4,6 +4,8 @@
 //! end of the URL (compared in constant time), `account[id]` matching the account's configured
 //! id, and, later, the worker re-reading the lead through the API before acting on it.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -18,7 +20,7 @@ use super::kept_headers;
 use crate::{Accepted, AppState, IngestError};
 
 pub(super) async fn receive(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((slug, secret)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,

@@ -3,6 +3,8 @@
 //! Lemon Squeezy counts only a 200 as delivered and retries three times in about 2.5 minutes,
 //! so unknown event names are stored and answered 200 like the others.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -13,7 +15,7 @@ use kommo_pay_core::lemonsqueezy::webhook::{self, LemonSqueezyEvent};
 use super::{header, kept_headers};
 use crate::{Accepted, AppState, IngestError};
 
-pub(super) async fn receive(State(state): State<AppState>, Path(slug): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn receive(State(state): State<Arc<AppState>>, Path(slug): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
     let outcome = accept(&state, &slug, &headers, &body).await;
     state.finish(Source::LemonSqueezy, &slug, outcome, started)

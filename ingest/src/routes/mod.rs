@@ -26,7 +26,7 @@ use crate::{Accepted, AppState, IngestError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(crate) fn router(state: AppState, body_limit: usize, metrics_path: &str) -> Router {
+pub(crate) fn router(state: Arc<AppState>, body_limit: usize, metrics_path: &str) -> Router {
     Router::new()
         .route("/webhooks/kommo/{account}/{secret}", post(kommo::receive))
         .route("/webhooks/stripe/{account}", post(stripe::receive))

@@ -5,6 +5,8 @@
 //! `{"error": "…"}` with 400 (bad filter or argument), 401, 404, or 503 (database unreachable).
 //! The webhooks are not behind this: they authenticate by their own signatures.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -23,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 
-pub(super) fn router(state: AppState) -> Router<AppState> {
+pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/ops/v1/events", get(list_events))
         .route("/ops/v1/events/{id}", get(show_event))
@@ -41,7 +43,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
 
 /// Finds the operator whose token the request carries. Every configured token is compared, in
 /// constant time, so the answer's timing says nothing about which one nearly matched.
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -117,47 +119,47 @@ fn ok(value: impl serde::Serialize) -> Answer {
     Ok(Json(value).into_response())
 }
 
-async fn list_events(State(state): State<AppState>, filter: Result<Query<EventFilter>, QueryRejection>) -> Answer {
+async fn list_events(State(state): State<Arc<AppState>>, filter: Result<Query<EventFilter>, QueryRejection>) -> Answer {
     ok(events::list(&state.pool, &filter?.0).await?)
 }
 
-async fn show_event(State(state): State<AppState>, Path(id): Path<String>) -> Answer {
+async fn show_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Answer {
     ok(events::show(&state.pool, events::parse_id(&id)?).await?)
 }
 
-async fn replay_event(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayRequest>, JsonRejection>) -> Answer {
+async fn replay_event(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayRequest>, JsonRejection>) -> Answer {
     let body = body?.0;
     ok(events::replay(&state.pool, &state.accounts, &state.job_policies, events::parse_id(&id)?, &operator, &body.reason).await?)
 }
 
-async fn list_dead(State(state): State<AppState>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
+async fn list_dead(State(state): State<Arc<AppState>>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
     ok(dead_letters::list(&state.pool, &filter?.0).await?)
 }
 
-async fn count_dead(State(state): State<AppState>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
+async fn count_dead(State(state): State<Arc<AppState>>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
     ok(DeadCounts { counts: dead_letters::counts(&state.pool, &filter?.0).await? })
 }
 
-async fn show_job(State(state): State<AppState>, Path(id): Path<i64>) -> Answer {
+async fn show_job(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Answer {
     ok(dead_letters::show(&state.pool, id).await?)
 }
 
-async fn replay_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
+async fn replay_dead(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
     let act = body?.0;
     ok(dead_letters::replay(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
 }
 
-async fn discard_dead(State(state): State<AppState>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
+async fn discard_dead(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
     let act = body?.0;
     ok(dead_letters::discard(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
 }
 
-async fn unblock(State(state): State<AppState>, Extension(operator): Extension<Operator>, Path(account): Path<String>, body: Result<Json<UnblockRequest>, JsonRejection>) -> Answer {
+async fn unblock(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, Path(account): Path<String>, body: Result<Json<UnblockRequest>, JsonRejection>) -> Answer {
     let body = body?.0;
     ok(kommo_pay_core::ops::unblock(&state.pool, &body.provider, &account, &operator, &body.reason).await?)
 }
 
-async fn queue(State(state): State<AppState>) -> Answer {
+async fn queue(State(state): State<Arc<AppState>>) -> Answer {
     ok(queue_stats::stats(&state.pool).await?)
 }
 
@@ -168,7 +170,7 @@ struct HistoryFormat {
     format: Option<String>,
 }
 
-async fn deal_history(State(state): State<AppState>, Path((account, lead)): Path<(String, i64)>, format: Result<Query<HistoryFormat>, QueryRejection>) -> Answer {
+async fn deal_history(State(state): State<Arc<AppState>>, Path((account, lead)): Path<(String, i64)>, format: Result<Query<HistoryFormat>, QueryRejection>) -> Answer {
     let format = format?.0.format;
     let entries = history::of_deal(&state.pool, &account, lead).await?;
     match format.as_deref() {

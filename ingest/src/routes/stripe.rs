@@ -1,5 +1,7 @@
 //! `POST /webhooks/stripe/{account}`: Stripe events, signed with `Stripe-Signature`.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -11,7 +13,7 @@ use kommo_pay_core::stripe::webhook::{self, StripeEvent};
 use super::{header, kept_headers};
 use crate::{Accepted, AppState, IngestError};
 
-pub(super) async fn receive(State(state): State<AppState>, Path(slug): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn receive(State(state): State<Arc<AppState>>, Path(slug): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
     let outcome = accept(&state, &slug, &headers, &body).await;
     state.finish(Source::Stripe, &slug, outcome, started)
