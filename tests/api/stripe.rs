@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -141,6 +143,46 @@ async fn an_event_the_database_cannot_store_gets_400_without_failing_its_neighbo
         assert_eq!(response.status(), 200);
     }
     assert_eq!((app.events().await, app.jobs().await), (3, 3));
+}
+
+#[tokio::test]
+async fn deliveries_arriving_while_an_append_runs_are_committed_together() {
+    let app = spawn_app().await;
+    // Appends wait behind this lock until the test lets them go.
+    let mut locker = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE MODE").execute(&mut *locker).await.unwrap();
+    let waiting_appends = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    let first = stripe_event("evt_first", "invoice.paid", 1);
+    // Four: the backlog for which a second append starts beside a running one (ingest's appender).
+    let rest: Vec<String> = (0..4).map(|i| stripe_event(&format!("evt_rest_{i}"), "invoice.paid", 1)).collect();
+
+    let later = async {
+        eventually(Duration::from_secs(10), "the first delivery's append waits", || async { waiting_appends().await == 1 }).await;
+        let (answers, ()) = tokio::join!(futures_util::future::join_all(rest.iter().map(|body| app.post_signed_stripe(body))), async {
+            eventually(Duration::from_secs(10), "a second append starts for the backlog", || async { waiting_appends().await == 2 }).await;
+            locker.commit().await.unwrap();
+        });
+        answers
+    };
+    let (first_answer, rest_answers) = tokio::join!(app.post_signed_stripe(&first), later);
+
+    assert_eq!(first_answer.status(), 200);
+    for answer in rest_answers {
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!((app.events().await, app.jobs().await), (5, 5));
+    // Rows written by one statement share its transaction id. The four did not start a second
+    // append one by one: they waited for the running one and went out together.
+    let statements: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events WHERE dedup_key LIKE 'evt_rest_%'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(statements, 1, "the waiting deliveries were committed in one statement");
 }
 
 #[tokio::test]

@@ -63,8 +63,9 @@ pub struct DatabaseSection {
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when a role starts (otherwise run `kommo-pay migrate`).
     pub migrate_on_start: bool,
-    /// Ingest's appends to the event log running at once in one process. Deliveries arriving
-    /// while all run are committed together as the next batch (group commit). 2 suits a 2-core
+    /// The most appends to the event log running at once in one ingest process. Deliveries
+    /// arriving meanwhile are committed together as the next batch (group commit); beyond the
+    /// first, an append starts only for a backlog of at least 4 events. 2 suits a 2-core
     /// database server; raise it with the database's cores.
     pub ingest_concurrent_appends: usize,
 }
