@@ -137,3 +137,32 @@ pub async fn by_id(pool: &PgPool, account: &str, link_id: &str) -> Result<Option
         .fetch_optional(pool)
         .await
 }
+
+/// Takes the deal's issuing lease for `job_id`: true if this job may issue the deal's link now
+/// (the lease was free, already its own, or abandoned for five minutes); false while another
+/// job holds it.
+pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<bool, sqlx::Error> {
+    let taken: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3)
+         ON CONFLICT (account, lead_id) DO UPDATE SET job_id = EXCLUDED.job_id, since = now()
+           WHERE payment_link_issuing.job_id = EXCLUDED.job_id OR payment_link_issuing.since < now() - interval '5 minutes'
+         RETURNING job_id",
+    )
+    .bind(account)
+    .bind(lead_id)
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// Gives the lease back (only if `job_id` still holds it), whatever the issue's outcome.
+pub async fn stop_issuing(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM payment_link_issuing WHERE account = $1 AND lead_id = $2 AND job_id = $3")
+        .bind(account)
+        .bind(lead_id)
+        .bind(job_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

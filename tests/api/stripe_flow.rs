@@ -2,6 +2,7 @@
 //! fake Kommo and the fake Stripe.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use kommo_pay_core::config::Config;
 use kommo_pay_worker::{Context, Worker, handlers};
@@ -338,6 +339,22 @@ async fn reentering_the_stage_reuses_the_link_and_a_new_amount_replaces_it() {
     assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake2");
     assert_eq!(f.stripe.link("plink_fake1").unwrap()["active"], false, "the old link no longer takes payments");
     assert_eq!(f.stripe.link("plink_fake2").unwrap()["active"], true);
+}
+
+#[tokio::test]
+async fn two_issue_jobs_for_one_deal_running_at_once_make_one_link() {
+    let f = flow().await;
+    // Stripe answers slowly, so that both jobs are inside the create at the same time.
+    f.stripe.delay_creates(Some(Duration::from_millis(300)));
+    f.deal_enters_stage().await;
+    f.deal_enters_stage().await;
+
+    f.drain_with_retries().await;
+
+    assert_eq!(f.link_creates().len(), 1, "the second job waited for the first and reused its link");
+    assert_eq!(f.note_texts().len(), 1);
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await, 2);
 }
 
 #[tokio::test]

@@ -23,7 +23,19 @@ use super::{Context, RequiredClients, db_failed, kommo_failed, lemonsqueezy_fail
 use crate::JobError;
 
 pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
-    let clients = context.clients(&job)?;
+    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
+    // One job at a time per deal: two stage changes arriving together would otherwise both find
+    // no active link and create two. The later one runs again after the first, and reuses its link.
+    if !payment_links::start_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)? {
+        return Err(JobError::retryable(anyhow!("another job is issuing this deal's link; trying again after it")));
+    }
+    let outcome = issue_alone(&context, &job, lead_id).await;
+    payment_links::stop_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)?;
+    outcome
+}
+
+async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64) -> Result<(), JobError> {
+    let clients = context.clients(job)?;
     let account = &clients.account;
     let pool = &context.pool;
     let trigger_name = job.args.get("trigger").and_then(Value::as_str).unwrap_or_default();
@@ -31,7 +43,6 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         .trigger(trigger_name)
         .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
     let kommo = &clients.kommo;
 
     // The webhook was a snapshot: act on the deal as it is now.
@@ -48,7 +59,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         Ok(amount) => amount,
         Err(problem) => {
             let text = format!("No payment link was issued: {problem}. Fix it, then move the deal into the stage again.");
-            return not_issued(&context, clients, &deal, job.id, &text).await;
+            return not_issued(context, clients, &deal, job.id, &text).await;
         }
     };
 
@@ -88,7 +99,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                         Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
                         Err(error) => {
                             let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
-                            return not_issued(&context, clients, &deal, job.id, &text).await;
+                            return not_issued(context, clients, &deal, job.id, &text).await;
                         }
                     }
                 }
@@ -112,7 +123,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                         Err(error) if error.is_retryable() => return Err(lemonsqueezy_failed(error)),
                         Err(error) => {
                             let text = format!("No checkout was issued for {amount}: Lemon Squeezy refused it: {error}");
-                            return not_issued(&context, clients, &deal, job.id, &text).await;
+                            return not_issued(context, clients, &deal, job.id, &text).await;
                         }
                     }
                 }
