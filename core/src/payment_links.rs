@@ -138,22 +138,46 @@ pub async fn by_id(pool: &PgPool, account: &str, link_id: &str) -> Result<Option
         .await
 }
 
-/// Takes the deal's issuing lease for `job_id`: true if this job may issue the deal's link now
-/// (the lease was free, already its own, or abandoned for five minutes); false while another
-/// job holds it.
-pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<bool, sqlx::Error> {
-    let taken: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3)
-         ON CONFLICT (account, lead_id) DO UPDATE SET job_id = EXCLUDED.job_id, since = now()
-           WHERE payment_link_issuing.job_id = EXCLUDED.job_id OR payment_link_issuing.since < now() - interval '5 minutes'
-         RETURNING job_id",
+/// Who issues a deal's payment link now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuing {
+    /// This job, until [`stop_issuing`]. `resumed` when an abandoned attempt held the lease (its
+    /// worker died, or it is five minutes old): it may have written to the deal, so read first.
+    Yours { resumed: bool },
+    /// Another job is issuing it right now.
+    Busy,
+}
+
+/// Takes the deal's issuing lease for `job_id`.
+pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<Issuing, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let fresh: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id",
     )
     .bind(account)
     .bind(lead_id)
     .bind(job_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(taken.is_some())
+    let issuing = if fresh.is_some() {
+        Issuing::Yours { resumed: false }
+    } else {
+        let taken_over: Option<i64> = sqlx::query_scalar(
+            // The earlier holder is read in FROM, before the row changes (as in `self_serve::claim`).
+            "UPDATE payment_link_issuing i SET job_id = $3, since = now()
+             FROM (SELECT job_id AS earlier FROM payment_link_issuing WHERE account = $1 AND lead_id = $2) b
+             WHERE i.account = $1 AND i.lead_id = $2 AND (i.job_id = $3 OR i.since < now() - interval '5 minutes')
+             RETURNING b.earlier",
+        )
+        .bind(account)
+        .bind(lead_id)
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken_over.is_some() { Issuing::Yours { resumed: true } } else { Issuing::Busy }
+    };
+    tx.commit().await?;
+    Ok(issuing)
 }
 
 /// Gives the lease back (only if `job_id` still holds it), whatever the issue's outcome.

@@ -27,8 +27,9 @@ impl Received<'_> {
 /// Who updates the deal for a payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Application {
-    /// This job: update the deal, then [`mark_applied`].
-    Yours,
+    /// This job: update the deal, then [`mark_applied`]. `resumed` when an earlier attempt (this
+    /// job's or an abandoned one's) held the lease: it may have written to the deal, so read first.
+    Yours { resumed: bool },
     /// Another job is at it right now.
     Busy,
     /// The deal was updated already.
@@ -50,11 +51,13 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
         paid_at: received.paid_at,
     };
     projections::record(&mut tx, received.meta(), &change).await?;
-    let leased: Option<i64> = sqlx::query_scalar(
-        "UPDATE payments SET applying_job = $4, applying_since = now()
-         WHERE account = $1 AND provider = $2 AND payment_id = $3 AND applied_at IS NULL
-           AND (applying_job IS NULL OR applying_job = $4 OR applying_since < now() - interval '5 minutes')
-         RETURNING applying_job",
+    let leased: Option<Option<i64>> = sqlx::query_scalar(
+        // The earlier holder is read in FROM, before the row changes (as in `self_serve::claim`).
+        "UPDATE payments p SET applying_job = $4, applying_since = now()
+         FROM (SELECT applying_job AS earlier FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3) b
+         WHERE p.account = $1 AND p.provider = $2 AND p.payment_id = $3 AND p.applied_at IS NULL
+           AND (p.applying_job IS NULL OR p.applying_job = $4 OR p.applying_since < now() - interval '5 minutes')
+         RETURNING b.earlier",
     )
     .bind(received.account)
     .bind(received.provider)
@@ -71,7 +74,7 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
             .await?;
     tx.commit().await?;
     Ok(match (leased, applied) {
-        (Some(_), _) => Application::Yours,
+        (Some(earlier), _) => Application::Yours { resumed: earlier.is_some() },
         (None, Some(_)) => Application::Done,
         (None, None) => Application::Busy,
     })

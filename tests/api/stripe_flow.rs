@@ -318,6 +318,31 @@ async fn a_retry_reads_the_deals_notes_first_and_does_not_repeat_one_an_earlier_
 }
 
 #[tokio::test]
+async fn a_job_taking_over_an_abandoned_payment_reads_the_deals_notes_first() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain().await;
+    f.stripe_sends(checkout_completed("evt_cs", "plink_fake1", "pi_test_3", 200000)).await;
+    f.drain().await;
+    let received = || f.note_texts().into_iter().filter(|t| t.starts_with("Payment received")).count();
+    assert_eq!(received(), 1);
+    // As if that job's worker had died after the note and before recording it, long ago.
+    sqlx::query("UPDATE payments SET applied_at = NULL, applying_job = 424242, applying_since = now() - interval '6 minutes'")
+        .execute(&f.app.db.pool)
+        .await
+        .unwrap();
+    let reads = f.kommo.requests().iter().filter(|r| r.path.contains("/notes?")).count();
+
+    // Another announcement of the same payment: a new job, on its first attempt, takes over.
+    f.stripe_sends(payment_intent_succeeded("evt_pi", "pi_test_3", 200000)).await;
+    f.drain_with_retries().await;
+
+    assert!(f.kommo.requests().iter().filter(|r| r.path.contains("/notes?")).count() > reads, "read before written");
+    assert_eq!(received(), 1, "{:?}", f.note_texts());
+    assert_eq!(f.app.db.count("SELECT count(*) FROM payments WHERE applied_at IS NOT NULL").await, 1);
+}
+
+#[tokio::test]
 async fn reentering_the_stage_reuses_the_link_and_a_new_amount_replaces_it() {
     let f = flow().await;
     f.deal_enters_stage().await;
@@ -355,6 +380,26 @@ async fn two_issue_jobs_for_one_deal_running_at_once_make_one_link() {
     assert_eq!(f.note_texts().len(), 1);
     assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await, 2);
+}
+
+#[tokio::test]
+async fn a_job_taking_over_an_abandoned_issue_reads_the_deals_notes_first() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    // A job issuing this deal's link died long ago, after its note reached Kommo.
+    sqlx::query("INSERT INTO payment_link_issuing (account, lead_id, job_id, since) VALUES ($1, $2, 424242, now() - interval '6 minutes')")
+        .bind(ACCOUNT)
+        .bind(LEAD)
+        .execute(&f.app.db.pool)
+        .await
+        .unwrap();
+    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }));
+
+    f.drain().await;
+
+    assert_eq!(f.note_texts().len(), 1, "{:?}", f.note_texts());
+    assert!(f.kommo.requests().iter().any(|r| r.method == "GET" && r.path.contains("/notes?")), "read before written");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM payment_link_issuing").await, 0, "the lease is given back");
 }
 
 #[tokio::test]

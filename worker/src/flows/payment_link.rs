@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::payment_links::{self, Issued};
+use kommo_pay_core::payment_links::{self, Issued, Issuing};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::config::TriggerProvider;
 use kommo_pay_core::kommo::client::KommoClient;
@@ -26,15 +26,17 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
     // One job at a time per deal: two stage changes arriving together would otherwise both find
     // no active link and create two. The later one runs again after the first, and reuses its link.
-    if !payment_links::start_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)? {
-        return Err(JobError::retryable(anyhow!("another job is issuing this deal's link; trying again after it")));
-    }
-    let outcome = issue_alone(&context, &job, lead_id).await;
+    let resumed = match payment_links::start_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)? {
+        Issuing::Yours { resumed } => resumed,
+        Issuing::Busy => return Err(JobError::retryable(anyhow!("another job is issuing this deal's link; trying again after it"))),
+    };
+    let outcome = issue_alone(&context, &job, lead_id, resumed).await;
     payment_links::stop_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)?;
     outcome
 }
 
-async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64) -> Result<(), JobError> {
+/// `resumed`: an abandoned job held the deal before this one and may have written to it.
+async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed: bool) -> Result<(), JobError> {
     let clients = context.clients(job)?;
     let account = &clients.account;
     let pool = &context.pool;
@@ -167,7 +169,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64) -> Resul
 
     if trigger.add_note && link.note_added_at.is_none() {
         let text = format!("Payment link for {amount}: {}", link.url);
-        kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
+        kommo.add_lead_note_once(lead_id, &text, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
         payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     if let Some(bot) = trigger.salesbot_id.filter(|_| link.salesbot_run_at.is_none()) {

@@ -58,9 +58,9 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         // Another announcement of the same payment is being applied right now; look again later.
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
         Application::Done => Ok(()),
-        Application::Yours => {
+        Application::Yours { resumed } => {
             write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage).await?;
-            clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0).await.map_err(kommo_failed)?;
+            clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())
