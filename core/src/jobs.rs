@@ -29,6 +29,8 @@ pub enum JobKind {
     StripeInvoice,
     /// A subscription ended.
     StripeSubscriptionEnded,
+    /// A subscription's state changed (a snapshot): one not being paid opens a run of failures.
+    StripeSubscriptionUpdated,
     /// A charge was refunded, fully or partly.
     StripeRefund,
     /// A Lemon Squeezy order was paid (or failed), or refunded.
@@ -47,6 +49,7 @@ impl JobKind {
             JobKind::StripePayment => "stripe.payment",
             JobKind::StripeInvoice => "stripe.invoice",
             JobKind::StripeSubscriptionEnded => "stripe.subscription_ended",
+            JobKind::StripeSubscriptionUpdated => "stripe.subscription_updated",
             JobKind::StripeRefund => "stripe.refund",
             JobKind::LemonSqueezyOrder => "lemonsqueezy.order",
             JobKind::LemonSqueezySubscription => "lemonsqueezy.subscription",
@@ -57,7 +60,7 @@ impl JobKind {
 
 /// The Stripe event types that change a deal: those [`stripe_job`] maps to a job, which are the
 /// ones reconciliation asks the events API for.
-pub const STRIPE_EVENT_TYPES: [&str; 9] = [
+pub const STRIPE_EVENT_TYPES: [&str; 10] = [
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
@@ -65,6 +68,7 @@ pub const STRIPE_EVENT_TYPES: [&str; 9] = [
     "invoice.paid",
     "invoice.payment_succeeded",
     "invoice.payment_failed",
+    "customer.subscription.updated",
     "customer.subscription.deleted",
     "charge.refunded",
 ];
@@ -77,6 +81,7 @@ fn stripe_job(event_type: &str) -> Option<JobKind> {
         | "checkout.session.async_payment_failed"
         | "payment_intent.succeeded" => Some(JobKind::StripePayment),
         "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => Some(JobKind::StripeInvoice),
+        "customer.subscription.updated" => Some(JobKind::StripeSubscriptionUpdated),
         "customer.subscription.deleted" => Some(JobKind::StripeSubscriptionEnded),
         "charge.refunded" => Some(JobKind::StripeRefund),
         _ => None,

@@ -120,3 +120,14 @@ pub async fn mark_applied(pool: &PgPool, received: &Received<'_>) -> Result<(), 
     let change = Change::PaymentApplied { provider: received.provider.to_owned(), payment_id: received.payment_id.to_owned() };
     projections::record_alone(pool, received.meta(), &change).await.map(drop)
 }
+
+/// Whether the deal has a payment made at or after `since`: what a snapshot of `since` saying
+/// the subscription is unpaid is already overtaken by.
+pub async fn paid_since(pool: &PgPool, account: &str, lead_id: i64, since: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE account = $1 AND lead_id = $2 AND paid_at >= $3)")
+        .bind(account)
+        .bind(lead_id)
+        .bind(since)
+        .fetch_one(pool)
+        .await
+}

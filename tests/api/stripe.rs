@@ -202,3 +202,12 @@ async fn concurrent_deliveries_are_each_answered_for_their_own_events() {
     assert_eq!(accepted, 20, "each of the 20 distinct events is accepted exactly once");
     assert_eq!((app.events().await, app.jobs().await), (20, 20));
 }
+
+#[test]
+fn the_readme_tells_users_every_stripe_event_to_select() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let stripe_row = readme.lines().find(|line| line.starts_with("| Stripe | `https://HOST/webhooks/stripe/")).expect("the README's Stripe webhook row");
+    for event in kommo_pay_core::jobs::STRIPE_EVENT_TYPES {
+        assert!(stripe_row.contains(&format!("`{event}`")), "the README's Stripe webhook row does not name {event}");
+    }
+}

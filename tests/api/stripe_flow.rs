@@ -524,6 +524,16 @@ pub(crate) fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -
     })
 }
 
+pub(crate) fn subscription_updated(event_id: &str, status: &str, created: i64) -> Value {
+    json!({
+        "id": event_id, "object": "event", "type": "customer.subscription.updated", "created": created, "livemode": false,
+        "data": { "object": {
+            "id": "sub_test_1", "object": "subscription", "status": status, "currency": "eur",
+            "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+        }, "previous_attributes": { "status": "active" } }
+    })
+}
+
 pub(crate) fn charge_refunded(event_id: &str, intent: &str, amount: i64, refunded: i64) -> Value {
     json!({
         "id": event_id, "object": "event", "type": "charge.refunded", "created": 1764190000, "livemode": false,
@@ -587,6 +597,32 @@ async fn each_subscription_invoice_is_paid_once_and_a_failed_one_makes_the_deal_
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
     assert_eq!(f.kommo.tasks().len(), 2);
+}
+
+#[tokio::test]
+async fn a_past_due_subscription_alone_makes_the_deal_overdue_and_a_stale_one_changes_nothing() {
+    let f = flow().await;
+    f.stripe_sends(invoice("evt_in1_paid", "invoice.paid", "in_1", 4990)).await;
+    f.drain_with_retries().await;
+    // A past_due snapshot older than that payment, and an active one: nothing unpaid.
+    f.stripe_sends(subscription_updated("evt_sub_stale", "past_due", 1764170000)).await;
+    f.stripe_sends(subscription_updated("evt_sub_active", "active", 1764185000)).await;
+    f.drain_with_retries().await;
+    let overdue = f.overdue();
+    let snapshot_at = chrono::DateTime::from_timestamp(1764190000, 0).unwrap();
+    assert_eq!(overdue.run_once(snapshot_at + chrono::Duration::days(30)).await.unwrap(), 0);
+
+    // The failed invoice's own event was lost; the subscription's snapshot says past_due.
+    f.stripe_sends(subscription_updated("evt_sub_past_due", "past_due", 1764190000)).await;
+    f.drain_with_retries().await;
+    assert_eq!(overdue.run_once(snapshot_at + chrono::Duration::days(2)).await.unwrap(), 0, "within the grace period");
+    assert_eq!(overdue.run_once(snapshot_at + chrono::Duration::days(3)).await.unwrap(), 1);
+    f.drain_with_retries().await;
+
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert!(tasks[0]["text"].as_str().unwrap().contains("Stripe subscription sub_test_1 (past_due)"), "{tasks:?}");
 }
 
 #[tokio::test]

@@ -37,6 +37,7 @@ fn describe(kind: &str) -> &str {
         "stripe.invoice" => "record the subscription invoice",
         "stripe.refund" => "record the refund",
         "stripe.subscription_ended" => "record the cancelled subscription",
+        "stripe.subscription_updated" => "record the unpaid subscription",
         other => other,
     }
 }

@@ -81,7 +81,8 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
     let handlers = on(handlers, JobKind::LemonSqueezyOrder, |c, j| Box::pin(lemonsqueezy_order::apply(c, j)));
     let handlers = on(handlers, JobKind::LemonSqueezySubscription, |c, j| Box::pin(lemonsqueezy_subscription::apply(c, j)));
     let handlers = on(handlers, JobKind::MarkOverdue, |c, j| Box::pin(overdue::mark(c, j)));
-    on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)))
+    let handlers = on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)));
+    on(handlers, JobKind::StripeSubscriptionUpdated, |c, j| Box::pin(stripe_payment::apply_subscription_updated(c, j)))
 }
 
 fn kommo_failed(error: KommoError) -> JobError {

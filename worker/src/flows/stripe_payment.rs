@@ -1,6 +1,6 @@
 //! Stripe's money events: `stripe.payment` (a one-time payment succeeded, or an asynchronous one
-//! failed), `stripe.invoice` (a subscription invoice was paid or failed), `stripe.refund` and
-//! `stripe.subscription_ended`.
+//! failed), `stripe.invoice` (a subscription invoice was paid or failed), `stripe.refund`,
+//! `stripe.subscription_updated` and `stripe.subscription_ended`.
 //!
 //! Stripe announces one payment several times (`checkout.session.completed`,
 //! `payment_intent.succeeded`), in any order, each possibly redelivered. The payment intent id
@@ -129,6 +129,31 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
     mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, "subscription.cancelled", &text).await
+}
+
+/// `stripe.subscription_updated`: a snapshot of a subscription. One saying it is not being paid
+/// (`past_due`, `unpaid`) opens a run of failures, in case the failed invoice's own event was
+/// lost; unless the deal was paid at or after the snapshot (a late delivery changes nothing).
+pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
+    let clients = context.clients(&job)?;
+    let event = causing_event(&context.pool, &job).await?;
+    let subscription = &event["data"]["object"];
+    let id = subscription["id"].as_str().unwrap_or("?");
+    let status = subscription["status"].as_str().unwrap_or_default();
+    if !matches!(status, "past_due" | "unpaid") {
+        tracing::info!(subscription = id, status, "subscription snapshot: nothing unpaid");
+        return Ok(());
+    }
+    let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
+    let at = event.get("created").and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0)).unwrap_or_else(Utc::now);
+    let account = &clients.account.slug;
+    if payments::paid_since(&context.pool, account, lead_id, at).await.map_err(db_failed)? {
+        tracing::info!(subscription = id, status, "the deal was paid after this snapshot; nothing to do");
+        return Ok(());
+    }
+    let what = format!("Stripe subscription {id} ({status})");
+    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: at, what: &what };
+    kommo_pay_core::dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed).map(drop)
 }
 
 /// `stripe.refund`: a charge was refunded, fully or partly. Stripe reports the running total.
