@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, on the release build: the figures the README shows.
 #
-#   benches/all.sh            (about five minutes after the release build)
+#   benches/all.sh            (about ten minutes after the release build)
 #
 # Runs benches/ingest.sh (10 s per step), benches/queue.sh (100,000 jobs) and benches/flow.sh
 # with their defaults; each prints its own table. Run it on an otherwise idle machine.
