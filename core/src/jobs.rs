@@ -107,6 +107,9 @@ pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -
             _ => return Vec::new(),
         },
         Source::Stripe => match stripe_job(&event.kind) {
+            // Snapshots of subscriptions that name no deal are not ours (a Stripe account has
+            // others), and change with every renewal: no job, or each would end as a dead letter.
+            Some(JobKind::StripeSubscriptionUpdated) if event.lead_id.is_none() => return Vec::new(),
             Some(kind) => (kind, json!({ "event_id": event.id })),
             None => return Vec::new(),
         },
@@ -208,6 +211,14 @@ mod tests {
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
         assert_eq!(jobs[0].max_attempts, 20);
         assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.order");
+    }
+
+    #[test]
+    fn only_subscription_snapshots_of_a_deal_imply_a_job() {
+        let mut e = event(Source::Stripe, "customer.subscription.updated");
+        assert_eq!(implied_by(&e, &account(), &JobPolicies::default())[0].kind, "stripe.subscription_updated");
+        e.lead_id = None;
+        assert!(implied_by(&e, &account(), &JobPolicies::default()).is_empty());
     }
 
     #[test]
