@@ -604,10 +604,13 @@ async fn a_past_due_subscription_alone_makes_the_deal_overdue_and_a_stale_one_ch
     let f = flow().await;
     f.stripe_sends(invoice("evt_in1_paid", "invoice.paid", "in_1", 4990)).await;
     f.drain_with_retries().await;
-    // A past_due snapshot older than that payment, and an active one: nothing unpaid.
+    // A past_due snapshot older than that payment, an active one, and a past_due one delivered
+    // after the active one though older than it: nothing unpaid.
     f.stripe_sends(subscription_updated("evt_sub_stale", "past_due", 1764170000)).await;
     f.stripe_sends(subscription_updated("evt_sub_active", "active", 1764185000)).await;
+    f.stripe_sends(subscription_updated("evt_sub_overtaken", "past_due", 1764183000)).await;
     f.drain_with_retries().await;
+    assert_eq!(f.app.db.count("SELECT count(*) FROM subscriptions WHERE provider = 'stripe' AND status = 'active'").await, 1);
     let overdue = f.overdue();
     let snapshot_at = chrono::DateTime::from_timestamp(1764190000, 0).unwrap();
     assert_eq!(overdue.run_once(snapshot_at + chrono::Duration::days(30)).await.unwrap(), 0);

@@ -15,6 +15,7 @@ use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::Value;
 
 use super::deal::{Deal, mark_and_tell, tell_manager};
@@ -131,29 +132,35 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
     mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, "subscription.cancelled", &text).await
 }
 
-/// `stripe.subscription_updated`: a snapshot of a subscription. One saying it is not being paid
-/// (`past_due`, `unpaid`) opens a run of failures, in case the failed invoice's own event was
-/// lost; unless the deal was paid at or after the snapshot (a late delivery changes nothing).
+/// `stripe.subscription_updated`: a snapshot of a subscription, stored like Lemon Squeezy's
+/// (`subscriptions::store`, newest wins). The newest saying it is not being paid (`past_due`,
+/// `unpaid`) opens a run of failures, in case the failed invoice's own event was lost; unless the
+/// deal was paid at or after the snapshot (a late delivery changes nothing).
 pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
-    let event = causing_event(&context.pool, &job).await?;
+    let pool = &context.pool;
+    let event = causing_event(pool, &job).await?;
     let subscription = &event["data"]["object"];
     let id = subscription["id"].as_str().unwrap_or("?");
-    let status = subscription["status"].as_str().unwrap_or_default();
-    if !matches!(status, "past_due" | "unpaid") {
-        tracing::info!(subscription = id, status, "subscription snapshot: nothing unpaid");
-        return Ok(());
-    }
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
-    let at = event.get("created").and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0)).unwrap_or_else(Utc::now);
     let account = &clients.account.slug;
-    if payments::paid_since(&context.pool, account, lead_id, at).await.map_err(db_failed)? {
-        tracing::info!(subscription = id, status, "the deal was paid after this snapshot; nothing to do");
+    let snapshot = Snapshot {
+        account,
+        provider: "stripe",
+        subscription_id: id,
+        lead_id,
+        status: subscription["status"].as_str().unwrap_or_default(),
+        updated_at: created_at(&event),
+    };
+    let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
+    let unpaid = matches!(snapshot.status, "past_due" | "unpaid");
+    if !(newest && unpaid) || payments::paid_since(pool, account, lead_id, snapshot.updated_at).await.map_err(db_failed)? {
+        tracing::info!(subscription = id, status = snapshot.status, newest, "subscription snapshot stored; nothing unpaid to act on");
         return Ok(());
     }
-    let what = format!("Stripe subscription {id} ({status})");
-    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: at, what: &what };
-    kommo_pay_core::dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed).map(drop)
+    let what = format!("Stripe subscription {id} ({})", snapshot.status);
+    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: snapshot.updated_at, what: &what };
+    kommo_pay_core::dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
 }
 
 /// `stripe.refund`: a charge was refunded, fully or partly. Stripe reports the running total.
@@ -193,8 +200,13 @@ fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str
     let minor = object.get(amount_key).and_then(Value::as_i64).ok_or_else(|| JobError::permanent(anyhow!("the payment has no {amount_key}")))?;
     let code = object.get("currency").and_then(Value::as_str).unwrap_or_default();
     let currency = Currency::parse(code).map_err(JobError::permanent)?;
-    let at = event.get("created").and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0)).unwrap_or_else(Utc::now);
+    let at = created_at(event);
     Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at })
+}
+
+/// When Stripe created the event: the time of the change it announces.
+fn created_at(event: &Value) -> DateTime<Utc> {
+    event.get("created").and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0)).unwrap_or_else(Utc::now)
 }
 
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
