@@ -125,11 +125,8 @@ async fn write(pool: &PgPool, waker: &Waker, batch: Vec<Pending>) {
         events.extend(pending.events);
         jobs.extend(pending.jobs);
     }
-    match event_log::append(pool, &events, &jobs).await {
+    match append_and_wake(pool, waker, &events, &jobs).await {
         Ok(appended) => {
-            if appended.jobs > 0 {
-                waker.wake();
-            }
             let new: HashSet<_> = appended.new_events.into_iter().collect();
             let mut own = events.iter();
             for (count, _, reply) in shares {
@@ -158,11 +155,17 @@ async fn write(pool: &PgPool, waker: &Waker, batch: Vec<Pending>) {
 }
 
 async fn append_one(pool: &PgPool, waker: &Waker, events: &[NewEvent], jobs: &[NewJob]) -> Result<Accepted, IngestError> {
-    let appended = event_log::append(pool, events, jobs).await.map_err(IngestError::from_database)?;
+    let appended = append_and_wake(pool, waker, events, jobs).await.map_err(IngestError::from_database)?;
+    Ok(Accepted { accepted: appended.new_events.len(), duplicates: appended.duplicates })
+}
+
+/// Appends, and once committed wakes the workers if there is work for them.
+async fn append_and_wake(pool: &PgPool, waker: &Waker, events: &[NewEvent], jobs: &[NewJob]) -> Result<event_log::Appended, sqlx::Error> {
+    let appended = event_log::append(pool, events, jobs).await?;
     if appended.jobs > 0 {
         waker.wake();
     }
-    Ok(Accepted { accepted: appended.new_events.len(), duplicates: appended.duplicates })
+    Ok(appended)
 }
 
 #[cfg(test)]
