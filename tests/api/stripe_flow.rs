@@ -606,10 +606,15 @@ async fn a_past_due_subscription_alone_makes_the_deal_overdue_and_a_stale_one_ch
     f.drain_with_retries().await;
     // A past_due snapshot older than that payment, an active one, and a past_due one delivered
     // after the active one though older than it: nothing unpaid.
-    f.stripe_sends(subscription_updated("evt_sub_stale", "past_due", 1764170000)).await;
-    f.stripe_sends(subscription_updated("evt_sub_active", "active", 1764185000)).await;
-    f.stripe_sends(subscription_updated("evt_sub_overtaken", "past_due", 1764183000)).await;
-    f.drain_with_retries().await;
+    // (Each handled before the next arrives: the worker runs a deal's jobs concurrently.)
+    for event in [
+        subscription_updated("evt_sub_stale", "past_due", 1764170000),
+        subscription_updated("evt_sub_active", "active", 1764185000),
+        subscription_updated("evt_sub_overtaken", "past_due", 1764183000),
+    ] {
+        f.stripe_sends(event).await;
+        f.drain_with_retries().await;
+    }
     assert_eq!(f.app.db.count("SELECT count(*) FROM subscriptions WHERE provider = 'stripe' AND status = 'active'").await, 1);
     let overdue = f.overdue();
     let snapshot_at = chrono::DateTime::from_timestamp(1764190000, 0).unwrap();
@@ -626,6 +631,19 @@ async fn a_past_due_subscription_alone_makes_the_deal_overdue_and_a_stale_one_ch
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
     assert!(tasks[0]["text"].as_str().unwrap().contains("Stripe subscription sub_test_1 (past_due)"), "{tasks:?}");
+}
+
+#[tokio::test]
+async fn a_subscription_snapshot_without_a_status_is_refused_and_changes_nothing() {
+    let f = flow().await;
+    let mut event = subscription_updated("evt_sub_no_status", "past_due", 1764190000);
+    event["data"]["object"].as_object_mut().unwrap().remove("status");
+    f.stripe_sends(event).await;
+    f.drain().await;
+
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'dead' AND errors::text LIKE '%has no status%'").await, 1);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM subscriptions").await, 0);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM dunning").await, 0);
 }
 
 #[tokio::test]

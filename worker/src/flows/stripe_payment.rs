@@ -134,7 +134,7 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
 
 /// `stripe.subscription_updated`: a snapshot of a subscription, stored like Lemon Squeezy's
 /// (`subscriptions::store`, newest wins). The newest saying it is not being paid (`past_due`,
-/// `unpaid`) opens a run of failures, in case the failed invoice's own event was lost; unless the
+/// `unpaid`) opens a run of failures, in case the failed invoice's own event was lost, unless the
 /// deal was paid at or after the snapshot (a late delivery changes nothing).
 pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
@@ -149,7 +149,7 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
         provider: "stripe",
         subscription_id: id,
         lead_id,
-        status: subscription["status"].as_str().unwrap_or_default(),
+        status: subscription["status"].as_str().ok_or_else(|| JobError::permanent(anyhow!("subscription {id}'s snapshot has no status")))?,
         updated_at: created_at(&event),
     };
     let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
