@@ -66,7 +66,9 @@ async fn main() {
     for n in 0..deals {
         tokio::time::sleep_until((start + interval * n as u32).into()).await;
         let lead = first_lead + n;
-        let body = format!("account%5Bid%5D=1&leads%5Bstatus%5D%5B0%5D%5Bid%5D={lead}&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D={STAGE}&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D={PIPELINE}");
+        let body = format!(
+            "account%5Bid%5D=1&leads%5Bstatus%5D%5B0%5D%5Bid%5D={lead}&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D={STAGE}&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D={PIPELINE}"
+        );
         sent.insert(lead, Instant::now());
         let status = client.post(&webhook).body(body).send().await.unwrap().status();
         assert_eq!(status, 200);

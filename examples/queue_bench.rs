@@ -47,9 +47,8 @@ async fn main() {
     sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
 
     let started = Instant::now();
-    let mut workers: Vec<Child> = (0..processes)
-        .map(|_| Command::new(std::env::current_exe().unwrap()).args([url.as_str(), "work"]).spawn().expect("worker process"))
-        .collect();
+    let mut workers: Vec<Child> =
+        (0..processes).map(|_| Command::new(std::env::current_exe().unwrap()).args([url.as_str(), "work"]).spawn().expect("worker process")).collect();
     while remaining(&pool).await > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

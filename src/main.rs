@@ -69,7 +69,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Events { .. } | Command::Dead { .. } | Command::Queue | Command::History { .. } | Command::Projections { .. } | Command::Kommo { command: KommoCommand::Unblock { .. } }
+        Command::Events { .. }
+            | Command::Dead { .. }
+            | Command::Queue
+            | Command::History { .. }
+            | Command::Projections { .. }
+            | Command::Kommo { command: KommoCommand::Unblock { .. } }
     ) {
         let operator = ops::operator(cli.operator);
         return ops::run(cli.command, &pool, &config, cli.json, &operator).await;

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kommo_pay_core::config::Config;
 use kommo_pay_core::ops::dead_letters::{self, DeadFilter, Selection};
 use kommo_pay_core::ops::events::{self, EventFilter};
-use kommo_pay_core::ops::{OpsError, Operator, Page, history, queue_stats};
+use kommo_pay_core::ops::{Operator, OpsError, Page, history, queue_stats};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -35,7 +35,8 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
     match command {
         Command::Events { command } => match command {
             EventsCommand::List(a) => {
-                let filter = EventFilter { account: a.account, lead: a.lead, source: a.source, kind: a.kind, from: a.from, to: a.to, cursor: a.cursor, limit: a.limit };
+                let filter =
+                    EventFilter { account: a.account, lead: a.lead, source: a.source, kind: a.kind, from: a.from, to: a.to, cursor: a.cursor, limit: a.limit };
                 let page = events::list(pool, &filter).await?;
                 print_page(json, &page, &["seq", "received", "account", "source", "kind", "lead", "id"], |e| {
                     vec![e.seq.to_string(), e.received_at.to_rfc3339(), e.account.clone(), e.source.clone(), e.kind.clone(), opt(e.lead_id), e.id.to_string()]
@@ -47,12 +48,31 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                     return print_json(&detail);
                 }
                 let e = &detail.event;
-                println!("event {} (#{})\n  {} {} for account {}, lead {}\n  received {}\n  dedup key {}", e.id, e.seq, e.source, e.kind, e.account, opt(e.lead_id), e.received_at.to_rfc3339(), e.dedup_key);
+                println!(
+                    "event {} (#{})\n  {} {} for account {}, lead {}\n  received {}\n  dedup key {}",
+                    e.id,
+                    e.seq,
+                    e.source,
+                    e.kind,
+                    e.account,
+                    opt(e.lead_id),
+                    e.received_at.to_rfc3339(),
+                    e.dedup_key
+                );
                 println!("payload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
                 println!("jobs:");
-                print_table(&["id", "kind", "state", "attempt", "last error"], detail.jobs.iter().map(|j| {
-                    vec![j.id.to_string(), j.kind.clone(), j.state.clone(), format!("{}/{}", j.attempt, j.max_attempts), j.last_error.clone().unwrap_or_default()]
-                }));
+                print_table(
+                    &["id", "kind", "state", "attempt", "last error"],
+                    detail.jobs.iter().map(|j| {
+                        vec![
+                            j.id.to_string(),
+                            j.kind.clone(),
+                            j.state.clone(),
+                            format!("{}/{}", j.attempt, j.max_attempts),
+                            j.last_error.clone().unwrap_or_default(),
+                        ]
+                    }),
+                );
                 Ok(())
             }
             EventsCommand::Replay { id, reason } => {
@@ -69,7 +89,15 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 let filter = DeadFilter { cursor, limit, ..dead_filter(filter) };
                 let page = dead_letters::list(pool, &filter).await?;
                 print_page(json, &page, &["id", "kind", "account", "lead", "attempts", "died", "last error"], |j| {
-                    vec![j.id.to_string(), j.kind.clone(), j.account.clone(), opt(j.lead_id), format!("{}/{}", j.attempt, j.max_attempts), j.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default(), j.last_error.clone().unwrap_or_default()]
+                    vec![
+                        j.id.to_string(),
+                        j.kind.clone(),
+                        j.account.clone(),
+                        opt(j.lead_id),
+                        format!("{}/{}", j.attempt, j.max_attempts),
+                        j.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        j.last_error.clone().unwrap_or_default(),
+                    ]
                 })
             }
             DeadCommand::Counts { filter } => {
@@ -86,7 +114,16 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                     return print_json(&job);
                 }
                 let j = &job.job;
-                println!("job {} {} — {} (attempt {}/{}) for account {}, lead {}", j.id, j.kind, j.state, j.attempt, j.max_attempts, job.account, opt(job.lead_id));
+                println!(
+                    "job {} {} — {} (attempt {}/{}) for account {}, lead {}",
+                    j.id,
+                    j.kind,
+                    j.state,
+                    j.attempt,
+                    j.max_attempts,
+                    job.account,
+                    opt(job.lead_id)
+                );
                 if let Some(of) = j.replay_of {
                     println!("replays dead job {of}");
                 }
@@ -99,10 +136,13 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                 }
                 println!("attempts:");
                 let errors = job.errors.as_array().cloned().unwrap_or_default();
-                print_table(&["attempt", "at", "error"], errors.iter().map(|e| {
-                    let field = |k: &str| e.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
-                    vec![field("attempt"), field("at"), field("error")]
-                }));
+                print_table(
+                    &["attempt", "at", "error"],
+                    errors.iter().map(|e| {
+                        let field = |k: &str| e.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
+                        vec![field("attempt"), field("at"), field("error")]
+                    }),
+                );
                 Ok(())
             }
             DeadCommand::Replay(act) => bulk(pool, act, json, operator, Bulk::Replay).await,
@@ -121,10 +161,21 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
             print_table(&["account", "state", "count"], stats.by_account.iter().map(|c| vec![c.key.clone(), c.state.clone(), c.count.to_string()]));
             println!("oldest runnable job has waited {:.1} s", stats.oldest_runnable_age_secs);
             println!("running:");
-            print_table(&["id", "kind", "account", "attempt", "worker", "since", "heartbeat"], stats.running.iter().map(|r| {
-                let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
-                vec![r.id.to_string(), r.kind.clone(), r.account.clone(), r.attempt.to_string(), r.locked_by.clone().unwrap_or_default(), time(r.locked_at), time(r.heartbeat_at)]
-            }));
+            print_table(
+                &["id", "kind", "account", "attempt", "worker", "since", "heartbeat"],
+                stats.running.iter().map(|r| {
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+                    vec![
+                        r.id.to_string(),
+                        r.kind.clone(),
+                        r.account.clone(),
+                        r.attempt.to_string(),
+                        r.locked_by.clone().unwrap_or_default(),
+                        time(r.locked_at),
+                        time(r.heartbeat_at),
+                    ]
+                }),
+            );
             Ok(())
         }
         Command::History { account, lead, format } => {
@@ -140,9 +191,19 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                     Ok(())
                 }
                 _ => {
-                    print_table(&["#", "at", "source", "what", "amount", "status"], entries.iter().map(|e| {
-                        vec![e.seq.to_string(), e.at.format("%Y-%m-%d %H:%M:%S").to_string(), e.source.clone(), e.what.clone(), e.amount.clone().unwrap_or_default(), e.status.clone().unwrap_or_default()]
-                    }));
+                    print_table(
+                        &["#", "at", "source", "what", "amount", "status"],
+                        entries.iter().map(|e| {
+                            vec![
+                                e.seq.to_string(),
+                                e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                                e.source.clone(),
+                                e.what.clone(),
+                                e.amount.clone().unwrap_or_default(),
+                                e.status.clone().unwrap_or_default(),
+                            ]
+                        }),
+                    );
                     Ok(())
                 }
             }

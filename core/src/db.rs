@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 
 use crate::config::DatabaseConfig;
 
@@ -16,18 +16,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// A pool for `config`. Waits for the database for up to about half a minute at start-up (a
 /// service started together with its database should not crash-loop), then gives up.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = config
-        .url
-        .expose_secret()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the database URL is not valid: {e}"))?;
+    let options: PgConnectOptions = config.url.expose_secret().parse().map_err(|e| anyhow::anyhow!("the database URL is not valid: {e}"))?;
     let options = options.application_name("kommo-pay");
     // No ping before each use: it costs a round trip per request, and a connection that died
     // fails its statement, which is answered 503 (the provider retries) and drops the connection.
-    let pool_options = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .test_before_acquire(false);
+    let pool_options = PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout).test_before_acquire(false);
     let connect = || pool_options.clone().connect_with(options.clone());
     let pool = connect
         .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(8))
@@ -45,13 +38,12 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// True when every migration this binary knows has been applied successfully, and no unknown
 /// (newer) one has: the schema is the one the code expects.
 pub async fn schema_is_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let applied: Vec<(i64, bool)> =
-        match sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version").fetch_all(pool).await {
-            Ok(rows) => rows,
-            // No migrations table: nothing was ever applied.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
-            Err(e) => return Err(e),
-        };
+    let applied: Vec<(i64, bool)> = match sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version").fetch_all(pool).await {
+        Ok(rows) => rows,
+        // No migrations table: nothing was ever applied.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let known: Vec<i64> = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
     Ok(applied.iter().all(|(_, ok)| *ok) && applied.iter().map(|(v, _)| *v).eq(known.iter().copied()))
 }

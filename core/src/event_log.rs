@@ -50,16 +50,7 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<i64>, payload: Box<RawValue>) -> Self {
-        NewEvent {
-            id: Uuid::now_v7(),
-            account: account.to_owned(),
-            source,
-            kind,
-            dedup_key,
-            lead_id,
-            payload,
-            headers: Value::Object(Default::default()),
-        }
+        NewEvent { id: Uuid::now_v7(), account: account.to_owned(), source, kind, dedup_key, lead_id, payload, headers: Value::Object(Default::default()) }
     }
 }
 

@@ -55,7 +55,6 @@ impl JobKind {
             JobKind::LemonSqueezySubscription => "lemonsqueezy.subscription",
         }
     }
-
 }
 
 /// The Stripe event types that change a deal: those [`stripe_job`] maps to a job, which are the
@@ -76,10 +75,9 @@ pub const STRIPE_EVENT_TYPES: [&str; 10] = [
 /// The job a Stripe event type implies, for the types that change a deal (reference/stripe.md §2).
 fn stripe_job(event_type: &str) -> Option<JobKind> {
     match event_type {
-        "checkout.session.completed"
-        | "checkout.session.async_payment_succeeded"
-        | "checkout.session.async_payment_failed"
-        | "payment_intent.succeeded" => Some(JobKind::StripePayment),
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" | "checkout.session.async_payment_failed" | "payment_intent.succeeded" => {
+            Some(JobKind::StripePayment)
+        }
         "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => Some(JobKind::StripeInvoice),
         "customer.subscription.updated" => Some(JobKind::StripeSubscriptionUpdated),
         "customer.subscription.deleted" => Some(JobKind::StripeSubscriptionEnded),

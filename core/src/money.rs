@@ -27,10 +27,7 @@ impl Currency {
     /// Parses a currency code, in any letter case.
     pub fn parse(code: &str) -> Result<Currency, MoneyError> {
         let upper = code.trim().to_ascii_uppercase();
-        iso_currency::Currency::from_code(&upper)
-            .filter(|c| c.exponent().is_some())
-            .map(Currency)
-            .ok_or_else(|| MoneyError::UnknownCurrency(code.to_owned()))
+        iso_currency::Currency::from_code(&upper).filter(|c| c.exponent().is_some()).map(Currency).ok_or_else(|| MoneyError::UnknownCurrency(code.to_owned()))
     }
 
     /// `USD`.
@@ -81,11 +78,8 @@ impl Money {
         }
         let scale = 10i64.pow(exponent);
         let whole: i64 = whole.parse().map_err(|_| MoneyError::TooLarge)?;
-        let fraction: i64 = if significant.is_empty() {
-            0
-        } else {
-            format!("{significant:0<width$}", width = exponent as usize).parse().map_err(|_| MoneyError::TooLarge)?
-        };
+        let fraction: i64 =
+            if significant.is_empty() { 0 } else { format!("{significant:0<width$}", width = exponent as usize).parse().map_err(|_| MoneyError::TooLarge)? };
         let minor = whole.checked_mul(scale).and_then(|m| m.checked_add(fraction)).ok_or(MoneyError::TooLarge)?;
         Ok(Money { minor, currency })
     }
@@ -160,7 +154,15 @@ mod tests {
 
     #[test]
     fn major_amounts_become_minor_units() {
-        let cases = [("2000", "USD", 200000), ("2000.5", "USD", 200050), ("19.99", "EUR", 1999), ("1500", "JPY", 1500), ("1.234", "KWD", 1234), ("10.10", "USD", 1010), ("3.00", "JPY", 3)];
+        let cases = [
+            ("2000", "USD", 200000),
+            ("2000.5", "USD", 200050),
+            ("19.99", "EUR", 1999),
+            ("1500", "JPY", 1500),
+            ("1.234", "KWD", 1234),
+            ("10.10", "USD", 1010),
+            ("3.00", "JPY", 3),
+        ];
         for (amount, code, minor) in cases {
             assert_eq!(money(amount, code).unwrap().minor(), minor, "{amount} {code}");
         }

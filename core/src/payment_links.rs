@@ -41,7 +41,13 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
 
 /// The unpaid links of `provider` for exactly `amount`, issued before `paid_at`: the deals an
 /// order that carries no deal id may have paid for (reconciliation's fallback).
-pub async fn unpaid_matching(pool: &PgPool, account: &str, provider: &str, amount: Money, paid_at: chrono::DateTime<chrono::Utc>) -> Result<Vec<PaymentLink>, sqlx::Error> {
+pub async fn unpaid_matching(
+    pool: &PgPool,
+    account: &str,
+    provider: &str,
+    amount: Money,
+    paid_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<PaymentLink>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM payment_links WHERE account = $1 AND provider = $2 AND status = 'active'
            AND amount_minor = $3 AND currency = $4 AND issued_at <= $5",
@@ -92,13 +98,11 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
 /// The deal's Stripe links that a newer link replaced and that may still be payable. (Lemon
 /// Squeezy checkouts cannot be deactivated: they stay `replaced` until their `expires_at`.)
 pub async fn replaced(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT link_id FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'replaced'",
-    )
-    .bind(account)
-    .bind(lead_id)
-    .fetch_all(pool)
-    .await
+    sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'replaced'")
+        .bind(account)
+        .bind(lead_id)
+        .fetch_all(pool)
+        .await
 }
 
 /// Moves a Stripe link of the deal to `status` (`paid`, `deactivated`); call it once Stripe has
@@ -131,11 +135,7 @@ pub async fn mark_salesbot_run(pool: &PgPool, account: &str, link: &PaymentLink,
 
 /// The link with id `link_id`, whichever provider issued it.
 pub async fn by_id(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND link_id = $2")
-        .bind(account)
-        .bind(link_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND link_id = $2").bind(account).bind(link_id).fetch_optional(pool).await
 }
 
 /// Who issues a deal's payment link now.
@@ -151,14 +151,13 @@ pub enum Issuing {
 /// Takes the deal's issuing lease for `job_id`.
 pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<Issuing, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let fresh: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id",
-    )
-    .bind(account)
-    .bind(lead_id)
-    .bind(job_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let fresh: Option<i64> =
+        sqlx::query_scalar("INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id")
+            .bind(account)
+            .bind(lead_id)
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let issuing = if fresh.is_some() {
         Issuing::Yours { resumed: false }
     } else {

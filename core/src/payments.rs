@@ -65,13 +65,12 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
     .bind(received.job_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let applied: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3")
-            .bind(received.account)
-            .bind(received.provider)
-            .bind(received.payment_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let applied: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3")
+        .bind(received.account)
+        .bind(received.provider)
+        .bind(received.payment_id)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(match (leased, applied) {
         (Some(earlier), _) => Application::Yours { resumed: earlier.is_some() },
@@ -92,12 +91,14 @@ pub struct Settled {
 }
 
 pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
-    sqlx::query_as("SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3")
-        .bind(account)
-        .bind(provider)
-        .bind(payment_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(payment_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Records a refund of payment `payment_id` (the running total Stripe reports): creates the

@@ -18,27 +18,80 @@ use uuid::Uuid;
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
     /// A new link becomes the deal's active one; the active one before it is replaced.
-    LinkIssued { provider: String, link_id: String, trigger: String, url: String, amount_minor: i64, currency: String },
+    LinkIssued {
+        provider: String,
+        link_id: String,
+        trigger: String,
+        url: String,
+        amount_minor: i64,
+        currency: String,
+    },
     /// `paid` or `deactivated`.
-    LinkStatus { provider: String, link_id: String, status: String },
-    LinkNoteAdded { provider: String, link_id: String },
-    LinkSalesbotRun { provider: String, link_id: String },
+    LinkStatus {
+        provider: String,
+        link_id: String,
+        status: String,
+    },
+    LinkNoteAdded {
+        provider: String,
+        link_id: String,
+    },
+    LinkSalesbotRun {
+        provider: String,
+        link_id: String,
+    },
     /// A payment announced by the provider (once per payment id).
-    PaymentReceived { provider: String, payment_id: String, link_id: Option<String>, amount_minor: i64, currency: String, paid_at: DateTime<Utc> },
+    PaymentReceived {
+        provider: String,
+        payment_id: String,
+        link_id: Option<String>,
+        amount_minor: i64,
+        currency: String,
+        paid_at: DateTime<Utc>,
+    },
     /// The deal was updated for the payment.
-    PaymentApplied { provider: String, payment_id: String },
+    PaymentApplied {
+        provider: String,
+        payment_id: String,
+    },
     /// The provider's running total of refunds of a payment; it never goes down.
-    RefundRecorded { provider: String, payment_id: String, amount_minor: i64, currency: String, paid_at: DateTime<Utc>, refunded_minor: i64 },
+    RefundRecorded {
+        provider: String,
+        payment_id: String,
+        amount_minor: i64,
+        currency: String,
+        paid_at: DateTime<Utc>,
+        refunded_minor: i64,
+    },
     /// A subscription snapshot; applied only when not older than the stored one.
-    SubscriptionSnapshot { provider: String, subscription_id: String, status: String, updated_at: DateTime<Utc> },
+    SubscriptionSnapshot {
+        provider: String,
+        subscription_id: String,
+        status: String,
+        updated_at: DateTime<Utc>,
+    },
     /// A charge failed: a run of failures opens unless one is open.
-    FailureRunOpened { provider: String, subscription_id: String, run_id: Uuid, failed_at: DateTime<Utc>, what: String },
+    FailureRunOpened {
+        provider: String,
+        subscription_id: String,
+        run_id: Uuid,
+        failed_at: DateTime<Utc>,
+        what: String,
+    },
     /// The run outlasted the grace period. (`what` failed, for the log's reader.)
-    FailureRunOverdue { run_id: Uuid, what: String },
+    FailureRunOverdue {
+        run_id: Uuid,
+        what: String,
+    },
     /// A payment made at `paid_at` ends the deal's runs that began before it.
-    FailureRunsCleared { paid_at: DateTime<Utc> },
+    FailureRunsCleared {
+        paid_at: DateTime<Utc>,
+    },
     /// The deal created for a self-serve order.
-    SelfServeDealCreated { provider: String, order_id: String },
+    SelfServeDealCreated {
+        provider: String,
+        order_id: String,
+    },
 }
 
 impl Change {
@@ -110,11 +163,7 @@ pub struct Recorded {
 /// fact is appended after the change is applied, so the log's order of a deal's facts is the
 /// order their changes took effect: what a rebuild replays.
 pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))")
-        .bind(meta.account)
-        .bind(meta.lead_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(meta.account).bind(meta.lead_id).execute(&mut *conn).await?;
     let changed = apply(conn, meta, change).await?;
     let mut payload = serde_json::to_value(change).expect("a change serialises");
     payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");

@@ -203,10 +203,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
 
 /// Keeps `owner`'s running jobs from being rescued. One statement per process per interval.
 pub async fn heartbeat(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
-    let beat = sqlx::query("UPDATE jobs SET heartbeat_at = now() WHERE locked_by = $1 AND state = 'running'")
-        .bind(owner)
-        .execute(pool)
-        .await?;
+    let beat = sqlx::query("UPDATE jobs SET heartbeat_at = now() WHERE locked_by = $1 AND state = 'running'").bind(owner).execute(pool).await?;
     Ok(beat.rows_affected())
 }
 

@@ -62,8 +62,7 @@ impl RateLimiter {
             return Ok(Slot::TooFar(wait));
         }
         if !wait.is_zero() {
-            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider, "account" => self.account.clone())
-                .record(wait.as_secs_f64());
+            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider, "account" => self.account.clone()).record(wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
         Ok(Slot::Go)

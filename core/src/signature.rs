@@ -35,8 +35,7 @@ impl SignatureError {
 /// Each comparison runs in constant time (`verify_slice`).
 pub fn any_matches(secrets: &[SecretString], message: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
     secrets.iter().any(|secret| {
-        let mut mac =
-            HmacSha256::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+        let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
         for part in message {
             mac.update(part);
         }

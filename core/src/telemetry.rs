@@ -40,11 +40,7 @@ impl Tracing {
 pub fn init(log: &LogSection) -> Tracing {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.is_empty()).and_then(|_| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|error| eprintln!("OpenTelemetry is off: {error}"))
-            .ok()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(|error| eprintln!("OpenTelemetry is off: {error}")).ok()?;
         let resource = opentelemetry_sdk::Resource::builder().with_service_name("kommo-pay").build();
         Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
     });
@@ -85,9 +81,7 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
 /// share it).
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().expect("no other metrics recorder is installed"))
-        .clone()
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("no other metrics recorder is installed")).clone()
 }
 
 /// The metrics in Prometheus text, the queue's gauges read from the database first:

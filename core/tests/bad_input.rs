@@ -21,9 +21,8 @@ fn formish() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..300),
         "[a-z0-9_\\[\\]=&%+.-]{0,300}".prop_map(String::into_bytes),
-        proptest::collection::vec(("[a-z]{1,6}(\\[[a-z0-9]{0,4}\\]){0,12}", "[a-zA-Z0-9 %]{0,12}"), 0..12).prop_map(|pairs| {
-            pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&").into_bytes()
-        }),
+        proptest::collection::vec(("[a-z]{1,6}(\\[[a-z0-9]{0,4}\\]){0,12}", "[a-zA-Z0-9 %]{0,12}"), 0..12)
+            .prop_map(|pairs| { pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&").into_bytes() }),
     ]
 }
 

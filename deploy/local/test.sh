@@ -2,6 +2,9 @@
 # Quick start: runs the whole test suite against a real PostgreSQL. Starts the project's
 # private cluster (deploy/local/postgres.sh) unless DATABASE_URL is set; each test creates and
 # drops its own database on that server. Extra arguments go to the test runner.
+#
+# Style is part of the suite: unformatted code (rustfmt.toml) or any clippy warning fails it
+# before a test runs, so main never drifts from either.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/../.."
@@ -9,6 +12,9 @@ cd "$here/../.."
 if [ -z "${DATABASE_URL:-}" ]; then
   eval "export $("$here/postgres.sh" start)"
 fi
+cargo fmt --all --check || { echo "test.sh: code is not formatted; run cargo fmt --all" >&2; exit 1; }
+cargo clippy --workspace --all-targets --quiet -- -D warnings || { echo "test.sh: clippy has warnings (above)" >&2; exit 1; }
+
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -70,9 +70,7 @@ pub struct Application {
 impl Application {
     /// Binds `config.server.listen` (port 0 picks a free port) and builds the router over `pool`.
     pub async fn build(config: &Config, pool: PgPool) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let waker = queue::Waker::spawn(pool.clone(), WAKE_INTERVAL);
         let state = AppState {
             appender: appender::Appender::spawn(pool.clone(), waker, config.database.ingest_concurrent_appends),

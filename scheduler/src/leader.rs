@@ -35,29 +35,27 @@ impl Leadership {
         let task = tokio::spawn(async move {
             loop {
                 match PgConnection::connect_with(&options).await {
-                    Ok(mut connection) => {
-                        loop {
-                            let check = if *tx.borrow() {
-                                sqlx::query("SELECT 1").execute(&mut connection).await.map(|_| true)
-                            } else {
-                                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut connection).await
-                            };
-                            match check {
-                                Ok(lead) => {
-                                    if lead != *tx.borrow() {
-                                        tracing::info!(leading = lead, "scheduler leadership changed");
-                                        metrics::gauge!("kommo_pay_scheduler_leader").set(if lead { 1.0 } else { 0.0 });
-                                    }
-                                    tx.send_replace(lead);
+                    Ok(mut connection) => loop {
+                        let check = if *tx.borrow() {
+                            sqlx::query("SELECT 1").execute(&mut connection).await.map(|_| true)
+                        } else {
+                            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut connection).await
+                        };
+                        match check {
+                            Ok(lead) => {
+                                if lead != *tx.borrow() {
+                                    tracing::info!(leading = lead, "scheduler leadership changed");
+                                    metrics::gauge!("kommo_pay_scheduler_leader").set(if lead { 1.0 } else { 0.0 });
                                 }
-                                Err(error) => {
-                                    tracing::warn!(%error, "lost the leadership connection; following until it is back");
-                                    break;
-                                }
+                                tx.send_replace(lead);
                             }
-                            tokio::time::sleep(check_every).await;
+                            Err(error) => {
+                                tracing::warn!(%error, "lost the leadership connection; following until it is back");
+                                break;
+                            }
                         }
-                    }
+                        tokio::time::sleep(check_every).await;
+                    },
                     Err(error) => tracing::warn!(%error, "cannot open the leadership connection"),
                 }
                 tx.send_replace(false);

@@ -49,7 +49,14 @@ impl Reminders {
                     }
                     let payload = json!({ "link_id": link_id, "url": url, "amount_minor": amount_minor, "currency": currency, "reminder": number });
                     let raw = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
-                    let event = NewEvent::new(&account.slug, Source::Internal, "payment_link.reminder_due".into(), format!("reminder:{link_id}:{number}"), Some(lead_id), raw);
+                    let event = NewEvent::new(
+                        &account.slug,
+                        Source::Internal,
+                        "payment_link.reminder_due".into(),
+                        format!("reminder:{link_id}:{number}"),
+                        Some(lead_id),
+                        raw,
+                    );
                     jobs.push(NewJob {
                         kind: JobKind::RemindManager.as_str().into(),
                         args: json!({ "link_id": link_id, "reminder": number }),

@@ -22,13 +22,7 @@ fn kommo_pay() -> Command {
 async fn serve_accepts_a_signed_webhook_rejects_a_tampered_one_and_stops_on_sigterm() {
     let db = TestDb::new().await;
     let config = write_config(&format!("{}\n[log]\nformat = \"json\"\n", test_config_text("")));
-    let mut child = kommo_pay()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .envs(test_env(&db.url))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kommo-pay starts");
+    let mut child = kommo_pay().args(["serve", "--config"]).arg(&config).envs(test_env(&db.url)).stderr(Stdio::piped()).spawn().expect("kommo-pay starts");
 
     // The server logs the address it bound (port 0 = any free port).
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -101,8 +95,7 @@ fn config_check_passes_a_valid_file() {
 
 #[test]
 fn the_committed_config_schema_is_the_generated_one() {
-    let committed: serde_json::Value =
-        serde_json::from_str(include_str!("../../schemas/config.schema.json")).expect("schemas/config.schema.json is JSON");
+    let committed: serde_json::Value = serde_json::from_str(include_str!("../../schemas/config.schema.json")).expect("schemas/config.schema.json is JSON");
     assert!(
         committed == kommo_pay_core::config::json_schema(),
         "schemas/config.schema.json is stale: run `cargo run -- config schema > schemas/config.schema.json`"
@@ -118,12 +111,9 @@ fn the_example_config_is_valid_with_its_example_env() {
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     env.remove("DATABASE_URL");
-    let config = kommo_pay_core::config::Config::parse(
-        include_str!("../../deploy/local/kommo-pay.toml"),
-        "deploy/local/kommo-pay.toml",
-        &|name| env.get(name).cloned(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        kommo_pay_core::config::Config::parse(include_str!("../../deploy/local/kommo-pay.toml"), "deploy/local/kommo-pay.toml", &|name| env.get(name).cloned())
+            .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.accounts.len(), 1);
 }
 

@@ -66,7 +66,10 @@ fn the_kubernetes_manifests_keep_their_invariants() {
     }
 
     let ingest = &find(&all, "Deployment", "kommo-pay-ingest")["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!((ingest["livenessProbe"]["httpGet"]["path"].as_str(), ingest["readinessProbe"]["httpGet"]["path"].as_str()), (Some("/healthz"), Some("/readyz")));
+    assert_eq!(
+        (ingest["livenessProbe"]["httpGet"]["path"].as_str(), ingest["readinessProbe"]["httpGet"]["path"].as_str()),
+        (Some("/healthz"), Some("/readyz"))
+    );
     for role in ["worker", "scheduler"] {
         let container = &find(&all, "Deployment", &format!("kommo-pay-{role}"))["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz", "{role} is probed on its metrics listener");
@@ -74,7 +77,10 @@ fn the_kubernetes_manifests_keep_their_invariants() {
     assert_eq!(find(&all, "Deployment", "kommo-pay-scheduler")["spec"]["replicas"], 2, "a leader and a stand-by");
     assert_eq!(find(&all, "Job", "kommo-pay-migrate")["spec"]["template"]["spec"]["containers"][0]["args"][0], "migrate");
     let hpa = find(&all, "HorizontalPodAutoscaler", "kommo-pay-ingest");
-    assert_eq!((hpa["spec"]["scaleTargetRef"]["kind"].as_str(), hpa["spec"]["scaleTargetRef"]["name"].as_str()), (Some("Deployment"), Some("kommo-pay-ingest")));
+    assert_eq!(
+        (hpa["spec"]["scaleTargetRef"]["kind"].as_str(), hpa["spec"]["scaleTargetRef"]["name"].as_str()),
+        (Some("Deployment"), Some("kommo-pay-ingest"))
+    );
     let service = find(&all, "Service", "kommo-pay-ingest");
     assert_eq!(service["spec"]["selector"]["app.kubernetes.io/component"], "ingest");
 
@@ -94,8 +100,8 @@ fn the_configmaps_configuration_is_valid_with_the_example_secrets_variables() {
     let all = manifests();
     let text = find(&all, "ConfigMap", "kommo-pay")["data"]["kommo-pay.toml"].as_str().unwrap().to_owned();
     let secret: HashMap<String, String> = serde_json::from_value(find(&all, "Secret", "kommo-pay")["stringData"].clone()).unwrap();
-    let config = kommo_pay_core::config::Config::parse(&text, "deploy/kubernetes/configmap.yaml", &|name| secret.get(name).cloned())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        kommo_pay_core::config::Config::parse(&text, "deploy/kubernetes/configmap.yaml", &|name| secret.get(name).cloned()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.server.listen.port(), 8080, "the http port the manifests declare");
     assert_eq!(config.metrics.listen.map(|a| a.port()), Some(9090), "the metrics port the manifests declare");
     assert!(!config.database.migrate_on_start, "the migration Job migrates, not every pod at once");

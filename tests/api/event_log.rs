@@ -5,19 +5,18 @@ use serde_json::json;
 use crate::helpers::*;
 
 fn event(dedup_key: &str) -> NewEvent {
-    NewEvent::new(ACCOUNT, Source::Internal, "test.fact".into(), dedup_key.into(), Some(1), serde_json::value::to_raw_value(&json!({ "n": dedup_key })).unwrap())
+    NewEvent::new(
+        ACCOUNT,
+        Source::Internal,
+        "test.fact".into(),
+        dedup_key.into(),
+        Some(1),
+        serde_json::value::to_raw_value(&json!({ "n": dedup_key })).unwrap(),
+    )
 }
 
 fn job_for(event: &NewEvent) -> NewJob {
-    NewJob {
-        kind: "test.job".into(),
-        args: json!({}),
-        account: ACCOUNT.into(),
-        lead_id: event.lead_id,
-        event_id: event.id,
-        max_attempts: 3,
-        unique_key: None,
-    }
+    NewJob { kind: "test.job".into(), args: json!({}), account: ACCOUNT.into(), lead_id: event.lead_id, event_id: event.id, max_attempts: 3, unique_key: None }
 }
 
 #[tokio::test]
@@ -41,13 +40,8 @@ async fn a_duplicate_event_brings_no_jobs_and_a_batch_collapses_its_own_repeats(
     let again = event("k1");
     let fresh = event("k2");
     let repeated = event("k2");
-    let appended = event_log::append(
-        &db.pool,
-        &[again.clone(), fresh.clone(), repeated.clone()],
-        &[job_for(&again), job_for(&fresh), job_for(&repeated)],
-    )
-    .await
-    .unwrap();
+    let appended =
+        event_log::append(&db.pool, &[again.clone(), fresh.clone(), repeated.clone()], &[job_for(&again), job_for(&fresh), job_for(&repeated)]).await.unwrap();
 
     assert_eq!(appended.new_events, vec![fresh.id]);
     assert_eq!((appended.duplicates, appended.jobs), (2, 1));
@@ -82,9 +76,6 @@ async fn an_accepted_event_with_jobs_wakes_listening_workers() {
 
     app.post_signed_stripe(&stripe_event("evt_wake", "checkout.session.completed", 3)).await;
 
-    let notification = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
-        .await
-        .expect("a wake-up within 10 s")
-        .unwrap();
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv()).await.expect("a wake-up within 10 s").unwrap();
     assert_eq!(notification.channel(), kommo_pay_core::queue::WAKE_CHANNEL);
 }

@@ -35,10 +35,7 @@ async fn rejections_are_counted_by_source_account_and_reason() {
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
 
-    assert!(
-        metrics.contains(r#"kommo_pay_webhooks_rejected_total{source="stripe",account="acme",reason="unauthenticated"}"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"kommo_pay_webhooks_rejected_total{source="stripe",account="acme",reason="unauthenticated"}"#), "{metrics}");
     assert!(metrics.contains(r#"account="unknown",reason="unknown_account""#), "{metrics}");
     assert!(!metrics.contains("made-up-account"), "a URL's slug must not become a series");
 }

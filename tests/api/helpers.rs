@@ -42,9 +42,7 @@ impl TestDb {
     /// A fresh database without the schema.
     pub async fn empty() -> TestDb {
         let server_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| panic!("DATABASE_URL is not set.{NO_DATABASE}"));
-        let mut admin = PgConnection::connect(&server_url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({e}).{NO_DATABASE}"));
+        let mut admin = PgConnection::connect(&server_url).await.unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({e}).{NO_DATABASE}"));
         let name = format!("kp_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut admin).await.expect("create test database");
         let url = with_database(&server_url, &name);
@@ -209,11 +207,8 @@ impl TestApp {
     }
 
     pub async fn post_lemonsqueezy(&self, account: &str, body: &str, signature: Option<&str>) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(format!("{}/webhooks/lemonsqueezy/{account}", self.address))
-            .header("Content-Type", "application/json")
-            .body(body.to_owned());
+        let mut request =
+            self.client.post(format!("{}/webhooks/lemonsqueezy/{account}", self.address)).header("Content-Type", "application/json").body(body.to_owned());
         if let Some(signature) = signature {
             request = request.header("X-Signature", signature);
         }
@@ -302,7 +297,12 @@ pub fn start_role(role: &str, config: &std::path::Path, env: &HashMap<String, St
 
 /// [`crate::fakes::account_config`] with `sections`, written to a temporary file for a `kommo-pay` process,
 /// and the environment that goes with it (`database_url` and the fakes' secrets).
-pub fn account_config_file(sections: &str, database_url: &str, kommo_url: &str, stripe_url: &str) -> (std::path::PathBuf, std::collections::HashMap<String, String>) {
+pub fn account_config_file(
+    sections: &str,
+    database_url: &str,
+    kommo_url: &str,
+    stripe_url: &str,
+) -> (std::path::PathBuf, std::collections::HashMap<String, String>) {
     let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, kommo_url, stripe_url, "");
     let path = std::env::temp_dir().join(format!("kommo-pay-test-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, text).unwrap();

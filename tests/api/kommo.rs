@@ -57,10 +57,8 @@ async fn every_action_and_index_of_a_batch_becomes_an_event() {
             ("leads.status".to_owned(), Some(15318176)),
         ]
     );
-    let payload: Value = sqlx::query_scalar("SELECT payload FROM events WHERE kind = 'leads.status' AND lead_id = 15318175")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let payload: Value =
+        sqlx::query_scalar("SELECT payload FROM events WHERE kind = 'leads.status' AND lead_id = 15318175").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(payload["account"]["id"], KOMMO_ACCOUNT_ID.to_string());
     assert_eq!(payload["item"]["custom_fields"][0]["values"][0]["enum"], "908107");
     assert_eq!(payload["item"]["custom_fields"][1]["values"][0], "1725915600");

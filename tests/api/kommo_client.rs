@@ -11,7 +11,14 @@ use crate::fakes::kommo::{FakeKommo, TOKEN};
 use crate::helpers::*;
 
 fn client(db: &TestDb, kommo: &FakeKommo, per_second: f64) -> KommoClient {
-    KommoClient::with_timeouts(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), per_second, Duration::from_millis(500))
+    KommoClient::with_timeouts(
+        db.pool.clone(),
+        ACCOUNT,
+        kommo.url.parse().unwrap(),
+        Credentials::LongLived(SecretString::from(TOKEN)),
+        per_second,
+        Duration::from_millis(500),
+    )
 }
 
 fn lead() -> serde_json::Value {
@@ -76,7 +83,11 @@ async fn a_403_blocks_the_account_until_an_operator_clears_it() {
     let db = TestDb::new().await;
     let kommo = FakeKommo::start().await;
     kommo.add_lead(lead());
-    kommo.answer_next(403, "text/html", "<html>\n<head><title>403 Forbidden</title></head>\n<body><center><h1>403 Forbidden</h1></center><hr><center>nginx</center></body>\n</html>");
+    kommo.answer_next(
+        403,
+        "text/html",
+        "<html>\n<head><title>403 Forbidden</title></head>\n<body><center><h1>403 Forbidden</h1></center><hr><center>nginx</center></body>\n</html>",
+    );
     let client = client(&db, &kommo, 50.0);
 
     let error = client.lead(15318175).await.unwrap_err();
@@ -124,7 +135,14 @@ async fn two_processes_together_stay_under_the_accounts_rate() {
     let second_db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
     let per_second = 10.0;
     let a = client(&db, &kommo, per_second);
-    let b = KommoClient::with_timeouts(second_db, ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), per_second, Duration::from_secs(5));
+    let b = KommoClient::with_timeouts(
+        second_db,
+        ACCOUNT,
+        kommo.url.parse().unwrap(),
+        Credentials::LongLived(SecretString::from(TOKEN)),
+        per_second,
+        Duration::from_secs(5),
+    );
 
     let calls = (0..24).map(|i| {
         let client = if i % 2 == 0 { &a } else { &b };

@@ -9,7 +9,8 @@ use crate::helpers::*;
 #[tokio::test]
 async fn ingest_measures_its_latency_and_the_queue_by_state() {
     let app = spawn_app().await;
-    let event = json!({ "id": "evt_m", "object": "event", "type": "checkout.session.completed", "created": now(), "livemode": false, "data": { "object": {} } });
+    let event =
+        json!({ "id": "evt_m", "object": "event", "type": "checkout.session.completed", "created": now(), "livemode": false, "data": { "object": {} } });
     app.post_signed_stripe(&event.to_string()).await;
 
     let metrics = app.get("/metrics").await.text().await.unwrap();

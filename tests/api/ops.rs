@@ -60,7 +60,8 @@ fn conforms(method: String, path: &str, status: u16, body: &Value) {
         })
         .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
     let answer = &operations[&method]["responses"][status.to_string()];
-    let schema = answer.pointer("/content/application~1json/schema").unwrap_or_else(|| panic!("{method} {path} answering {status} is not in the OpenAPI document"));
+    let schema =
+        answer.pointer("/content/application~1json/schema").unwrap_or_else(|| panic!("{method} {path} answering {status} is not in the OpenAPI document"));
     let root = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$ref": schema["$ref"],
@@ -75,14 +76,16 @@ fn conforms(method: String, path: &str, status: u16, body: &Value) {
 /// event; returns their ids.
 async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i64> {
     let event = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload) VALUES ($1, $2, 'stripe', 'checkout.session.completed', $3, $4, '{}')")
-        .bind(event)
-        .bind(ACCOUNT)
-        .bind(format!("evt_{event}"))
-        .bind(lead)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload) VALUES ($1, $2, 'stripe', 'checkout.session.completed', $3, $4, '{}')",
+    )
+    .bind(event)
+    .bind(ACCOUNT)
+    .bind(format!("evt_{event}"))
+    .bind(lead)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query_scalar(
         "INSERT INTO jobs (kind, args, account, lead_id, event_id, state, attempt, max_attempts, finished_at, errors, unique_key)
          SELECT $1, jsonb_build_object('event_id', $3::text), $2, $4, $3, 'dead', 2, 2, now(),
@@ -105,7 +108,10 @@ async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i6
 #[test]
 fn the_committed_openapi_document_is_the_generated_one() {
     let committed: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
-    assert!(committed == kommo_pay_core::ops::openapi::document(), "schemas/ops-api.openapi.json is stale: run `cargo run -- openapi > schemas/ops-api.openapi.json`");
+    assert!(
+        committed == kommo_pay_core::ops::openapi::document(),
+        "schemas/ops-api.openapi.json is stale: run `cargo run -- openapi > schemas/ops-api.openapi.json`"
+    );
 }
 
 #[tokio::test]
@@ -126,10 +132,12 @@ async fn the_ops_api_needs_a_named_token_and_the_webhooks_do_not() {
 async fn events_are_searched_by_filters_a_page_at_a_time_and_shown_with_their_jobs() {
     let app = spawn_app().await;
     for i in 0..3 {
-        let event = json!({ "id": format!("evt_{i}"), "object": "event", "type": "customer.created", "created": now(), "livemode": false, "data": { "object": {} } });
+        let event =
+            json!({ "id": format!("evt_{i}"), "object": "event", "type": "customer.created", "created": now(), "livemode": false, "data": { "object": {} } });
         app.post_signed_stripe(&event.to_string()).await;
     }
-    let body = "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=77&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=1&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=2";
+    let body =
+        "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D=77&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=1&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=2";
     app.post_kommo(ACCOUNT, KOMMO_SECRET, body).await;
 
     let (status, first) = app.ops_get("/ops/v1/events?source=stripe&limit=2").await;
@@ -199,7 +207,8 @@ async fn dead_letters_are_listed_counted_shown_replayed_and_discarded_with_a_rec
     assert_eq!(shown["lead_id"], 15318175);
 
     // A dry run counts and changes nothing.
-    let (_, dry) = app.ops_post("/ops/v1/dead-letters/replay", json!({ "filter": { "kind": "stripe.payment" }, "reason": "Kommo is back", "dry_run": true })).await;
+    let (_, dry) =
+        app.ops_post("/ops/v1/dead-letters/replay", json!({ "filter": { "kind": "stripe.payment" }, "reason": "Kommo is back", "dry_run": true })).await;
     assert_eq!(dry, json!({ "matched": 3, "done": 0, "dry_run": true }));
     assert_eq!(db.count("SELECT count(*) FROM jobs WHERE state = 'dead'").await, 5);
 
@@ -382,14 +391,18 @@ async fn a_deals_payment_history_is_read_from_the_log_as_json_csv_and_a_table() 
     assert_eq!(entries[0]["kind"], "leads.status", "oldest first");
     assert!(row("payment_link.issued")["what"].as_str().unwrap().contains("https://buy.stripe.com/test_fake1"));
     assert_eq!(row("payment_link.issued")["amount"], "2,000.00 USD");
-    assert_eq!((row("checkout.session.completed")["amount_minor"].as_i64(), row("checkout.session.completed")["status"].as_str()), (Some(200000), Some("paid")));
+    assert_eq!(
+        (row("checkout.session.completed")["amount_minor"].as_i64(), row("checkout.session.completed")["status"].as_str()),
+        (Some(200000), Some("paid"))
+    );
     assert_eq!(row("payment.received")["currency"], "USD");
     assert_eq!((row("charge.refunded")["amount"].as_str(), row("charge.refunded")["status"].as_str()), (Some("500.00 USD"), Some("refunded")));
     assert!(row("refund.applied")["what"].as_str().unwrap().contains("500.00 USD of 2,000.00 USD"));
     let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in the log's order");
 
-    let response = f.app.client.get(format!("{}/ops/v1/deals/{ACCOUNT}/{LEAD}/history?format=csv", f.app.address)).bearer_auth(OPS_TOKEN_ALICE).send().await.unwrap();
+    let response =
+        f.app.client.get(format!("{}/ops/v1/deals/{ACCOUNT}/{LEAD}/history?format=csv", f.app.address)).bearer_auth(OPS_TOKEN_ALICE).send().await.unwrap();
     assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = response.text().await.unwrap();
     assert!(csv.starts_with("seq,at,source,kind,what,amount_minor,currency,amount,status,event_id\r\n"), "{csv}");
@@ -523,10 +536,11 @@ async fn a_kommo_block_is_lifted_by_an_operator_with_a_reason_in_the_log() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reason"], "403 from api/v4/leads: blocked");
     assert_eq!(app.db.count("SELECT count(*) FROM api_limits WHERE blocked_at IS NOT NULL").await, 0);
-    let (operator, reason): (String, String) = sqlx::query_as("SELECT payload ->> 'operator', payload ->> 'reason' FROM events WHERE kind = 'provider.unblocked'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let (operator, reason): (String, String) =
+        sqlx::query_as("SELECT payload ->> 'operator', payload ->> 'reason' FROM events WHERE kind = 'provider.unblocked'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!((operator.as_str(), reason.as_str()), ("alice", "the integration's IP was whitelisted"));
     assert_eq!(app.ops_post(&format!("/ops/v1/accounts/{ACCOUNT}/unblock"), json!({ "reason": "again" })).await.0, 404, "nothing to lift");
     assert_eq!(app.ops_post(&format!("/ops/v1/accounts/{ACCOUNT}/unblock"), json!({ "reason": "" })).await.0, 400);

@@ -11,7 +11,12 @@ use crate::stripe_flow::*;
 
 impl Flow {
     fn reconciler(&self) -> Reconciler {
-        Reconciler::new(self.app.db.pool.clone(), kommo_pay_core::clients::for_accounts(&self.app.db.pool, &self.config.accounts), self.config.jobs.clone(), chrono::Duration::hours(24))
+        Reconciler::new(
+            self.app.db.pool.clone(),
+            kommo_pay_core::clients::for_accounts(&self.app.db.pool, &self.config.accounts),
+            self.config.jobs.clone(),
+            chrono::Duration::hours(24),
+        )
     }
 
     async fn events_with_key(&self, key: &str) -> i64 {

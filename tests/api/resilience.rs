@@ -17,7 +17,9 @@ const DEALS: i64 = 60;
 const FIRST_LEAD: i64 = 20_000_000;
 
 fn stage_entered(lead: i64) -> String {
-    format!("account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D={lead}&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511")
+    format!(
+        "account%5Bid%5D=32427762&leads%5Bstatus%5D%5B0%5D%5Bid%5D={lead}&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=67548619&leads%5Bstatus%5D%5B0%5D%5Bpipeline_id%5D=8572511"
+    )
 }
 
 fn add_deals(setup: &ProcessSetup) {
@@ -43,9 +45,17 @@ async fn effects_once(setup: &ProcessSetup) {
     }
     if notes.len() as i64 != DEALS + 1 {
         let missing: Vec<i64> = (FIRST_LEAD..FIRST_LEAD + DEALS).filter(|l| !notes.contains_key(l)).collect();
-        let rows: Vec<Value> = sqlx::query_scalar("SELECT to_jsonb(l) FROM payment_links l WHERE lead_id = ANY($1)").bind(&missing).fetch_all(&setup.app.db.pool).await.unwrap();
-        let jobs: Vec<(i64, String, i32, Value)> = sqlx::query_as("SELECT id, state, attempt, errors FROM jobs WHERE lead_id = ANY($1)").bind(&missing).fetch_all(&setup.app.db.pool).await.unwrap();
-        let requests: Vec<String> = setup.kommo.requests().iter().filter(|r| missing.iter().any(|m| r.body.to_string().contains(&m.to_string()) || r.path.contains(&m.to_string()))).map(|r| format!("{} {} {}", r.method, r.path, r.body)).collect();
+        let rows: Vec<Value> =
+            sqlx::query_scalar("SELECT to_jsonb(l) FROM payment_links l WHERE lead_id = ANY($1)").bind(&missing).fetch_all(&setup.app.db.pool).await.unwrap();
+        let jobs: Vec<(i64, String, i32, Value)> =
+            sqlx::query_as("SELECT id, state, attempt, errors FROM jobs WHERE lead_id = ANY($1)").bind(&missing).fetch_all(&setup.app.db.pool).await.unwrap();
+        let requests: Vec<String> = setup
+            .kommo
+            .requests()
+            .iter()
+            .filter(|r| missing.iter().any(|m| r.body.to_string().contains(&m.to_string()) || r.path.contains(&m.to_string())))
+            .map(|r| format!("{} {} {}", r.method, r.path, r.body))
+            .collect();
         panic!("deals without a note: {missing:?}\nlinks: {rows:?}\njobs: {jobs:?}\nrequests: {requests:#?}");
     }
     assert!(notes.values().all(|n| *n == 1), "one note per deal: {notes:?}");
@@ -96,7 +106,11 @@ async fn the_database_going_away_under_load_loses_nothing_acknowledged_and_worke
         sender.await.unwrap();
     }
     let db = &app.db;
-    assert_eq!(db.count("SELECT count(DISTINCT lead_id) FROM events WHERE kind = 'leads.status'").await, DEALS + 1, "every acknowledged delivery is in the log");
+    assert_eq!(
+        db.count("SELECT count(DISTINCT lead_id) FROM events WHERE kind = 'leads.status'").await,
+        DEALS + 1,
+        "every acknowledged delivery is in the log"
+    );
     eventually(Duration::from_secs(60), "the worker resumes by itself and finishes every job", || async {
         db.count("SELECT count(*) FROM jobs WHERE state = 'completed' AND kind = 'payment_link.issue'").await == DEALS + 1
     })

@@ -46,20 +46,15 @@ async fn two_scheduler_processes_one_leads_and_the_other_takes_over_when_it_is_k
     let named = |child: &std::process::Child| Some(format!("kommo-pay scheduler pid {}", child.id()));
     let following = async |child: &std::process::Child| -> bool {
         let name = named(child).unwrap();
-        let connected: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-            .bind(&name)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let connected: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1").bind(&name).fetch_one(&db.pool).await.unwrap();
         connected == 1
     };
     let rounds = "SELECT count(*) FROM reconcile_cursors";
 
     let mut first = start_role("scheduler", &path, &env);
-    eventually(Duration::from_secs(30), "the first scheduler leads and reconciles", || async {
-        leader().await == named(&first) && db.count(rounds).await > 0
-    })
-    .await;
+    eventually(Duration::from_secs(30), "the first scheduler leads and reconciles", || async { leader().await == named(&first) && db.count(rounds).await > 0 })
+        .await;
     let mut second = start_role("scheduler", &path, &env);
     eventually(Duration::from_secs(30), "the second scheduler is connected", || async { following(&second).await }).await;
     assert_eq!(leader().await, named(&first), "the first still leads; the second follows");
@@ -105,7 +100,8 @@ async fn housekeeping_prunes_old_finished_jobs_and_keeps_the_rest_and_every_even
 
     let env = test_env(&db.url);
     let no_accounts = kommo_pay_core::config::Config::parse("", "empty", &|name| env.get(name).cloned()).unwrap().accounts;
-    let housekeeping = Housekeeping::new(db.pool.clone(), kommo_pay_core::clients::for_accounts(&db.pool, &no_accounts), chrono::Duration::days(7), Duration::from_secs(3600));
+    let housekeeping =
+        Housekeeping::new(db.pool.clone(), kommo_pay_core::clients::for_accounts(&db.pool, &no_accounts), chrono::Duration::days(7), Duration::from_secs(3600));
     assert_eq!(housekeeping.run_once(now).await.unwrap(), 2);
     let mut left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id").fetch_all(&db.pool).await.unwrap();
     left.sort();
@@ -130,7 +126,12 @@ async fn housekeeping_refreshes_oauth_tokens_of_idle_accounts_before_they_expire
     let now = chrono::Utc::now();
 
     // No call to Kommo has been made: the tokens are refreshed anyway, and stored.
-    let hourly = Housekeeping::new(db.pool.clone(), kommo_pay_core::clients::for_accounts(&db.pool, &config.accounts), chrono::Duration::days(7), Duration::from_secs(3600));
+    let hourly = Housekeeping::new(
+        db.pool.clone(),
+        kommo_pay_core::clients::for_accounts(&db.pool, &config.accounts),
+        chrono::Duration::days(7),
+        Duration::from_secs(3600),
+    );
     hourly.run_once(now).await.unwrap();
     assert_eq!(kommo.oauth().refreshes, 1);
     let stored: String = sqlx::query_scalar("SELECT refresh_token FROM kommo_tokens").fetch_one(&db.pool).await.unwrap();
@@ -140,7 +141,12 @@ async fn housekeeping_refreshes_oauth_tokens_of_idle_accounts_before_they_expire
     assert_eq!(kommo.oauth().refreshes, 1, "a token valid past the next round is left alone");
 
     // Rounds further apart than the token's remaining life refresh it now.
-    let rare = Housekeeping::new(db.pool.clone(), kommo_pay_core::clients::for_accounts(&db.pool, &config.accounts), chrono::Duration::days(7), Duration::from_secs(86400));
+    let rare = Housekeeping::new(
+        db.pool.clone(),
+        kommo_pay_core::clients::for_accounts(&db.pool, &config.accounts),
+        chrono::Duration::days(7),
+        Duration::from_secs(86400),
+    );
     rare.run_once(now).await.unwrap();
     assert_eq!(kommo.oauth().refreshes, 2);
 }

@@ -59,10 +59,7 @@ async fn no_secret_reaches_the_logs_the_event_log_errors_or_answers() {
     };
 
     // The deal's link is issued (the stage event was committed by the setup).
-    eventually(Duration::from_secs(30), "the link is issued", || async {
-        db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1
-    })
-    .await;
+    eventually(Duration::from_secs(30), "the link is issued", || async { db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 1 }).await;
     // Forged and wrong-secret deliveries, a paid checkout, ops calls good and bad.
     let kommo_url = |secret: &str| format!("http://{address}/webhooks/kommo/{ACCOUNT}/{secret}");
     assert_eq!(send(client.post(kommo_url("wrong-secret")).header("content-type", "application/x-www-form-urlencoded").body(STAGE_ENTERED)).await, 401);
@@ -94,12 +91,8 @@ async fn no_secret_reaches_the_logs_the_event_log_errors_or_answers() {
     child.wait().unwrap();
     logs.extend(rest.join().unwrap());
     let logs = logs.join("\n");
-    let stored: String = sqlx::query_scalar(
-        "SELECT string_agg(dedup_key || payload::text || headers::text, ' ') FROM events",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let stored: String =
+        sqlx::query_scalar("SELECT string_agg(dedup_key || payload::text || headers::text, ' ') FROM events").fetch_one(&db.pool).await.unwrap();
     let jobs: String = sqlx::query_scalar("SELECT string_agg(args::text || errors::text, ' ') FROM jobs").fetch_one(&db.pool).await.unwrap();
     assert!(jobs.contains("401"), "the failures were recorded: {jobs}");
     assert!(logs.contains("DEBUG"), "debug lines were logged");

@@ -15,20 +15,14 @@ async fn a_signed_event_is_logged_with_its_job_before_the_answer() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer, serde_json::json!({ "accepted": 1, "duplicates": 0 }));
     let (account, source, kind, dedup_key, lead_id, payload): (String, String, String, String, Option<i64>, Value) =
-        sqlx::query_as("SELECT account, source, kind, dedup_key, lead_id, payload FROM events")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT account, source, kind, dedup_key, lead_id, payload FROM events").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(
         (account.as_str(), source.as_str(), kind.as_str(), dedup_key.as_str(), lead_id),
         (ACCOUNT, "stripe", "checkout.session.completed", "evt_1Paid", Some(15318175))
     );
     assert_eq!(payload, serde_json::from_str::<Value>(&body).unwrap());
     let (job_kind, state, job_lead): (String, String, Option<i64>) =
-        sqlx::query_as("SELECT j.kind, j.state, j.lead_id FROM jobs j JOIN events e ON e.id = j.event_id")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT j.kind, j.state, j.lead_id FROM jobs j JOIN events e ON e.id = j.event_id").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!((job_kind.as_str(), state.as_str(), job_lead), ("stripe.payment", "available", Some(15318175)));
 }
 
@@ -129,12 +123,8 @@ async fn an_event_the_database_cannot_store_gets_400_without_failing_its_neighbo
     let poison = stripe_event("evt_poison", "invoice.paid", 1).replace("cs_test_a1b2c3", "cs_\\u0000");
     let good: Vec<String> = (0..3).map(|i| stripe_event(&format!("evt_fine_{i}"), "invoice.paid", 1)).collect();
 
-    let (poisoned, a, b, c) = tokio::join!(
-        app.post_signed_stripe(&poison),
-        app.post_signed_stripe(&good[0]),
-        app.post_signed_stripe(&good[1]),
-        app.post_signed_stripe(&good[2]),
-    );
+    let (poisoned, a, b, c) =
+        tokio::join!(app.post_signed_stripe(&poison), app.post_signed_stripe(&good[0]), app.post_signed_stripe(&good[1]), app.post_signed_stripe(&good[2]),);
 
     assert_eq!(poisoned.status(), 400);
     let answer: Value = poisoned.json().await.unwrap();
@@ -178,10 +168,8 @@ async fn deliveries_arriving_while_an_append_runs_are_committed_together() {
     assert_eq!((app.events().await, app.jobs().await), (5, 5));
     // Rows written by one statement share its transaction id. The four did not start a second
     // append one by one: they waited for the running one and went out together.
-    let statements: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events WHERE dedup_key LIKE 'evt_rest_%'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let statements: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events WHERE dedup_key LIKE 'evt_rest_%'").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(statements, 1, "the waiting deliveries were committed in one statement");
 }
 

@@ -302,7 +302,9 @@ async fn a_retry_reads_the_deals_notes_first_and_does_not_repeat_one_an_earlier_
     let f = flow().await;
     f.deal_enters_stage().await;
     // An earlier attempt added the note, then died before recording that it had.
-    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }));
+    f.kommo.add_note(
+        json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }),
+    );
     sqlx::query("UPDATE jobs SET attempt = 1").execute(&f.app.db.pool).await.unwrap();
     f.drain().await;
     assert_eq!(f.note_texts().len(), 1, "{:?}", f.note_texts());
@@ -393,7 +395,9 @@ async fn a_job_taking_over_an_abandoned_issue_reads_the_deals_notes_first() {
         .execute(&f.app.db.pool)
         .await
         .unwrap();
-    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }));
+    f.kommo.add_note(
+        json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }),
+    );
 
     f.drain().await;
 
@@ -726,10 +730,8 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     assert!(url.starts_with("https://acme.lemonsqueezy.com/checkout/custom/"), "{url}");
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
     assert!(f.link_creates().is_empty(), "no Stripe link");
-    let provider: String = sqlx::query_scalar("SELECT payload ->> 'provider' FROM events WHERE kind = 'payment_link.issued'")
-        .fetch_one(&f.app.db.pool)
-        .await
-        .unwrap();
+    let provider: String =
+        sqlx::query_scalar("SELECT payload ->> 'provider' FROM events WHERE kind = 'payment_link.issued'").fetch_one(&f.app.db.pool).await.unwrap();
     assert_eq!(provider, "lemonsqueezy");
 
     // Moving to the Stripe stage replaces the checkout with a Stripe link.
@@ -886,12 +888,8 @@ async fn two_workers_racing_on_one_order_create_one_deal() {
         .execute(&f.app.db.pool)
         .await
         .unwrap();
-    let second = Worker::new(
-        f.app.db.pool.clone(),
-        handlers(Context::new(f.app.db.pool.clone(), &f.config.accounts)),
-        f.config.worker.clone(),
-        f.config.jobs.clone(),
-    );
+    let second =
+        Worker::new(f.app.db.pool.clone(), handlers(Context::new(f.app.db.pool.clone(), &f.config.accounts)), f.config.worker.clone(), f.config.jobs.clone());
 
     let (a, b) = tokio::join!(f.worker.run_once(), second.run_once());
     assert_eq!(a.unwrap().claimed + b.unwrap().claimed, 2);
@@ -1017,7 +1015,10 @@ async fn an_unpaid_link_brings_reminders_on_their_days_once_each() {
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
     let text = tasks[0]["text"].as_str().unwrap();
-    assert!(text.contains("Remind the client about payment: 2,000.00 USD") && text.contains("https://buy.stripe.com/test_fake1") && text.contains("(reminder 1)"), "{text}");
+    assert!(
+        text.contains("Remind the client about payment: 2,000.00 USD") && text.contains("https://buy.stripe.com/test_fake1") && text.contains("(reminder 1)"),
+        "{text}"
+    );
     assert_eq!(tasks[0]["responsible_user_id"], 504141);
 
     assert_eq!(reminders.run_once(issued + day * 6 + hour).await.unwrap(), 1);

@@ -36,7 +36,12 @@ async fn collector() -> (String, Arc<Mutex<Vec<Span>>>) {
             let mut spans = received.lock().unwrap();
             for resource in request.resource_spans {
                 for scope in resource.scope_spans {
-                    spans.extend(scope.spans.into_iter().map(|s| Span { name: s.name, trace_id: s.trace_id, span_id: s.span_id, parent_span_id: s.parent_span_id }));
+                    spans.extend(scope.spans.into_iter().map(|s| Span {
+                        name: s.name,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        parent_span_id: s.parent_span_id,
+                    }));
                 }
             }
             ([("content-type", "application/x-protobuf")], Vec::<u8>::new())

@@ -10,11 +10,7 @@ async fn when_the_database_is_gone_webhooks_get_503_and_nothing_is_acknowledged(
     let mut admin = app.db.admin().await;
     let name = &app.db.name;
     sqlx::raw_sql(AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#))).execute(&mut admin).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1").bind(name).execute(&mut admin).await.unwrap();
 
     let response = app.post_signed_stripe(&body).await;
     assert_eq!(response.status(), 503);

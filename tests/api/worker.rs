@@ -107,11 +107,7 @@ async fn a_failed_attempt_is_retried_at_a_stored_time_with_its_error_kept() {
     assert_eq!(worker.run_once().await.unwrap().retried, 1);
 
     assert_eq!(state(&db, id).await, ("retryable".into(), 1));
-    let wait: f64 = sqlx::query_scalar("SELECT extract(epoch FROM run_at - now())::float8 FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let wait: f64 = sqlx::query_scalar("SELECT extract(epoch FROM run_at - now())::float8 FROM jobs WHERE id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
     assert!((0.3..=1.0).contains(&wait), "the first retry waits between base/2 and base (1 s): {wait}");
     let errors = errors(&db, id).await;
     assert_eq!(errors.len(), 1);
@@ -222,10 +218,7 @@ async fn a_crashed_workers_job_runs_again_within_two_heartbeat_intervals() {
     let (handlers, _) = flaky(0);
     let survivor = tokio::spawn(worker(&db, handlers, worker_config()).run(std::future::pending()));
 
-    eventually(Duration::from_secs(10), "the job completes on the surviving worker", || async {
-        state(&db, id).await.0 == "completed"
-    })
-    .await;
+    eventually(Duration::from_secs(10), "the job completes on the surviving worker", || async { state(&db, id).await.0 == "completed" }).await;
     survivor.abort();
     assert_eq!(state(&db, id).await, ("completed".into(), 2), "the lost run counts as an attempt");
 }
@@ -239,9 +232,7 @@ async fn the_rescuer_takes_back_jobs_silent_for_one_and_a_half_heartbeat_interva
     let recent = enqueue(&db, KIND, 5).await;
     let silent = enqueue(&db, KIND, 5).await;
     queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10).await.unwrap();
-    let age = |id: i64, secs: i32| {
-        sqlx::query("UPDATE jobs SET heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1").bind(id).bind(secs)
-    };
+    let age = |id: i64, secs: i32| sqlx::query("UPDATE jobs SET heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1").bind(id).bind(secs);
     age(recent, 14).execute(&db.pool).await.unwrap();
     age(silent, 16).execute(&db.pool).await.unwrap();
 
@@ -304,10 +295,7 @@ async fn shutdown_lets_running_jobs_finish_and_gives_back_those_cut_off() {
     let running = tokio::spawn(worker(&db, handlers, config).run(async {
         let _ = stopped.await;
     }));
-    eventually(Duration::from_secs(10), "both jobs run", || async {
-        state(&db, quick).await.0 == "running" && state(&db, stuck).await.0 == "running"
-    })
-    .await;
+    eventually(Duration::from_secs(10), "both jobs run", || async { state(&db, quick).await.0 == "running" && state(&db, stuck).await.0 == "running" }).await;
 
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
@@ -336,10 +324,8 @@ async fn two_workers_run_every_job_exactly_once() {
     let a = tokio::spawn(worker(&db, handlers(runs.clone()), worker_config()).run(std::future::pending()));
     let b = tokio::spawn(worker(&db, handlers(runs.clone()), worker_config()).run(std::future::pending()));
 
-    eventually(Duration::from_secs(30), "all 200 jobs complete", || async {
-        db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 200
-    })
-    .await;
+    eventually(Duration::from_secs(30), "all 200 jobs complete", || async { db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await == 200 })
+        .await;
     a.abort();
     b.abort();
     let runs = runs.lock().unwrap();
@@ -360,9 +346,7 @@ async fn a_committed_job_wakes_an_idle_worker_long_before_its_next_poll() {
     let second = enqueue(&db, KIND, 5).await;
     sqlx::query("SELECT pg_notify($1, '')").bind(queue::WAKE_CHANNEL).execute(&db.pool).await.unwrap();
 
-    eventually(Duration::from_secs(10), "the second job completes without waiting a poll interval", || async {
-        state(&db, second).await.0 == "completed"
-    })
-    .await;
+    eventually(Duration::from_secs(10), "the second job completes without waiting a poll interval", || async { state(&db, second).await.0 == "completed" })
+        .await;
     running.abort();
 }

@@ -171,10 +171,7 @@ impl Worker {
         }
 
         tracing::info!(running = running.len(), "worker stopping: no new claims");
-        let finished = tokio::time::timeout(self.config.shutdown_grace, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
+        let finished = tokio::time::timeout(self.config.shutdown_grace, async { while running.join_next().await.is_some() {} }).await;
         if finished.is_err() {
             tracing::warn!(cut_off = running.len(), "grace period over: giving the remaining jobs back");
             running.abort_all();
@@ -204,7 +201,11 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
         };
         let outcome = match result {
             Ok(()) => {
-                if shared.completer.complete(job.id).await { Outcome::Completed } else { Outcome::Lost }
+                if shared.completer.complete(job.id).await {
+                    Outcome::Completed
+                } else {
+                    Outcome::Lost
+                }
             }
             Err(error) => {
                 let fate = fate(&job, &error, &shared.policies.policy(&job.kind), Utc::now(), fastrand::f64());
@@ -268,11 +269,7 @@ async fn heartbeat(pool: PgPool, owner: String, every: Duration) {
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic".into())
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a non-text panic".into())
 }
 
 fn owner_id() -> String {

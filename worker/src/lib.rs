@@ -11,6 +11,6 @@ pub mod rescuer;
 mod wake;
 
 pub use executor::{Outcome, Ran, Worker};
+pub use flows::{Context, handlers};
 pub use handler::{Handlers, JobError};
 pub use rescuer::Rescuer;
-pub use flows::{Context, handlers};

@@ -113,14 +113,7 @@ pub struct WorkerSection {
 
 impl Default for WorkerSection {
     fn default() -> Self {
-        Self {
-            concurrency: 16,
-            claim_batch: 16,
-            poll_interval_ms: 1000,
-            heartbeat_interval_ms: 5000,
-            job_timeout_secs: 60,
-            shutdown_grace_secs: 30,
-        }
+        Self { concurrency: 16, claim_batch: 16, poll_interval_ms: 1000, heartbeat_interval_ms: 5000, job_timeout_secs: 60, shutdown_grace_secs: 30 }
     }
 }
 

@@ -248,19 +248,15 @@ impl Config {
     /// Reads, parses and resolves the file at `path`.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
         let source_name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: source_name.clone(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { source_name: source_name.clone(), problems: vec![format!("cannot read the file: {e}")] })?;
         Self::parse(&text, &source_name, env)
     }
 
     /// Parses and resolves a configuration given as TOML text.
     pub fn parse(text: &str, source_name: &str, env: Env<'_>) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
-            source_name: source_name.to_owned(),
-            problems: vec![e.to_string().trim_end().to_owned()],
-        })?;
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError { source_name: source_name.to_owned(), problems: vec![e.to_string().trim_end().to_owned()] })?;
         Self::resolve(file, env).map_err(|problems| ConfigError { source_name: source_name.to_owned(), problems })
     }
 }

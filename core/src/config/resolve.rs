@@ -21,9 +21,10 @@ impl Config {
     pub fn resolve(file: ConfigFile, env: Env<'_>) -> Result<Config, Vec<String>> {
         let mut v = Validator { env, problems: Vec::new() };
 
-        let listen = v.check("server.listen", file.server.listen.parse::<SocketAddr>().map_err(|e| {
-            format!("{:?} is not an address and port like 127.0.0.1:8080 ({e})", file.server.listen)
-        }));
+        let listen = v.check(
+            "server.listen",
+            file.server.listen.parse::<SocketAddr>().map_err(|e| format!("{:?} is not an address and port like 127.0.0.1:8080 ({e})", file.server.listen)),
+        );
         if file.server.body_limit_bytes < 1024 {
             v.problem("server.body_limit_bytes", "must be at least 1024");
         }
@@ -33,13 +34,10 @@ impl Config {
             None => match &file.database.url {
                 Some(url) => {
                     match url::Url::parse(url) {
-                        Ok(parsed) if parsed.password().is_some() => v.problem(
-                            "database.url",
-                            "contains a password; put the whole URL in the DATABASE_URL environment variable instead",
-                        ),
-                        Ok(parsed) if !matches!(parsed.scheme(), "postgres" | "postgresql") => {
-                            v.problem("database.url", "must be a postgres:// URL")
+                        Ok(parsed) if parsed.password().is_some() => {
+                            v.problem("database.url", "contains a password; put the whole URL in the DATABASE_URL environment variable instead")
                         }
+                        Ok(parsed) if !matches!(parsed.scheme(), "postgres" | "postgresql") => v.problem("database.url", "must be a postgres:// URL"),
                         Ok(_) => {}
                         Err(e) => v.problem("database.url", &format!("is not a URL ({e})")),
                     }
@@ -97,12 +95,18 @@ impl Config {
         let jobs = v.job_policies(&file.jobs);
 
         let mut accounts = BTreeMap::new();
-        if !file.metrics.path.starts_with('/') || file.metrics.path.len() < 2 || file.metrics.path.starts_with("/webhooks/") || file.metrics.path.starts_with("/ops/") {
+        if !file.metrics.path.starts_with('/')
+            || file.metrics.path.len() < 2
+            || file.metrics.path.starts_with("/webhooks/")
+            || file.metrics.path.starts_with("/ops/")
+        {
             v.problem("metrics.path", &format!("{:?} is not a path of its own: start it with '/', away from /webhooks/ and /ops/", file.metrics.path));
         }
-        let metrics_listen = file.metrics.listen.as_deref().and_then(|listen| {
-            v.check("metrics.listen", listen.parse::<SocketAddr>().map_err(|e| format!("{listen:?} is not an address and port: {e}")))
-        });
+        let metrics_listen = file
+            .metrics
+            .listen
+            .as_deref()
+            .and_then(|listen| v.check("metrics.listen", listen.parse::<SocketAddr>().map_err(|e| format!("{listen:?} is not an address and port: {e}"))));
         let mut ops_tokens: Vec<OpsToken> = Vec::new();
         for (i, t) in file.ops.tokens.iter().enumerate() {
             let key = format!("ops.tokens[{i}]");
@@ -121,19 +125,13 @@ impl Config {
         for (i, section) in file.accounts.into_iter().enumerate() {
             let key = format!("accounts[{i}]");
             if !is_slug(&section.slug) {
-                v.problem(
-                    &format!("{key}.slug"),
-                    &format!("{:?} is not a slug: use 1-64 lowercase letters, digits and '-'", section.slug),
-                );
+                v.problem(&format!("{key}.slug"), &format!("{:?} is not a slug: use 1-64 lowercase letters, digits and '-'", section.slug));
             }
             if accounts.contains_key(&section.slug) {
                 v.problem(&format!("{key}.slug"), &format!("{:?} is used by an earlier account", section.slug));
             }
             if !kommo_ids.insert(section.kommo.account_id) {
-                v.problem(
-                    &format!("{key}.kommo.account_id"),
-                    &format!("{} is used by an earlier account", section.kommo.account_id),
-                );
+                v.problem(&format!("{key}.kommo.account_id"), &format!("{} is used by an earlier account", section.kommo.account_id));
             }
             if let Some(account) = v.account(&key, section) {
                 accounts.insert(account.slug.clone(), Arc::new(account));
@@ -164,9 +162,7 @@ impl Config {
 }
 
 fn is_slug(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-')
 }
 
 /// Collects problems while resolving, so that one run reports all of them.
@@ -275,9 +271,9 @@ impl Validator<'_> {
             }
         }
         let auth = match &k.auth {
-            KommoAuthSection::LongLivedToken { token_env } => self
-                .secret(&format!("{key}.kommo.auth.token_env"), token_env)
-                .map(|token| KommoAuth::LongLivedToken { token }),
+            KommoAuthSection::LongLivedToken { token_env } => {
+                self.secret(&format!("{key}.kommo.auth.token_env"), token_env).map(|token| KommoAuth::LongLivedToken { token })
+            }
             KommoAuthSection::Oauth { client_id, client_secret_env, redirect_uri, refresh_token_env } => {
                 if client_id.is_empty() {
                     self.problem(&format!("{key}.kommo.auth.client_id"), "is empty");
@@ -311,8 +307,7 @@ impl Validator<'_> {
         let lemonsqueezy = section.lemonsqueezy.as_ref().map(|s| {
             let api_base_url = self.http_url(&format!("{key}.lemonsqueezy.api_base_url"), &s.api_base_url);
             let api_key = self.secret(&format!("{key}.lemonsqueezy.api_key_env"), &s.api_key_env);
-            let webhook_secrets =
-                self.secrets(&format!("{key}.lemonsqueezy.webhook_secret_envs"), &s.webhook_secret_envs);
+            let webhook_secrets = self.secrets(&format!("{key}.lemonsqueezy.webhook_secret_envs"), &s.webhook_secret_envs);
             if let Some(self_serve) = &s.self_serve
                 && self_serve.responsible_user_ids.is_empty()
             {
@@ -330,10 +325,7 @@ impl Validator<'_> {
             })
         });
 
-        let default_currency = self.check(
-            &format!("{key}.default_currency"),
-            Currency::parse(&section.default_currency).map_err(|e| e.to_string()),
-        );
+        let default_currency = self.check(&format!("{key}.default_currency"), Currency::parse(&section.default_currency).map_err(|e| e.to_string()));
         let mut triggers = Vec::new();
         for (i, t) in section.triggers.iter().enumerate() {
             let tkey = format!("{key}.triggers[{i}]");
@@ -577,11 +569,7 @@ mod tests {
 
     #[test]
     fn triggers_are_checked_against_loops_and_missing_parts() {
-        let trigger = |extra: &str| {
-            format!(
-                "{VALID}\n[[accounts.triggers]]\nname = \"t\"\npipeline_id = 1\nstatus_id = 10\nprovider = \"stripe\"\n{extra}\n"
-            )
-        };
+        let trigger = |extra: &str| format!("{VALID}\n[[accounts.triggers]]\nname = \"t\"\npipeline_id = 1\nstatus_id = 10\nprovider = \"stripe\"\n{extra}\n");
         let err = Config::parse(&trigger("move_to_status_id = 10"), "x.toml", &full_env()).unwrap_err();
         assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0].move_to_status_id: is a trigger stage")), "{err}");
         assert!(err.problems.iter().any(|p| p.starts_with("accounts[0].triggers[0]: needs accounts[0].kommo.fields")), "{err}");

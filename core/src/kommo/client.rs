@@ -90,7 +90,9 @@ impl KommoError {
         match self {
             KommoError::Blocked { account, since, reason } => KommoError::Blocked { account: account.clone(), since: *since, reason: reason.clone() },
             KommoError::RateLimited { account, retry_after } => KommoError::RateLimited { account: account.clone(), retry_after: *retry_after },
-            KommoError::Unauthorized { account, status, detail } => KommoError::Unauthorized { account: account.clone(), status: *status, detail: detail.clone() },
+            KommoError::Unauthorized { account, status, detail } => {
+                KommoError::Unauthorized { account: account.clone(), status: *status, detail: detail.clone() }
+            }
             KommoError::Refused { status, detail } => KommoError::Refused { status: *status, detail: detail.clone() },
             KommoError::Unavailable(detail) => KommoError::Unavailable(detail.clone()),
             KommoError::Database(error) => KommoError::Unavailable(format!("the rate-limit state could not be read: {error}")),
@@ -132,12 +134,15 @@ impl KommoClient {
 
     /// As [`KommoClient::new`], with another request timeout (connect: 5 s, as Kommo's own
     /// library; request: 20 s by default).
-    pub fn with_timeouts(pool: PgPool, account: &str, base: url::Url, credentials: Credentials, requests_per_second: f64, request_timeout: Duration) -> KommoClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(request_timeout)
-            .build()
-            .expect("a TLS backend is available");
+    pub fn with_timeouts(
+        pool: PgPool,
+        account: &str,
+        base: url::Url,
+        credentials: Credentials,
+        requests_per_second: f64,
+        request_timeout: Duration,
+    ) -> KommoClient {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(request_timeout).build().expect("a TLS backend is available");
         let limiter = RateLimiter::new(pool.clone(), "kommo", account, requests_per_second);
         let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, limiter });
         KommoClient {
@@ -313,7 +318,13 @@ impl Api {
     }
 
     /// Sends one request; returns its status, body and the token it used.
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>, refused: Option<&SecretString>) -> Result<(u16, bytes::Bytes, SecretString), KommoError> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        refused: Option<&SecretString>,
+    ) -> Result<(u16, bytes::Bytes, SecretString), KommoError> {
         let token = self.access_token(refused).await?;
         self.wait_for_slot().await?;
         let url = self.base.join(path).expect("API paths join onto the base URL");

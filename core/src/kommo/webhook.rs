@@ -43,10 +43,7 @@ impl KommoDelivery {
         let tree = parse_form(body)?;
         let Value::Object(mut top) = tree else { unreachable!("parse_form returns an object") };
         let account = top.remove("account").unwrap_or(Value::Null);
-        let account_id = account
-            .get("id")
-            .and_then(super::lenient_id)
-            .ok_or_else(|| PayloadError::new("account[id] is missing or not a number"))?;
+        let account_id = account.get("id").and_then(super::lenient_id).ok_or_else(|| PayloadError::new("account[id] is missing or not a number"))?;
 
         let mut changes = Vec::new();
         for (entity, actions) in top {
@@ -54,11 +51,9 @@ impl KommoDelivery {
                 Value::Object(actions) => {
                     for (action, items) in actions {
                         match items {
-                            Value::Array(items) => changes.extend(items.into_iter().map(|item| KommoChange {
-                                entity: entity.clone(),
-                                action: action.clone(),
-                                item,
-                            })),
+                            Value::Array(items) => {
+                                changes.extend(items.into_iter().map(|item| KommoChange { entity: entity.clone(), action: action.clone(), item }))
+                            }
                             item => changes.push(KommoChange { entity: entity.clone(), action, item }),
                         }
                     }
@@ -145,8 +140,8 @@ mod tests {
         let delivery = KommoDelivery::parse(BATCH.as_bytes()).unwrap();
         assert_eq!(delivery.account_id, 32427762);
         assert_eq!(delivery.account["_links"]["self"], "https://acme.kommo.com");
-        let summary: Vec<(String, Option<i64>, Option<(i64, i64)>)> =
-            delivery.changes.iter().map(|c| (c.kind(), c.lead_id(), c.stage())).collect();
+        type Summary = (String, Option<i64>, Option<(i64, i64)>);
+        let summary: Vec<Summary> = delivery.changes.iter().map(|c| (c.kind(), c.lead_id(), c.stage())).collect();
         assert_eq!(
             summary,
             vec![

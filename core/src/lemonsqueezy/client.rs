@@ -116,11 +116,8 @@ pub struct Checkout {
 
 impl LemonSqueezyClient {
     pub fn new(pool: PgPool, account: &str, base: url::Url, api_key: SecretString) -> LemonSqueezyClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("a TLS backend is available");
+        let http =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(20)).build().expect("a TLS backend is available");
         let limiter = RateLimiter::new(pool, "lemonsqueezy", account, REQUESTS_PER_SECOND);
         LemonSqueezyClient { http, base, api_key, limiter, retry_pause: Duration::from_millis(500) }
     }
@@ -169,12 +166,8 @@ impl LemonSqueezyClient {
             Slot::Blocked { reason, .. } => return Err(LemonSqueezyError::Unauthorized { status: 0, detail: reason }),
         }
         let url = self.base.join(path).expect("API paths join onto the base URL");
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(self.api_key.expose_secret())
-            .header("Accept", MEDIA_TYPE)
-            .header("Content-Type", MEDIA_TYPE);
+        let mut request =
+            self.http.request(method, url).bearer_auth(self.api_key.expose_secret()).header("Accept", MEDIA_TYPE).header("Content-Type", MEDIA_TYPE);
         if let Some(body) = body {
             request = request.body(body.to_string());
         }

@@ -77,8 +77,7 @@ struct Attributes<'a> {
 
 impl LemonSqueezyEvent {
     pub fn parse(body: &[u8]) -> Result<LemonSqueezyEvent, PayloadError> {
-        let envelope: Envelope<'_> =
-            serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Lemon Squeezy event: {e}")))?;
+        let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Lemon Squeezy event: {e}")))?;
         let meta = envelope.meta.ok_or_else(|| PayloadError::new("meta is missing"))?;
         let kind = meta.event_name.filter(|s| !s.is_empty()).ok_or_else(|| PayloadError::new("meta.event_name is missing"))?;
         let data = envelope.data.ok_or_else(|| PayloadError::new("data is missing"))?;
@@ -110,10 +109,7 @@ fn dedup_key(kind: &str, id: &str, attributes: &Attributes<'_>) -> String {
     };
     let updated_at = attributes.updated_at.as_deref().unwrap_or("-");
     match kind {
-        "order_created"
-        | "subscription_payment_success"
-        | "subscription_payment_failed"
-        | "subscription_payment_recovered" => format!("{kind}:{id}"),
+        "order_created" | "subscription_payment_success" | "subscription_payment_failed" | "subscription_payment_recovered" => format!("{kind}:{id}"),
         "order_refunded" | "subscription_payment_refunded" => format!("{kind}:{id}:{refunded_amount}"),
         _ => format!("{kind}:{id}:{updated_at}"),
     }
@@ -135,7 +131,9 @@ mod tests {
         let payload = body("order_created", "1", "{}", "{}");
         let good = signature_header("ls_secret", &payload);
         let secrets = |s: &[&str]| s.iter().map(|s| SecretString::from(*s)).collect::<Vec<_>>();
-        let cases: Vec<(&str, Option<String>, &[u8], Vec<SecretString>, Result<(), SignatureError>)> = vec![
+        // (name, header, body, secrets, expected)
+        type Case<'a> = (&'a str, Option<String>, &'a [u8], Vec<SecretString>, Result<(), SignatureError>);
+        let cases: Vec<Case<'_>> = vec![
             ("valid", Some(good.clone()), &payload, secrets(&["ls_secret"]), Ok(())),
             ("upper-case hex", Some(good.to_uppercase()), &payload, secrets(&["ls_secret"]), Ok(())),
             ("second secret during rotation", Some(good.clone()), &payload, secrets(&["new", "ls_secret"]), Ok(())),
@@ -157,10 +155,7 @@ mod tests {
         assert_eq!(key("subscription_payment_success", "{}"), "subscription_payment_success:77");
         assert_eq!(key("order_refunded", r#"{"refunded_amount":500}"#), "order_refunded:77:500");
         assert_ne!(key("order_refunded", r#"{"refunded_amount":500}"#), key("order_refunded", r#"{"refunded_amount":900}"#));
-        assert_eq!(
-            key("subscription_updated", r#"{"updated_at":"2026-01-01T00:00:00.000000Z"}"#),
-            "subscription_updated:77:2026-01-01T00:00:00.000000Z"
-        );
+        assert_eq!(key("subscription_updated", r#"{"updated_at":"2026-01-01T00:00:00.000000Z"}"#), "subscription_updated:77:2026-01-01T00:00:00.000000Z");
         assert_eq!(key("something_new", "{}"), "something_new:77:-");
     }
 
@@ -175,7 +170,12 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_rejected() {
-        for body in [&b"{"[..], br#"{"data":{"id":"1"}}"#, br#"{"meta":{"event_name":"order_created"}}"#, br#"{"meta":{"event_name":"order_created"},"data":{"type":"orders"}}"#] {
+        for body in [
+            &b"{"[..],
+            br#"{"data":{"id":"1"}}"#,
+            br#"{"meta":{"event_name":"order_created"}}"#,
+            br#"{"meta":{"event_name":"order_created"},"data":{"type":"orders"}}"#,
+        ] {
             assert!(LemonSqueezyEvent::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }

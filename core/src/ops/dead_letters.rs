@@ -12,7 +12,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::events::{EventSummary, JOB_SUMMARY, JobSummary, page};
-use super::{OpsError, Operator, Page};
+use super::{Operator, OpsError, Page};
 
 /// Which dead jobs; every field optional. `error` matches part of the last error, ignoring case.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
@@ -181,12 +181,26 @@ pub async fn show(pool: &PgPool, id: i64) -> Result<JobDetail, OpsError> {
 /// Replays the selected dead jobs: each gets a new job (same kind, arguments and event, its
 /// attempts anew) that points at it, and becomes `replayed`. `progress(done, total)` is called
 /// after every batch.
-pub async fn replay(pool: &PgPool, selection: &Selection, operator: &Operator, reason: &str, dry_run: bool, progress: &mut (dyn FnMut(i64, i64) + Send)) -> Result<Outcome, OpsError> {
+pub async fn replay(
+    pool: &PgPool,
+    selection: &Selection,
+    operator: &Operator,
+    reason: &str,
+    dry_run: bool,
+    progress: &mut (dyn FnMut(i64, i64) + Send),
+) -> Result<Outcome, OpsError> {
     act(pool, selection, Action::Replay, operator, reason, dry_run, progress).await
 }
 
 /// Discards the selected dead jobs: they become `discarded` and stay for the record.
-pub async fn discard(pool: &PgPool, selection: &Selection, operator: &Operator, reason: &str, dry_run: bool, progress: &mut (dyn FnMut(i64, i64) + Send)) -> Result<Outcome, OpsError> {
+pub async fn discard(
+    pool: &PgPool,
+    selection: &Selection,
+    operator: &Operator,
+    reason: &str,
+    dry_run: bool,
+    progress: &mut (dyn FnMut(i64, i64) + Send),
+) -> Result<Outcome, OpsError> {
     act(pool, selection, Action::Discard, operator, reason, dry_run, progress).await
 }
 
@@ -196,7 +210,15 @@ enum Action {
     Discard,
 }
 
-async fn act(pool: &PgPool, selection: &Selection, action: Action, operator: &Operator, reason: &str, dry_run: bool, progress: &mut (dyn FnMut(i64, i64) + Send)) -> Result<Outcome, OpsError> {
+async fn act(
+    pool: &PgPool,
+    selection: &Selection,
+    action: Action,
+    operator: &Operator,
+    reason: &str,
+    dry_run: bool,
+    progress: &mut (dyn FnMut(i64, i64) + Send),
+) -> Result<Outcome, OpsError> {
     let reason = super::reason(reason)?;
     let all = DeadFilter::default();
     let (filter, ids) = match selection {
@@ -204,7 +226,8 @@ async fn act(pool: &PgPool, selection: &Selection, action: Action, operator: &Op
         Selection::Ids(ids) => (&all, Some(ids.as_slice())),
         Selection::Matching(filter) => (filter, None),
     };
-    let (matched,): (i64,) = bind_selection(sqlx::query_as(super::sql(format!("SELECT count(*) FROM jobs WHERE {SELECTED}"))), filter, ids).fetch_one(pool).await?;
+    let (matched,): (i64,) =
+        bind_selection(sqlx::query_as(super::sql(format!("SELECT count(*) FROM jobs WHERE {SELECTED}"))), filter, ids).fetch_one(pool).await?;
     if let Some(ids) = ids
         && matched < ids.len() as i64
     {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{OpsError, Operator, Page};
+use super::{Operator, OpsError, Page};
 use crate::config::{Accounts, JobPolicies};
 use crate::event_log::{NewEvent, Source};
 use crate::jobs;
@@ -70,8 +70,7 @@ pub struct JobSummary {
 
 const SOURCES: [&str; 4] = ["kommo", "stripe", "lemonsqueezy", "internal"];
 const SUMMARY: &str = "seq, id, account, source, kind, dedup_key, lead_id, received_at, caused_by_job";
-pub(super) const JOB_SUMMARY: &str =
-    "id, kind, state, attempt, max_attempts, created_at, finished_at, errors -> -1 ->> 'error' AS last_error, replay_of";
+pub(super) const JOB_SUMMARY: &str = "id, kind, state, attempt, max_attempts, created_at, finished_at, errors -> -1 ->> 'error' AS last_error, replay_of";
 
 /// A page of events, newest first.
 pub async fn list(pool: &PgPool, filter: &EventFilter) -> Result<Page<EventSummary>, OpsError> {

@@ -39,13 +39,12 @@ pub struct History {
 
 /// Every event of deal `lead_id` of `account`, oldest first.
 pub async fn of_deal(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<Entry>, OpsError> {
-    let rows: Vec<(i64, DateTime<Utc>, String, String, Uuid, Value)> = sqlx::query_as(
-        "SELECT seq, received_at, source, kind, id, payload FROM events WHERE account = $1 AND lead_id = $2 ORDER BY seq",
-    )
-    .bind(account)
-    .bind(lead_id)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(i64, DateTime<Utc>, String, String, Uuid, Value)> =
+        sqlx::query_as("SELECT seq, received_at, source, kind, id, payload FROM events WHERE account = $1 AND lead_id = $2 ORDER BY seq")
+            .bind(account)
+            .bind(lead_id)
+            .fetch_all(pool)
+            .await?;
     if rows.is_empty() {
         return Err(OpsError::NotFound(format!("the log has nothing about deal {lead_id} of account {account:?}")));
     }
@@ -100,7 +99,9 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
                     ("Stripe checkout", money(&object, "/amount_total", "/currency"), text(&object, "/payment_status"))
                 }
                 "payment_intent.succeeded" => ("Stripe payment", money(&object, "/amount_received", "/currency"), Some("succeeded".into())),
-                "invoice.paid" | "invoice.payment_succeeded" => ("Stripe subscription invoice paid", money(&object, "/amount_paid", "/currency"), Some("paid".into())),
+                "invoice.paid" | "invoice.payment_succeeded" => {
+                    ("Stripe subscription invoice paid", money(&object, "/amount_paid", "/currency"), Some("paid".into()))
+                }
                 "invoice.payment_failed" => ("Stripe subscription invoice failed", money(&object, "/amount_due", "/currency"), Some("failed".into())),
                 "charge.refunded" => ("Stripe refund (total refunded)", money(&object, "/amount_refunded", "/currency"), Some("refunded".into())),
                 "customer.subscription.deleted" => ("Stripe subscription ended", None, text(&object, "/status")),
@@ -122,21 +123,31 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
             let amount = money(payload, "/amount_minor", "/currency");
             let what = match kind {
                 "payment_link.issued" => format!("Payment link issued: {}", text(payload, "/url").unwrap_or_default()),
-                "payment.received" => format!("Payment recorded: {} {}", text(payload, "/provider").unwrap_or_default(), text(payload, "/payment_id").unwrap_or_default()),
+                "payment.received" => {
+                    format!("Payment recorded: {} {}", text(payload, "/provider").unwrap_or_default(), text(payload, "/payment_id").unwrap_or_default())
+                }
                 "refund.applied" => {
                     let shown = |amount: &str| money(payload, amount, "/currency").and_then(to_money).map(|m| m.to_string()).unwrap_or_default();
                     let what = format!("Refunded so far: {} of {}", shown("/refunded_minor"), shown("/amount_minor"));
                     return d(what, money(payload, "/refunded_minor", "/currency"), Some("refunded".into()));
                 }
-                "payment_link.status_changed" => format!("Payment link {} is now {}", text(payload, "/link_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default()),
+                "payment_link.status_changed" => {
+                    format!("Payment link {} is now {}", text(payload, "/link_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default())
+                }
                 "payment.applied" => format!("Deal updated for payment {}", text(payload, "/payment_id").unwrap_or_default()),
-                "subscription.snapshot" => format!("Subscription {} is {}", text(payload, "/subscription_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default()),
+                "subscription.snapshot" => {
+                    format!("Subscription {} is {}", text(payload, "/subscription_id").unwrap_or_default(), text(payload, "/status").unwrap_or_default())
+                }
                 "payment.failure_run_opened" => format!("A subscription payment failed: {}", text(payload, "/what").unwrap_or_default()),
                 "payment.failure_runs_cleared" => "Earlier failed payments made good".to_owned(),
                 "self_serve.deal_created" => format!("Deal created for self-serve order {}", text(payload, "/order_id").unwrap_or_default()),
-                "payment_link.reminder_due" => format!("Reminder {} due for {}", text(payload, "/reminder").unwrap_or_default(), text(payload, "/url").unwrap_or_default()),
+                "payment_link.reminder_due" => {
+                    format!("Reminder {} due for {}", text(payload, "/reminder").unwrap_or_default(), text(payload, "/url").unwrap_or_default())
+                }
                 "subscription.overdue" => format!("Subscription overdue: {}", text(payload, "/what").unwrap_or_default()),
-                "job.dead_lettered" => format!("Failed for good ({}): {}", text(payload, "/job_kind").unwrap_or_default(), text(payload, "/error").unwrap_or_default()),
+                "job.dead_lettered" => {
+                    format!("Failed for good ({}): {}", text(payload, "/job_kind").unwrap_or_default(), text(payload, "/error").unwrap_or_default())
+                }
                 "job.replayed" | "job.discarded" | "event.replayed" => format!(
                     "{} by {}: {}",
                     kind.replace('.', " "),

@@ -141,15 +141,13 @@ pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operato
     .await?;
     let (blocked_at, blocked_reason) = cleared.ok_or_else(|| OpsError::NotFound(format!("{provider} calls for account {account:?} are not blocked")))?;
     let record = uuid::Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO events (id, account, source, kind, dedup_key, payload) VALUES ($1, $2, 'internal', 'provider.unblocked', $3, $4)",
-    )
-    .bind(record)
-    .bind(account)
-    .bind(format!("provider.unblocked:{provider}:{record}"))
-    .bind(serde_json::json!({ "provider": provider, "blocked_at": blocked_at, "blocked_reason": blocked_reason, "operator": operator.0, "reason": reason }))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("INSERT INTO events (id, account, source, kind, dedup_key, payload) VALUES ($1, $2, 'internal', 'provider.unblocked', $3, $4)")
+        .bind(record)
+        .bind(account)
+        .bind(format!("provider.unblocked:{provider}:{record}"))
+        .bind(serde_json::json!({ "provider": provider, "blocked_at": blocked_at, "blocked_reason": blocked_reason, "operator": operator.0, "reason": reason }))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Unblocked { provider: provider.to_owned(), account: account.to_owned(), blocked_at, reason: blocked_reason.unwrap_or_default() })
 }

@@ -60,9 +60,7 @@ impl StripeError {
     /// 429 and 5xx), and every failure to reach it.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StripeError::Api { status, should_retry, .. } => {
-                should_retry.unwrap_or(*status == 409 || *status == 429 || *status >= 500)
-            }
+            StripeError::Api { status, should_retry, .. } => should_retry.unwrap_or(*status == 409 || *status == 429 || *status >= 500),
             StripeError::Unreachable(_) => true,
             // A success we cannot read (a proxy's page, a cut-off body) may have done the work:
             // the retry carries the same idempotency key and gets Stripe's stored answer.
@@ -158,11 +156,8 @@ pub struct PaymentLink {
 
 impl StripeClient {
     pub fn new(base: url::Url, secret_key: SecretString) -> StripeClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a TLS backend is available");
+        let http =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30)).build().expect("a TLS backend is available");
         StripeClient { http, base, secret_key, retry_pause: Duration::from_millis(500) }
     }
 

@@ -24,13 +24,7 @@ pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
 /// nothing about our clock. Timestamps more than `tolerance` in the past are stale; unlike
 /// Stripe's libraries we also refuse ones more than `tolerance` in the future, which no honest
 /// delivery has.
-pub fn verify(
-    header: Option<&str>,
-    body: &[u8],
-    secrets: &[SecretString],
-    tolerance: Duration,
-    now: DateTime<Utc>,
-) -> Result<(), SignatureError> {
+pub fn verify(header: Option<&str>, body: &[u8], secrets: &[SecretString], tolerance: Duration, now: DateTime<Utc>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing(SIGNATURE_HEADER))?;
     let mut timestamp = None;
     let mut candidates = Vec::new();
@@ -127,24 +121,14 @@ struct Metadata {
 
 impl StripeEvent {
     pub fn parse(body: &[u8]) -> Result<StripeEvent, PayloadError> {
-        let envelope: Envelope<'_> =
-            serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Stripe event: {e}")))?;
+        let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| PayloadError::new(format!("not a Stripe event: {e}")))?;
         let id = envelope.id.filter(|id| !id.is_empty()).ok_or_else(|| PayloadError::new("the event has no \"id\""))?;
         if !id.starts_with("evt_") || id.len() > 255 {
             return Err(PayloadError::new("the event id is not an evt_ id"));
         }
         let kind = envelope.kind.filter(|k| !k.is_empty()).ok_or_else(|| PayloadError::new("the event has no \"type\""))?;
-        let object = envelope
-            .data
-            .and_then(|d| d.object)
-            .ok_or_else(|| PayloadError::new("the event has no data.object"))?;
-        Ok(StripeEvent {
-            id: id.into_owned(),
-            kind: kind.into_owned(),
-            livemode: envelope.livemode,
-            lead_id: lead_id_of(object),
-            payload: raw_json(body)?,
-        })
+        let object = envelope.data.and_then(|d| d.object).ok_or_else(|| PayloadError::new("the event has no data.object"))?;
+        Ok(StripeEvent { id: id.into_owned(), kind: kind.into_owned(), livemode: envelope.livemode, lead_id: lead_id_of(object), payload: raw_json(body)? })
     }
 }
 
@@ -184,7 +168,9 @@ mod tests {
     fn signature_cases() {
         let t = now().timestamp();
         let good = signature_header(SECRET, t, BODY);
-        let cases: Vec<(&str, Option<String>, &[u8], &[&str], Result<(), SignatureError>)> = vec![
+        // (name, header, body, secrets, expected)
+        type Case<'a> = (&'a str, Option<String>, &'a [u8], &'a [&'a str], Result<(), SignatureError>);
+        let cases: Vec<Case<'_>> = vec![
             ("valid", Some(good.clone()), BODY, &[SECRET], Ok(())),
             ("spaces after commas", Some(good.replace(',', ", ")), BODY, &[SECRET], Ok(())),
             ("several v1, one valid", Some(format!("t={t},v1={},v1={}", v1("other", t), v1(SECRET, t))), BODY, &[SECRET], Ok(())),
@@ -224,7 +210,14 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_rejected() {
-        for body in [&b"not json"[..], b"[]", br#"{"type":"x","data":{"object":{}}}"#, br#"{"id":"x","type":"y","data":{"object":{}}}"#, br#"{"id":"evt_1","data":{"object":{}}}"#, br#"{"id":"evt_1","type":"x"}"#] {
+        for body in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"type":"x","data":{"object":{}}}"#,
+            br#"{"id":"x","type":"y","data":{"object":{}}}"#,
+            br#"{"id":"evt_1","data":{"object":{}}}"#,
+            br#"{"id":"evt_1","type":"x"}"#,
+        ] {
             assert!(StripeEvent::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }

@@ -18,10 +18,7 @@ pub(super) async fn alive() -> &'static str {
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     match kommo_pay_core::db::schema_is_current(&state.pool).await {
         Ok(true) => (StatusCode::OK, Json(json!({ "database": "ok", "schema": "current" }))),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "database": "ok", "schema": "not current: run `kommo-pay migrate`" })),
-        ),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "database": "ok", "schema": "not current: run `kommo-pay migrate`" }))),
         Err(error) => {
             tracing::warn!(%error, "readiness check: database unreachable");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "database": "unreachable" })))

@@ -19,12 +19,7 @@ use subtle::ConstantTimeEq;
 use super::kept_headers;
 use crate::{Accepted, AppState, IngestError};
 
-pub(super) async fn receive(
-    State(state): State<Arc<AppState>>,
-    Path((slug, secret)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn receive(State(state): State<Arc<AppState>>, Path((slug, secret)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
     let outcome = accept(&state, &slug, &secret, &headers, &body).await;
     state.finish(Source::Kommo, &slug, outcome, started)
@@ -38,18 +33,14 @@ async fn accept(state: &AppState, slug: &str, secret: &str, headers: &HeaderMap,
     }
     let delivery = KommoDelivery::parse(body)?;
     if delivery.account_id != account.kommo.account_id {
-        return Err(IngestError::Unauthenticated(format!(
-            "account[id] {} is not this account's Kommo id",
-            delivery.account_id
-        )));
+        return Err(IngestError::Unauthenticated(format!("account[id] {} is not this account's Kommo id", delivery.account_id)));
     }
     let kept = kept_headers(headers);
     let events = delivery
         .changes
         .iter()
         .map(|change| {
-            let payload = serde_json::value::to_raw_value(&json!({ "account": delivery.account, "item": change.item }))
-                .expect("a JSON value serialises");
+            let payload = serde_json::value::to_raw_value(&json!({ "account": delivery.account, "item": change.item })).expect("a JSON value serialises");
             let mut event = NewEvent::new(&account.slug, Source::Kommo, change.kind(), change.dedup_key(), change.lead_id(), payload);
             event.headers = kept.clone();
             event

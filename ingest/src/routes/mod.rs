@@ -89,8 +89,7 @@ impl AppState {
 
 /// Request headers worth keeping with an event. An allow-list: signatures, authorisation and
 /// cookies never reach the log.
-const KEPT_HEADERS: &[&str] =
-    &["content-type", "user-agent", "x-request-id", "x-amocrm-requestid", "x-event-name", "stripe-should-retry"];
+const KEPT_HEADERS: &[&str] = &["content-type", "user-agent", "x-request-id", "x-amocrm-requestid", "x-event-name", "stripe-should-retry"];
 
 fn kept_headers(headers: &HeaderMap) -> Value {
     let mut kept: Map<String, Value> = KEPT_HEADERS

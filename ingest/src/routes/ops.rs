@@ -18,7 +18,7 @@ use axum::{Extension, Router};
 use kommo_pay_core::ops::dead_letters::{self, BulkRequest, DeadCounts, DeadFilter};
 use kommo_pay_core::ops::events::{self, EventFilter, ReplayRequest};
 use kommo_pay_core::ops::history::{self, History};
-use kommo_pay_core::ops::{ErrorBody, OpsError, Operator, UnblockRequest, queue_stats};
+use kommo_pay_core::ops::{ErrorBody, Operator, OpsError, UnblockRequest, queue_stats};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -127,7 +127,12 @@ async fn show_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
     ok(events::show(&state.pool, events::parse_id(&id)?).await?)
 }
 
-async fn replay_event(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, Path(id): Path<String>, body: Result<Json<ReplayRequest>, JsonRejection>) -> Answer {
+async fn replay_event(
+    State(state): State<Arc<AppState>>,
+    Extension(operator): Extension<Operator>,
+    Path(id): Path<String>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
+) -> Answer {
     let body = body?.0;
     ok(events::replay(&state.pool, &state.accounts, &state.job_policies, events::parse_id(&id)?, &operator, &body.reason).await?)
 }
@@ -154,7 +159,12 @@ async fn discard_dead(State(state): State<Arc<AppState>>, Extension(operator): E
     ok(dead_letters::discard(&state.pool, &act.selection()?, &operator, &act.reason, act.dry_run, &mut |_, _| {}).await?)
 }
 
-async fn unblock(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, Path(account): Path<String>, body: Result<Json<UnblockRequest>, JsonRejection>) -> Answer {
+async fn unblock(
+    State(state): State<Arc<AppState>>,
+    Extension(operator): Extension<Operator>,
+    Path(account): Path<String>,
+    body: Result<Json<UnblockRequest>, JsonRejection>,
+) -> Answer {
     let body = body?.0;
     ok(kommo_pay_core::ops::unblock(&state.pool, &body.provider, &account, &operator, &body.reason).await?)
 }
@@ -170,7 +180,11 @@ struct HistoryFormat {
     format: Option<String>,
 }
 
-async fn deal_history(State(state): State<Arc<AppState>>, Path((account, lead)): Path<(String, i64)>, format: Result<Query<HistoryFormat>, QueryRejection>) -> Answer {
+async fn deal_history(
+    State(state): State<Arc<AppState>>,
+    Path((account, lead)): Path<(String, i64)>,
+    format: Result<Query<HistoryFormat>, QueryRejection>,
+) -> Answer {
     let format = format?.0.format;
     let entries = history::of_deal(&state.pool, &account, lead).await?;
     match format.as_deref() {

@@ -22,13 +22,7 @@ pub(super) async fn receive(State(state): State<Arc<AppState>>, Path(slug): Path
 async fn accept(state: &AppState, slug: &str, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, IngestError> {
     let account = state.account(slug)?;
     let stripe = account.stripe.as_ref().ok_or(IngestError::UnknownAccount)?;
-    webhook::verify(
-        header(headers, webhook::SIGNATURE_HEADER),
-        body,
-        &stripe.webhook_secrets,
-        stripe.signature_tolerance,
-        Utc::now(),
-    )?;
+    webhook::verify(header(headers, webhook::SIGNATURE_HEADER), body, &stripe.webhook_secrets, stripe.signature_tolerance, Utc::now())?;
     let event = StripeEvent::parse(body)?;
     let mut new = NewEvent::new(&account.slug, Source::Stripe, event.kind, event.id, event.lead_id, event.payload);
     new.headers = kept_headers(headers);

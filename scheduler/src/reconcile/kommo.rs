@@ -76,8 +76,7 @@ async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, a
 /// admin saves it again. Says so in the log and the metric on every round while it lasts.
 async fn check_webhooks(clients: &AccountClients) -> anyhow::Result<()> {
     let hooks = clients.kommo.webhooks().await.context("listing Kommo webhooks")?;
-    let disabled: Vec<String> =
-        hooks.iter().filter(|hook| hook.get("disabled") == Some(&Value::Bool(true))).map(|hook| hook["id"].to_string()).collect();
+    let disabled: Vec<String> = hooks.iter().filter(|hook| hook.get("disabled") == Some(&Value::Bool(true))).map(|hook| hook["id"].to_string()).collect();
     let account = clients.account.slug.clone();
     metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.clone()).set(disabled.len() as f64);
     if !disabled.is_empty() {

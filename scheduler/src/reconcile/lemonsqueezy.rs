@@ -108,12 +108,11 @@ async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[
     if let Some(event) = this_round.iter().find(|e| e.dedup_key == key) {
         return Ok(event.lead_id);
     }
-    let lead: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT lead_id FROM events WHERE account = $1 AND source = 'lemonsqueezy' AND dedup_key = $2")
-            .bind(account)
-            .bind(&key)
-            .fetch_optional(pool)
-            .await?;
+    let lead: Option<Option<i64>> = sqlx::query_scalar("SELECT lead_id FROM events WHERE account = $1 AND source = 'lemonsqueezy' AND dedup_key = $2")
+        .bind(account)
+        .bind(&key)
+        .fetch_optional(pool)
+        .await?;
     Ok(lead.flatten())
 }
 

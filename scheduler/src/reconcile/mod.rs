@@ -81,7 +81,12 @@ impl Reconciler {
                 let events = match missed {
                     Ok(events) => events,
                     Err(error) => {
-                        tracing::warn!(account = slug, provider = provider.as_str(), error = format!("{error:#}"), "reconciliation failed; reading from the same cursor next round");
+                        tracing::warn!(
+                            account = slug,
+                            provider = provider.as_str(),
+                            error = format!("{error:#}"),
+                            "reconciliation failed; reading from the same cursor next round"
+                        );
                         metrics::counter!("kommo_pay_reconcile_failures_total", "account" => slug.to_owned(), "provider" => provider.as_str()).increment(1);
                         continue;
                     }
@@ -89,7 +94,8 @@ impl Reconciler {
                 let appended = self.append(clients, provider, events).await?;
                 if appended > 0 {
                     tracing::warn!(account = slug, provider = provider.as_str(), events = appended, "reconciliation found events no webhook delivered");
-                    metrics::counter!("kommo_pay_reconciled_events_total", "account" => slug.to_owned(), "provider" => provider.as_str()).increment(appended as u64);
+                    metrics::counter!("kommo_pay_reconciled_events_total", "account" => slug.to_owned(), "provider" => provider.as_str())
+                        .increment(appended as u64);
                 }
                 recovered += appended;
                 self.advance(slug, provider, now).await?;

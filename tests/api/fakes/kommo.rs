@@ -362,10 +362,8 @@ async fn search_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    let query: String = uri
-        .query()
-        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "query").map(|(_, v)| v.into_owned()))
-        .unwrap_or_default();
+    let query: String =
+        uri.query().and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "query").map(|(_, v)| v.into_owned())).unwrap_or_default();
     let found: Vec<Value> = state.lock().unwrap().leads.values().filter(|l| l["name"].as_str().is_some_and(|n| n.contains(&query))).cloned().collect();
     if found.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "leads": found } })) }
 }
@@ -380,14 +378,8 @@ async fn list_events(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
     let number = |key: &str, default: i64| query.get(key).map_or(default, |v| v.parse().expect("a number"));
     let (from, limit, page) = (number("filter[created_at][from]", 0), number("limit", 100), number("page", 1));
     let kind = query.get("filter[type]").cloned().unwrap_or_default();
-    let matching: Vec<Value> = state
-        .lock()
-        .unwrap()
-        .stage_changes
-        .iter()
-        .filter(|e| e["type"] == kind.as_str() && e["created_at"].as_i64().unwrap() >= from)
-        .cloned()
-        .collect();
+    let matching: Vec<Value> =
+        state.lock().unwrap().stage_changes.iter().filter(|e| e["type"] == kind.as_str() && e["created_at"].as_i64().unwrap() >= from).cloned().collect();
     let start = ((page - 1) * limit) as usize;
     let events: Vec<Value> = matching.iter().skip(start).take(limit as usize).cloned().collect();
     if events.is_empty() {
@@ -422,9 +414,8 @@ async fn list_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: 
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    let entity: Option<i64> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "filter[entity_id][]")
-        .and_then(|(_, v)| v.parse().ok());
+    let entity: Option<i64> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).find(|(k, _)| k == "filter[entity_id][]").and_then(|(_, v)| v.parse().ok());
     let tasks: Vec<Value> = state.lock().unwrap().tasks.iter().rev().filter(|t| entity.is_none_or(|e| t["entity_id"] == e)).cloned().collect();
     if tasks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "tasks": tasks } })) }
 }

@@ -40,10 +40,7 @@ pub struct FakeLemonSqueezy {
 impl FakeLemonSqueezy {
     pub async fn start() -> FakeLemonSqueezy {
         let state = Arc::new(Mutex::new(Fake::default()));
-        let router = Router::new()
-            .route("/v1/checkouts", post(create_checkout))
-            .route("/v1/{resource}", axum::routing::get(list))
-            .with_state(state.clone());
+        let router = Router::new().route("/v1/checkouts", post(create_checkout)).route("/v1/{resource}", axum::routing::get(list)).with_state(state.clone());
         FakeLemonSqueezy { url: super::serve(router).await, state }
     }
 
@@ -71,7 +68,12 @@ async fn create_checkout(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderM
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let document: Value = serde_json::from_slice(&body).unwrap_or_default();
     let mut fake = state.lock().unwrap();
-    fake.requests.push(Recorded { document: document.clone(), accept: header("accept"), content_type: header("content-type"), authorization: header("authorization") });
+    fake.requests.push(Recorded {
+        document: document.clone(),
+        accept: header("accept"),
+        content_type: header("content-type"),
+        authorization: header("authorization"),
+    });
     if let Some((status, body)) = fake.failures.pop_front() {
         return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/vnd.api+json")], body.to_string()).into_response();
     }
@@ -107,7 +109,12 @@ async fn create_checkout(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderM
 
 /// `GET /v1/orders|subscriptions?filter[store_id]=…&page[number]=…&page[size]=…`: newest first by
 /// `created_at`, with JSON:API page links.
-async fn list(State(state): State<Arc<Mutex<Fake>>>, axum::extract::Path(resource): axum::extract::Path<String>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+async fn list(
+    State(state): State<Arc<Mutex<Fake>>>,
+    axum::extract::Path(resource): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {API_KEY}")) {
         return errors(401, "Unauthenticated.", "");
     }

@@ -125,11 +125,13 @@ async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, 
     let currency = price["currency"].as_str().unwrap_or_default();
     let amount: i64 = price["unit_amount"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
     if !["usd", "eur", "gbp", "jpy"].contains(&currency) {
-        let (status, body) = stripe_error(400, "invalid_request_error", "parameter_invalid", &format!("Invalid currency: {currency}."), "line_items[0][price_data][currency]");
+        let (status, body) =
+            stripe_error(400, "invalid_request_error", "parameter_invalid", &format!("Invalid currency: {currency}."), "line_items[0][price_data][currency]");
         return answer(status, body, None);
     }
     if currency != "jpy" && amount < 50 {
-        let (status, body) = stripe_error(400, "invalid_request_error", "amount_too_small", "Amount must be at least 50 cents.", "line_items[0][price_data][unit_amount]");
+        let (status, body) =
+            stripe_error(400, "invalid_request_error", "amount_too_small", "Amount must be at least 50 cents.", "line_items[0][price_data][unit_amount]");
         return answer(status, body, None);
     }
     let n = fake.links.len() + 1;

@@ -2,17 +2,17 @@
 
 use anyhow::anyhow;
 use kommo_pay_core::config::FieldsSection;
+use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lenient_id;
 use kommo_pay_core::money::{Currency, Money};
-use kommo_pay_core::event_log::{self, Fact};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::{AccountClients, Context, db_failed, kommo_failed};
+use crate::JobError;
 use kommo_pay_core::config::StatusesSection;
 use kommo_pay_core::queue::ClaimedJob;
-use crate::JobError;
 
 /// What the flows need of a lead read back from Kommo.
 pub(super) struct Deal {

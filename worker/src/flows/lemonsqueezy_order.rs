@@ -114,9 +114,11 @@ async fn self_serve_deal(
     total: Money,
 ) -> Result<i64, JobError> {
     let account = &clients.account;
-    let config = account.lemonsqueezy.as_ref().and_then(|l| l.self_serve.as_ref()).ok_or_else(|| {
-        JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section"))
-    })?;
+    let config = account
+        .lemonsqueezy
+        .as_ref()
+        .and_then(|l| l.self_serve.as_ref())
+        .ok_or_else(|| JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section")))?;
     let order = &event["data"]["attributes"];
     // The order number in the deal's name is what finds a deal an interrupted attempt created.
     let marker = format!("(order #{number})");

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::dunning::{self, Failure};
+use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
@@ -41,9 +41,9 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let is_payment = name.starts_with("subscription_payment_");
     let subscription_id = if is_payment { id_of(attrs.get("subscription_id")).unwrap_or_default() } else { data_id.clone() };
     let mapped = subscriptions::lead_of(pool, &account.slug, "lemonsqueezy", &subscription_id).await.map_err(db_failed)?;
-    let lead_id = mapped.or(job.lead_id).ok_or_else(|| {
-        JobError::permanent(anyhow!("subscription {subscription_id} names no deal: no subscription_created with a kommo_lead_id was seen"))
-    })?;
+    let lead_id = mapped
+        .or(job.lead_id)
+        .ok_or_else(|| JobError::permanent(anyhow!("subscription {subscription_id} names no deal: no subscription_created with a kommo_lead_id was seen")))?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
 
     if is_payment {
@@ -65,7 +65,14 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                     return Ok(());
                 }
                 let what = format!("{total} (Lemon Squeezy invoice {data_id})");
-                let failure = Failure { account: &account.slug, provider: "lemonsqueezy", subscription_id: &subscription_id, lead_id, failed_at: payment.at, what: &what };
+                let failure = Failure {
+                    account: &account.slug,
+                    provider: "lemonsqueezy",
+                    subscription_id: &subscription_id,
+                    lead_id,
+                    failed_at: payment.at,
+                    what: &what,
+                };
                 charge_failed(&context, clients, &job, failure).await
             }
             "subscription_payment_refunded" => {
@@ -101,9 +108,12 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     match name.as_str() {
         "subscription_cancelled" => {
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
-            let ends = attrs.get("ends_at").and_then(Value::as_str).map(|e| e.get(..10).unwrap_or(e).to_owned()).unwrap_or_else(|| "the end of the period".into());
+            let ends =
+                attrs.get("ends_at").and_then(Value::as_str).map(|e| e.get(..10).unwrap_or(e).to_owned()).unwrap_or_else(|| "the end of the period".into());
             let product = text("product_name");
-            let text = format!("The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back.");
+            let text = format!(
+                "The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back."
+            );
             let mut deal = Deal::from_lead(&lead)?;
             if let Some(manager) = account.lemonsqueezy.as_ref().and_then(|l| l.success_manager_id) {
                 deal.responsible_user_id = Some(manager);
@@ -116,7 +126,14 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         // the payment event was lost.
         _ if newest && matches!(snapshot.status, "past_due" | "unpaid") => {
             let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
-            let failure = Failure { account: &account.slug, provider: "lemonsqueezy", subscription_id: &subscription_id, lead_id, failed_at: snapshot.updated_at, what: &what };
+            let failure = Failure {
+                account: &account.slug,
+                provider: "lemonsqueezy",
+                subscription_id: &subscription_id,
+                lead_id,
+                failed_at: snapshot.updated_at,
+                what: &what,
+            };
             dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
         }
         _ => {

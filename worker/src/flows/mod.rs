@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::config::Accounts;
 use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
 use kommo_pay_core::queue::ClaimedJob;
@@ -39,9 +39,7 @@ impl Context {
     }
 
     fn clients(&self, job: &ClaimedJob) -> Result<&AccountClients, JobError> {
-        self.accounts
-            .get(&job.account)
-            .ok_or_else(|| JobError::permanent(anyhow!("account {:?} is no longer configured", job.account)))
+        self.accounts.get(&job.account).ok_or_else(|| JobError::permanent(anyhow!("account {:?} is no longer configured", job.account)))
     }
 }
 
@@ -57,9 +55,7 @@ impl RequiredClients for AccountClients {
     }
 
     fn lemonsqueezy(&self) -> Result<&LemonSqueezyClient, JobError> {
-        self.lemonsqueezy
-            .as_ref()
-            .ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.lemonsqueezy] section", self.account.slug)))
+        self.lemonsqueezy.as_ref().ok_or_else(|| JobError::permanent(anyhow!("account {} has no [accounts.lemonsqueezy] section", self.account.slug)))
     }
 }
 

@@ -25,10 +25,8 @@ pub(super) async fn charge_failed(context: &Context, clients: &AccountClients, j
         _ => "Lemon Squeezy",
     };
     let deadline = (failure.failed_at + clients.account.overdue_grace).format("%Y-%m-%d");
-    let text = format!(
-        "The subscription payment of {} failed. {provider} retries the card; unless it is paid by {deadline}, the deal becomes Overdue.",
-        failure.what
-    );
+    let text =
+        format!("The subscription payment of {} failed. {provider} retries the card; unless it is paid by {deadline}, the deal becomes Overdue.", failure.what);
     note_once(&context.pool, &clients.kommo, &clients.account.slug, failure.lead_id, job.id, "payment.failed", &text).await
 }
 

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::payment_links::{self, Issued, Issuing};
-use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::config::TriggerProvider;
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::lemonsqueezy::client::NewCheckout;
+use kommo_pay_core::payment_links::{self, Issued, Issuing};
+use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::NewPaymentLink;
 use serde_json::{Value, json};
 
@@ -41,9 +41,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
     let account = &clients.account;
     let pool = &context.pool;
     let trigger_name = job.args.get("trigger").and_then(Value::as_str).unwrap_or_default();
-    let trigger = account
-        .trigger(trigger_name)
-        .ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
+    let trigger = account.trigger(trigger_name).ok_or_else(|| JobError::permanent(anyhow!("trigger {trigger_name:?} is no longer configured")))?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let kommo = &clients.kommo;
 
@@ -88,13 +86,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
             };
             let created = match &trigger.provider {
                 TriggerProvider::Stripe => {
-                    let request = NewPaymentLink {
-                        product_name,
-                        amount,
-                        recurring: trigger.recurring,
-                        metadata,
-                        redirect_url: trigger.redirect_url.clone(),
-                    };
+                    let request = NewPaymentLink { product_name, amount, recurring: trigger.recurring, metadata, redirect_url: trigger.redirect_url.clone() };
                     let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
                     match clients.stripe()?.create_payment_link(&request, &key).await {
                         Ok(created) => (created.id, created.url),
@@ -130,20 +122,16 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
                     }
                 }
             };
-            let issued = Issued {
-                account: &account.slug,
-                provider,
-                lead_id,
-                trigger: &trigger.name,
-                link_id: &created.0,
-                url: &created.1,
-                amount,
-                job_id: job.id,
-            };
+            let issued =
+                Issued { account: &account.slug, provider, lead_id, trigger: &trigger.name, link_id: &created.0, url: &created.1, amount, job_id: job.id };
             let link = payment_links::record_issued(pool, &issued).await.map_err(db_failed)?;
             // A provider that answered with another deal's link must not put it in this card.
             if link.lead_id != lead_id {
-                return Err(JobError::permanent(anyhow!("{provider} answered with link {} of deal {}, not a new one for deal {lead_id}", link.link_id, link.lead_id)));
+                return Err(JobError::permanent(anyhow!(
+                    "{provider} answered with link {} of deal {}, not a new one for deal {lead_id}",
+                    link.link_id,
+                    link.lead_id
+                )));
             }
             link
         }

@@ -112,7 +112,12 @@ pub(super) async fn write_payment_state(
 /// running total (the fact `refund.applied`), and writes the deal's resulting status. Returns the
 /// refunded total when it grew, `None` when this total was recorded before (a late or repeated
 /// event, or a retry after a crash: the deal's status is written again all the same).
-pub(super) async fn record_refund(context: &Context, clients: &AccountClients, received: &Received<'_>, refunded_total: i64) -> Result<Option<Money>, JobError> {
+pub(super) async fn record_refund(
+    context: &Context,
+    clients: &AccountClients,
+    received: &Received<'_>,
+    refunded_total: i64,
+) -> Result<Option<Money>, JobError> {
     let grew = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
     write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None).await?;
     if !grew {

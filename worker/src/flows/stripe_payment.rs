@@ -109,11 +109,8 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
             }
             let failed = payment(id.clone(), None, invoice, "amount_due", &event)?;
             // Basil nests the subscription under `parent`; older versions had it at the top.
-            let subscription = invoice
-                .pointer("/parent/subscription_details/subscription")
-                .or_else(|| invoice.get("subscription"))
-                .and_then(Value::as_str)
-                .unwrap_or(&id);
+            let subscription =
+                invoice.pointer("/parent/subscription_details/subscription").or_else(|| invoice.get("subscription")).and_then(Value::as_str).unwrap_or(&id);
             let what = format!("{} (Stripe invoice {id})", failed.amount);
             let failure = Failure { account: &account.slug, provider: "stripe", subscription_id: subscription, lead_id, failed_at: failed.at, what: &what };
             charge_failed(&context, clients, &job, failure).await
@@ -170,7 +167,8 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let pool = &context.pool;
     let event = causing_event(pool, &job).await?;
     let charge = &event["data"]["object"];
-    let intent = charge.get("payment_intent").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("a refunded charge without a payment_intent")))?;
+    let intent =
+        charge.get("payment_intent").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("a refunded charge without a payment_intent")))?;
     let refunded_total = charge.get("amount_refunded").and_then(Value::as_i64).unwrap_or(0);
     let paid = payment(intent.to_owned(), None, charge, "amount", &event)?;
     // Our payment record first (the charge's metadata is only a copy), then the metadata.
@@ -216,9 +214,6 @@ async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metada
     {
         return Ok(link.lead_id);
     }
-    metadata_lead.ok_or_else(|| {
-        JobError::permanent(anyhow!(
-            "the payment names no deal: its link {link_id:?} is not one of ours and its metadata has no kommo_lead_id"
-        ))
-    })
+    metadata_lead
+        .ok_or_else(|| JobError::permanent(anyhow!("the payment names no deal: its link {link_id:?} is not one of ours and its metadata has no kommo_lead_id")))
 }
