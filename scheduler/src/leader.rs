@@ -32,6 +32,9 @@ impl Leadership {
         // Named for operators: `pg_stat_activity` joined to `pg_locks` shows which process leads.
         let options = pool.connect_options().as_ref().clone().application_name(&format!("kommo-pay scheduler pid {}", std::process::id()));
         let (tx, leading) = watch::channel(false);
+        // Followers report 0 from the start, not nothing: "exactly one process reports 1" is
+        // what alerts check.
+        metrics::gauge!("kommo_pay_scheduler_leader").set(0.0);
         let task = tokio::spawn(async move {
             loop {
                 match PgConnection::connect_with(&options).await {
@@ -42,13 +45,7 @@ impl Leadership {
                             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut connection).await
                         };
                         match check {
-                            Ok(lead) => {
-                                if lead != *tx.borrow() {
-                                    tracing::info!(leading = lead, "scheduler leadership changed");
-                                    metrics::gauge!("kommo_pay_scheduler_leader").set(if lead { 1.0 } else { 0.0 });
-                                }
-                                tx.send_replace(lead);
-                            }
+                            Ok(lead) => set_leading(&tx, lead),
                             Err(error) => {
                                 tracing::warn!(%error, "lost the leadership connection; following until it is back");
                                 break;
@@ -58,7 +55,8 @@ impl Leadership {
                     },
                     Err(error) => tracing::warn!(%error, "cannot open the leadership connection"),
                 }
-                tx.send_replace(false);
+                // Without the connection there is no lock: whatever happened, this process follows.
+                set_leading(&tx, false);
                 tokio::time::sleep(check_every).await;
             }
         });
@@ -68,6 +66,16 @@ impl Leadership {
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
     }
+}
+
+/// The one place leadership changes: the watch the scans read and the gauge operators alert on
+/// move together, so a process never reports a leadership it no longer has.
+fn set_leading(tx: &watch::Sender<bool>, lead: bool) {
+    if lead != *tx.borrow() {
+        tracing::info!(leading = lead, "scheduler leadership changed");
+    }
+    metrics::gauge!("kommo_pay_scheduler_leader").set(if lead { 1.0 } else { 0.0 });
+    tx.send_replace(lead);
 }
 
 impl Drop for Leadership {

@@ -150,3 +150,54 @@ async fn housekeeping_refreshes_oauth_tokens_of_idle_accounts_before_they_expire
     rare.run_once(now).await.unwrap();
     assert_eq!(kommo.oauth().refreshes, 2);
 }
+
+/// Alerts are built on "exactly one scheduler reports `kommo_pay_scheduler_leader 1`": a leader
+/// whose lock connection is killed must report 0 once another leads, and a follower reports 0
+/// rather than nothing.
+#[tokio::test]
+async fn when_the_leaders_lock_connection_is_killed_exactly_one_process_reports_leadership() {
+    let kommo = FakeKommo::start().await;
+    let stripe = FakeStripe::start().await;
+    let db = TestDb::new().await;
+    let scheduler = |port: u16| {
+        let sections = format!("[log]\nfilter = \"warn\"\n[scheduler]\nleader_check_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"");
+        let (path, env) = account_config_file(&sections, &db.url, &kommo.url, &stripe.url);
+        (start_role("scheduler", &path, &env), path, port)
+    };
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // What a process reports: None while its metrics cannot be read or lack the gauge.
+    let gauge = async |port: u16| -> Option<u8> {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|line| line.strip_prefix("kommo_pay_scheduler_leader ")).map(|v| if v.trim() == "1" { 1 } else { 0 })
+    };
+
+    let (mut first, first_path, first_port) = scheduler(free_port());
+    eventually(Duration::from_secs(30), "the first scheduler reports that it leads", || async { gauge(first_port).await == Some(1) }).await;
+    let (mut second, second_path, second_port) = scheduler(free_port());
+    eventually(Duration::from_secs(30), "the second scheduler reports 0", || async { gauge(second_port).await == Some(0) }).await;
+    assert_eq!(gauge(first_port).await, Some(1));
+
+    // The leader's lock connection dies (a network cut, an operator's pg_terminate_backend).
+    let killed: Vec<bool> = sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(format!("kommo-pay scheduler pid {}", first.id()))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(killed, [true], "the leader's lock connection was found and ended");
+    eventually(Duration::from_secs(30), "the second leads and the first reports 0", || async {
+        (gauge(first_port).await, gauge(second_port).await) == (Some(0), Some(1))
+    })
+    .await;
+    // It stays that way: the first reconnects as a follower.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!((gauge(first_port).await, gauge(second_port).await), (Some(0), Some(1)));
+    }
+
+    for child in [&mut first, &mut second] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    std::fs::remove_file(first_path).ok();
+    std::fs::remove_file(second_path).ok();
+}
