@@ -9,12 +9,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kommo_pay_core::event_log::{self, NewEvent};
 use kommo_pay_core::queue::{NewJob, Waker};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
+use crate::error::refuses_data;
 use crate::{Accepted, IngestError};
 
 /// The most events in one statement.
@@ -46,6 +48,13 @@ impl Batch {
         self.events += pending.events.len();
         self.pending.push(pending);
     }
+
+    /// Drops the deliveries already answered 503 (their deadline passed while they waited):
+    /// during an outage the backlog would otherwise go on taking the database's time.
+    fn forget_abandoned(&mut self) {
+        self.pending.retain(|pending| !pending.reply.is_closed());
+        self.events = self.pending.iter().map(|pending| pending.events.len()).sum();
+    }
 }
 
 struct Pending {
@@ -57,10 +66,15 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Appender {
     queue: mpsc::Sender<Pending>,
+    /// How long a delivery may wait for its commit before it is answered 503: the database's
+    /// `acquire_timeout`, counted from the delivery's arrival, whatever it waits on (a queue
+    /// behind running appends, a connection, the statement). Kommo counts an answer after 2 s
+    /// as a failure and disables the hook after 100 of them.
+    deadline: Duration,
 }
 
 impl Appender {
-    pub(crate) fn spawn(pool: PgPool, waker: Waker, concurrent_appends: usize) -> Appender {
+    pub(crate) fn spawn(pool: PgPool, waker: Waker, concurrent_appends: usize, deadline: Duration) -> Appender {
         let (queue, mut incoming) = mpsc::channel::<Pending>(4096);
         let slots = Arc::new(Semaphore::new(concurrent_appends));
         let finished = Arc::new(Notify::new());
@@ -76,6 +90,10 @@ impl Appender {
                 while batch.events < MAX_BATCH_EVENTS {
                     let Ok(next) = incoming.try_recv() else { break };
                     batch.push(next);
+                }
+                batch.forget_abandoned();
+                if batch.pending.is_empty() {
+                    continue;
                 }
                 let running = concurrent_appends - slots.available_permits();
                 if starts_now(running, concurrent_appends, batch.events) {
@@ -99,14 +117,22 @@ impl Appender {
                 }
             }
         });
-        Appender { queue }
+        Appender { queue, deadline }
     }
 
-    /// Appends `events` and `jobs` (which name their events) and returns once they are committed.
+    /// Appends `events` and `jobs` (which name their events) and returns once they are committed,
+    /// or with 503 once the deadline has passed. A delivery answered 503 may still be committed
+    /// by an append already under way: that is safe, the provider's retry is then a duplicate.
     pub(crate) async fn append(&self, events: Vec<NewEvent>, jobs: Vec<NewJob>) -> Result<Accepted, IngestError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { events, jobs, reply }).await.map_err(|_| IngestError::Stopping)?;
-        answer.await.map_err(|_| IngestError::Stopping)?
+        let committed = async {
+            let (reply, answer) = oneshot::channel();
+            self.queue.send(Pending { events, jobs, reply }).await.map_err(|_| IngestError::Stopping)?;
+            answer.await.map_err(|_| IngestError::Stopping)?
+        };
+        match tokio::time::timeout(self.deadline, committed).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(IngestError::Unavailable(format!("not committed within {:?}", self.deadline))),
+        }
     }
 }
 
@@ -134,8 +160,16 @@ async fn write(pool: &PgPool, waker: &Waker, batch: Vec<Pending>) {
                 let _ = reply.send(Ok(Accepted { accepted, duplicates: count - accepted }));
             }
         }
-        // Retry each delivery on its own, so that one the database refuses (say, a `\u0000` in
-        // its JSON) does not fail the others with it; in an outage each fails by itself.
+        // The database is unavailable: every delivery gets its 503 now. Retrying each on its own
+        // would make each wait for a connection again, past the deadline.
+        Err(error) if !refuses_data(&error) => {
+            let cause = error.to_string();
+            for (_, _, reply) in shares {
+                let _ = reply.send(Err(IngestError::Unavailable(cause.clone())));
+            }
+        }
+        // The database refused the data: retry each delivery on its own, so that the one it
+        // refuses (say, a `\u0000` in its JSON) does not fail the others with it.
         Err(_) => {
             let (mut events, mut jobs) = (events.into_iter(), jobs.into_iter());
             let retries: Vec<_> = shares
@@ -155,7 +189,7 @@ async fn write(pool: &PgPool, waker: &Waker, batch: Vec<Pending>) {
 }
 
 async fn append_one(pool: &PgPool, waker: &Waker, events: &[NewEvent], jobs: &[NewJob]) -> Result<Accepted, IngestError> {
-    let appended = append_and_wake(pool, waker, events, jobs).await.map_err(IngestError::from_database)?;
+    let appended = append_and_wake(pool, waker, events, jobs).await.map_err(|e| IngestError::from_database(&e))?;
     Ok(Accepted { accepted: appended.new_events.len(), duplicates: appended.duplicates })
 }
 

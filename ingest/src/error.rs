@@ -17,9 +17,10 @@ pub enum IngestError {
     /// Authentic, but not a delivery we can read, or outside the signature's time window.
     #[error("{0}")]
     BadRequest(String),
-    /// The event could not be committed; the provider should retry.
+    /// The event could not be committed in time; the provider should retry. The cause, for the
+    /// log only.
     #[error("the event log is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(String),
     /// The server is shutting down and took no new work.
     #[error("the server is stopping")]
     Stopping,
@@ -48,14 +49,17 @@ impl IngestError {
     /// A failed append: the database refusing this payload's data (SQLSTATE class 22, e.g. a
     /// `\u0000` that `jsonb` cannot hold) is the delivery's fault and no retry fixes it; anything
     /// else is the database's, and the provider should retry.
-    pub(crate) fn from_database(error: sqlx::Error) -> IngestError {
-        match &error {
-            sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
-                IngestError::BadRequest(format!("the delivery cannot be stored: {}", db.message()))
-            }
-            _ => IngestError::Unavailable(error),
+    pub(crate) fn from_database(error: &sqlx::Error) -> IngestError {
+        match error {
+            sqlx::Error::Database(db) if refuses_data(error) => IngestError::BadRequest(format!("the delivery cannot be stored: {}", db.message())),
+            _ => IngestError::Unavailable(error.to_string()),
         }
     }
+}
+
+/// Whether the database refused the data itself (SQLSTATE class 22), not the request.
+pub(crate) fn refuses_data(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")))
 }
 
 impl From<SignatureError> for IngestError {

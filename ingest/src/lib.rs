@@ -73,7 +73,7 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let waker = queue::Waker::spawn(pool.clone(), WAKE_INTERVAL);
         let state = AppState {
-            appender: appender::Appender::spawn(pool.clone(), waker, config.database.ingest_concurrent_appends),
+            appender: appender::Appender::spawn(pool.clone(), waker, config.database.ingest_concurrent_appends, config.database.acquire_timeout),
             pool,
             accounts: config.accounts.clone(),
             job_policies: config.jobs.clone(),

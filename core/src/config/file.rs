@@ -58,8 +58,9 @@ pub struct DatabaseSection {
     pub url: Option<String>,
     /// Size of each process's connection pool.
     pub max_connections: u32,
-    /// How long a request may wait for a connection before the answer is 503, in milliseconds.
-    /// Kommo gives up after 2 s, so keep it well below that.
+    /// How long a request may wait for a connection, and a webhook for its commit (whatever it
+    /// waits on), before the answer is 503, in milliseconds. Kommo gives up after 2 s, so keep it
+    /// well below that.
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when a role starts (otherwise run `kommo-pay migrate`).
     pub migrate_on_start: bool,
