@@ -17,6 +17,8 @@ pub struct PaymentLink {
     pub amount_minor: i64,
     pub currency: String,
     pub status: String,
+    /// The job that created it: its record is that job's decision that the deal gets this link.
+    pub issued_by_job: Option<i64>,
     pub note_added_at: Option<chrono::DateTime<chrono::Utc>>,
     pub salesbot_run_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -37,6 +39,16 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
     .bind(lead_id)
     .fetch_optional(pool)
     .await
+}
+
+/// The link job `job_id` issued for the deal, whatever its status now.
+pub async fn issued_by(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<Option<PaymentLink>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND issued_by_job = $3 ORDER BY issued_at DESC LIMIT 1")
+        .bind(account)
+        .bind(lead_id)
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The unpaid links of `provider` for exactly `amount`, issued before `paid_at`: the deals an

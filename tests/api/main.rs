@@ -17,6 +17,7 @@ mod metrics;
 mod ops;
 mod reconcile;
 mod resilience;
+mod resumed_steps;
 mod scheduler;
 mod secrets;
 mod stripe;

@@ -34,6 +34,8 @@ struct Fake {
     notes: Vec<Value>,
     tasks: Vec<Value>,
     script: VecDeque<Scripted>,
+    /// Scripted answers for the next request of a method to a path, whatever comes before it.
+    script_at: Vec<(Method, String, Scripted)>,
     delay: Option<Duration>,
     oauth: Option<Oauth>,
     custom_fields: Vec<Value>,
@@ -96,6 +98,12 @@ impl FakeKommo {
     /// The next request gets this answer instead of the normal one.
     pub fn answer_next(&self, status: u16, content_type: &'static str, body: &str) {
         self.state.lock().unwrap().script.push_back((status, content_type, body.to_owned()));
+    }
+
+    /// The next `method` request to `path` gets this answer instead of the normal one (a step
+    /// of a flow failing after the steps before it went through).
+    pub fn answer_next_at(&self, method: Method, path: &str, status: u16, body: &str) {
+        self.state.lock().unwrap().script_at.push((method, path.to_owned(), (status, "application/problem+json", body.to_owned())));
     }
 
     /// Every request waits this long before it is answered.
@@ -182,13 +190,18 @@ async fn intake(state: &Arc<Mutex<Fake>>, method: Method, uri: &Uri, headers: &H
     let delay = {
         let mut fake = state.lock().unwrap();
         let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).expect("the client sends JSON") };
-        fake.requests.push(Recorded { method, path: uri.to_string(), body, at: Instant::now() });
+        fake.requests.push(Recorded { method: method.clone(), path: uri.to_string(), body, at: Instant::now() });
         fake.delay
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    if let Some((status, content_type, body)) = state.lock().unwrap().script.pop_front() {
+    let scripted_at = {
+        let mut fake = state.lock().unwrap();
+        let found = fake.script_at.iter().position(|(m, path, _)| *m == method && uri.path() == path);
+        found.map(|i| fake.script_at.remove(i).2)
+    };
+    if let Some((status, content_type, body)) = scripted_at.or_else(|| state.lock().unwrap().script.pop_front()) {
         return Some((StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body).into_response());
     }
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().to_owned();

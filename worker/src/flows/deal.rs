@@ -69,6 +69,47 @@ impl Deal {
     }
 }
 
+impl Deal {
+    /// Whether the card already shows every value `changes` would write (its custom fields, and
+    /// its stage when it names one): a retry whose earlier attempt's PATCH went out skips it, as
+    /// every PATCH is a change in the deal's history and fires the account's webhooks again.
+    pub fn shows(&self, changes: &Value) -> bool {
+        let stage_shown = changes.get("status_id").and_then(lenient_id).is_none_or(|stage| stage == self.status_id);
+        let written = changes.get("custom_fields_values").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        stage_shown
+            && written.iter().all(|field| {
+                let Some(id) = field.get("field_id").and_then(lenient_id) else { return false };
+                let Some(current) = self.custom_fields.iter().find(|f| f.get("field_id").and_then(lenient_id) == Some(id)) else { return false };
+                let (wanted, current) = (field.pointer("/values/0"), current.pointer("/values/0"));
+                match (wanted.and_then(|w| w.get("enum_id")), wanted.and_then(|w| w.get("value"))) {
+                    (Some(enum_id), _) => current.and_then(|c| c.get("enum_id")).and_then(lenient_id) == lenient_id(enum_id),
+                    (None, Some(value)) => current.and_then(|c| c.get("value")).is_some_and(|shown| same_value(shown, value)),
+                    (None, None) => false,
+                }
+            })
+    }
+}
+
+/// Kommo reads values back in its own types (a numeric field's `"99.5"` for the `99.5` written).
+fn same_value(shown: &Value, written: &Value) -> bool {
+    let number = |v: &Value| text(v).trim().parse::<f64>().ok();
+    shown == written || text(shown) == text(written) || number(shown).is_some_and(|n| Some(n) == number(written))
+}
+
+/// Writes `changes` to lead `lead_id` unless its card already shows them. The card is read only
+/// when `maybe_done` (an earlier attempt may have sent the PATCH, then died before its next
+/// step); a first attempt writes without reading.
+pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes: &Value, maybe_done: bool) -> Result<(), JobError> {
+    if maybe_done
+        && let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)?
+        && Deal::from_lead(&lead)?.shows(changes)
+    {
+        tracing::info!(lead_id, "the card already shows these values: an earlier attempt wrote them");
+        return Ok(());
+    }
+    kommo.update_lead(lead_id, changes).await.map_err(kommo_failed)
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -152,8 +193,12 @@ pub(super) async fn mark_and_tell(
         tracing::info!(lead_id, "the deal no longer exists");
         return Ok(());
     };
-    set_payment_status(clients, lead_id, status(&fields.statuses)).await?;
-    tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, kind, text).await
+    let deal = Deal::from_lead(&lead)?;
+    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
+    if !deal.shows(&changes) {
+        kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+    }
+    tell_manager(&context.pool, kommo, &clients.account.slug, &deal, job.id, kind, text).await
 }
 
 /// Sets the deal's payment status field to the option `status`.

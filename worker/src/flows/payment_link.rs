@@ -4,16 +4,18 @@
 //! Every step is safe to repeat, so a retry after any failure finishes the work once:
 //! the Stripe create carries an idempotency key fixed for the job (Lemon Squeezy has none: a
 //! retried create may leave an unused checkout behind, which is harmless); the link is recorded
-//! before anything uses it; the deal's card is written with idempotent PATCHes; the note and the
-//! Salesbot launch are recorded on the link and skipped once done.
+//! before anything uses it, and its record is the decision that the flow applies (a retry finishes
+//! a link this job issued whatever the deal's stage is by then); the card's PATCH is skipped when
+//! the card already shows it; the note and the Salesbot launch are recorded on the link and
+//! skipped once done.
 
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::config::TriggerProvider;
+use kommo_pay_core::config::{FieldsSection, Trigger, TriggerProvider};
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::lemonsqueezy::client::NewCheckout;
-use kommo_pay_core::payment_links::{self, Issued, Issuing};
+use kommo_pay_core::payment_links::{self, Issued, Issuing, PaymentLink};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::NewPaymentLink;
 use serde_json::{Value, json};
@@ -51,20 +53,98 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
         return Ok(());
     };
     let deal = Deal::from_lead(&lead)?;
-    if (deal.pipeline_id, deal.status_id) != (trigger.pipeline_id, trigger.status_id) {
-        tracing::info!(lead_id, "the deal left the trigger stage before its link was issued; nothing to do");
-        return Ok(());
+    let in_trigger_stage = (deal.pipeline_id, deal.status_id) == (trigger.pipeline_id, trigger.status_id);
+
+    // Whether the flow applies is decided once, and recorded with the link: a link this job
+    // issued means an earlier attempt decided, so its remaining steps are finished whatever the
+    // deal's stage is now (the link's own PATCH may have moved it on, or the client paid).
+    let link = match payment_links::issued_by(pool, &account.slug, lead_id, job.id).await.map_err(db_failed)? {
+        Some(link) => link,
+        None if !in_trigger_stage => {
+            tracing::info!(lead_id, "the deal left the trigger stage before its link was issued; nothing to do");
+            return Ok(());
+        }
+        None => {
+            let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
+            match decide(context, clients, job, trigger, fields, &deal, &lead, active).await? {
+                Some(link) => link,
+                None => return Ok(()),
+            }
+        }
+    };
+    // A link paid (or replaced) by the time a retry finishes it is no longer offered: the card
+    // keeps what it shows now and the client gets no message about it. Its note stays a record.
+    let offered = link.status == "active";
+    // Stripe links the new one replaced must not stay payable.
+    for old in payment_links::replaced(pool, &account.slug, lead_id).await.map_err(db_failed)? {
+        let stripe = clients.stripe()?;
+        stripe.deactivate_payment_link(&old, &format!("kommo-pay:deactivate:{old}")).await.map_err(stripe_failed)?;
+        payment_links::set_status(pool, &account.slug, lead_id, job.id, &old, "deactivated").await.map_err(db_failed)?;
     }
+
+    let mut changes = json!({
+        "custom_fields_values": [
+            field_value(fields.payment_link, json!(link.url)),
+            field_enum(fields.payment_status, fields.statuses.awaiting),
+        ]
+    });
+    if let Some(status_id) = trigger.move_to_status_id {
+        changes["status_id"] = json!(status_id);
+    }
+    // The stage move belongs to the decision only while the deal is where it was decided: a deal
+    // that moved on (paid, or moved by its manager) keeps its stage.
+    if !in_trigger_stage {
+        changes.as_object_mut().expect("an object").remove("status_id");
+    }
+    if !offered {
+        tracing::info!(lead_id, status = %link.status, "the link is no longer active; the card keeps what it shows");
+    } else if deal.shows(&changes) {
+        tracing::info!(lead_id, "the card already shows the link: an earlier attempt wrote it");
+    } else {
+        kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
+    }
+
+    let amount = link.amount().ok_or_else(|| JobError::permanent(anyhow!("link {} has an unknown currency {:?}", link.link_id, link.currency)))?;
+    if trigger.add_note && link.note_added_at.is_none() {
+        let text = format!("Payment link for {amount}: {}", link.url);
+        kommo.add_lead_note_once(lead_id, &text, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
+        payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
+    }
+    if let Some(bot) = trigger.salesbot_id.filter(|_| offered && link.salesbot_run_at.is_none()) {
+        kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
+        payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
+    }
+    tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
+    Ok(())
+}
+
+/// Decides whether and which link the deal gets (its amount, the active link reused or a new
+/// one created and recorded): the decision the link's record keeps. `None` when none can be
+/// issued; the manager was told why.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    context: &Context,
+    clients: &super::AccountClients,
+    job: &ClaimedJob,
+    trigger: &Trigger,
+    fields: &FieldsSection,
+    deal: &Deal,
+    lead: &Value,
+    active: Option<PaymentLink>,
+) -> Result<Option<PaymentLink>, JobError> {
+    let account = &clients.account;
+    let pool = &context.pool;
+    let lead_id = deal.id;
     let amount = match deal.amount_due(fields, account.default_currency) {
         Ok(amount) => amount,
         Err(problem) => {
             let text = format!("No payment link was issued: {problem}. Fix it, then move the deal into the stage again.");
-            return not_issued(context, clients, &deal, job.id, &text).await;
+            not_issued(context, clients, deal, job.id, &text).await?;
+            return Ok(None);
         }
     };
 
     // The same amount reuses the deal's active link; a new amount gets a new link.
-    let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
     let provider = match trigger.provider {
         TriggerProvider::Stripe => "stripe",
         TriggerProvider::LemonSqueezy { .. } => "lemonsqueezy",
@@ -93,12 +173,13 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
                         Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
                         Err(error) => {
                             let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
-                            return not_issued(context, clients, &deal, job.id, &text).await;
+                            not_issued(context, clients, deal, job.id, &text).await?;
+                            return Ok(None);
                         }
                     }
                 }
                 TriggerProvider::LemonSqueezy { store_id, variant_id, expires_hours } => {
-                    let (email, name) = main_contact(kommo, &lead).await?;
+                    let (email, name) = main_contact(&clients.kommo, lead).await?;
                     let request = NewCheckout {
                         store_id: store_id.clone(),
                         variant_id: variant_id.clone(),
@@ -117,7 +198,8 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
                         Err(error) if error.is_retryable() => return Err(lemonsqueezy_failed(error)),
                         Err(error) => {
                             let text = format!("No checkout was issued for {amount}: Lemon Squeezy refused it: {error}");
-                            return not_issued(context, clients, &deal, job.id, &text).await;
+                            not_issued(context, clients, deal, job.id, &text).await?;
+                            return Ok(None);
                         }
                     }
                 }
@@ -136,36 +218,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
             link
         }
     };
-
-    // Stripe links the new one replaced must not stay payable.
-    for old in payment_links::replaced(pool, &account.slug, lead_id).await.map_err(db_failed)? {
-        let stripe = clients.stripe()?;
-        stripe.deactivate_payment_link(&old, &format!("kommo-pay:deactivate:{old}")).await.map_err(stripe_failed)?;
-        payment_links::set_status(pool, &account.slug, lead_id, job.id, &old, "deactivated").await.map_err(db_failed)?;
-    }
-
-    let mut changes = json!({
-        "custom_fields_values": [
-            field_value(fields.payment_link, json!(link.url)),
-            field_enum(fields.payment_status, fields.statuses.awaiting),
-        ]
-    });
-    if let Some(status_id) = trigger.move_to_status_id {
-        changes["status_id"] = json!(status_id);
-    }
-    kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
-
-    if trigger.add_note && link.note_added_at.is_none() {
-        let text = format!("Payment link for {amount}: {}", link.url);
-        kommo.add_lead_note_once(lead_id, &text, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
-        payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
-    }
-    if let Some(bot) = trigger.salesbot_id.filter(|_| link.salesbot_run_at.is_none()) {
-        kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
-        payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
-    }
-    tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
-    Ok(())
+    Ok(Some(link))
 }
 
 /// A link could not be issued for a reason no retry fixes: Payment Status stays "Not issued",

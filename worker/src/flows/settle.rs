@@ -10,7 +10,7 @@ use kommo_pay_core::payments::{self, Application, Received};
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::json;
 
-use super::deal::{field_enum, field_value};
+use super::deal::{field_enum, field_value, update_lead_once};
 use super::{AccountClients, Context, db_failed, kommo_failed};
 use crate::JobError;
 
@@ -59,7 +59,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
         Application::Done => Ok(()),
         Application::Yours { resumed } => {
-            write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage).await?;
+            write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage, job.attempt > 0 || resumed).await?;
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
@@ -70,7 +70,8 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
 
 /// Writes what our record of payment `payment_id` says to the deal: Paid, Partially refunded or
 /// Refunded (whichever of the payment and its refunds arrived first), the date, the amounts and
-/// the payment id; and, when it stands paid, `won_stage`.
+/// the payment id; and, when it stands paid, `won_stage`. When `maybe_done` (an earlier attempt
+/// may have written it), the card is read first and a PATCH it already shows is skipped.
 pub(super) async fn write_payment_state(
     context: &Context,
     clients: &AccountClients,
@@ -78,6 +79,7 @@ pub(super) async fn write_payment_state(
     provider: &str,
     payment_id: &str,
     won_stage: Option<i64>,
+    maybe_done: bool,
 ) -> Result<(), JobError> {
     let account = &clients.account;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
@@ -105,7 +107,7 @@ pub(super) async fn write_payment_state(
     if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
         changes["status_id"] = json!(stage);
     }
-    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+    update_lead_once(&clients.kommo, lead_id, &changes, maybe_done).await
 }
 
 /// Records a refund of a settled (or not yet settled) payment, Stripe's and Lemon Squeezy's
@@ -119,7 +121,8 @@ pub(super) async fn record_refund(
     refunded_total: i64,
 ) -> Result<Option<Money>, JobError> {
     let grew = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
-    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None).await?;
+    // A total recorded before means a repeat or a retry: its status may be on the card already.
+    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None, !grew).await?;
     if !grew {
         tracing::info!(payment = received.payment_id, "no new refund: this total was recorded before");
         return Ok(None);
