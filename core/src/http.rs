@@ -25,18 +25,77 @@ pub fn describe(error: reqwest::Error) -> String {
     if causes.is_empty() { kind.to_owned() } else { format!("{kind}: {}", causes.join(": ")) }
 }
 
-/// Sends `request` to `provider`'s `path` and reads the whole answer, observed by [`observe`].
+/// Sends `request` to `provider`'s `path` and reads the whole answer, observed by [`observe`]:
+/// a success whose body is not JSON (a proxy's HTML page, a cut-off body) counts as `invalid`,
+/// not as its status, since every provider we call answers a success in JSON (or, for Kommo's
+/// 204, with nothing).
 pub async fn send(provider: &'static str, path: &str, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
+    send_with_headers(provider, path, request).await.map(|(status, _, body)| (status, body))
+}
+
+/// [`send`], with the answer's headers.
+pub async fn send_with_headers(
+    provider: &'static str,
+    path: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), reqwest::Error> {
     let started = Instant::now();
     let answer = async {
         let response = request.send().await?;
         let status = response.status().as_u16();
-        Ok((status, response.bytes().await?))
+        let headers = response.headers().clone();
+        Ok((status, headers, response.bytes().await?))
     }
     .instrument(call_span(provider, path))
     .await;
-    observe(provider, path, answer.as_ref().ok().map(|(status, _)| *status), started);
+    let label = match &answer {
+        Ok((status @ 200..=299, _, body)) if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
+            tracing::warn!(provider, endpoint = %endpoint_class(path), status, "a success whose body is not JSON");
+            "invalid".to_owned()
+        }
+        Ok((status, _, _)) => status.to_string(),
+        Err(_) => "error".to_owned(),
+    };
+    observe(provider, path, &label, started);
     answer
+}
+
+/// A call to a provider that failed, as its job records it: the provider, method and endpoint,
+/// the final error, and what each earlier try of the same call got (clients retry a couple of
+/// times within one attempt), so no failure is left out of the job's errors.
+#[derive(Debug)]
+pub struct Failed<E> {
+    /// `Stripe POST v1/payment_links`.
+    pub call: String,
+    /// The earlier tries' errors, oldest first.
+    pub earlier: Vec<String>,
+    pub error: E,
+}
+
+impl<E: std::fmt::Display> Failed<E> {
+    pub fn new(provider: &str, method: &reqwest::Method, path: &str, earlier: Vec<String>, error: E) -> Failed<E> {
+        Failed { call: format!("{provider} {method} {}", endpoint_class(path)), earlier, error }
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Failed<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.call, self.error)?;
+        if !self.earlier.is_empty() {
+            write!(f, " (earlier tries: {})", self.earlier.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for Failed<E> {}
+
+/// The failure's own kind, to decide on it (`is_retryable`, the variants).
+impl<E> std::ops::Deref for Failed<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.error
+    }
 }
 
 /// The span of one call to a provider (a child of the job's span, so of the delivery's trace).
@@ -46,10 +105,11 @@ pub fn call_span(provider: &'static str, path: &str) -> tracing::Span {
 
 /// Counts one call to `provider` and records how long it took: `kommo_pay_provider_requests_total`
 /// and `kommo_pay_provider_request_seconds`, by provider, endpoint class (the path with ids
-/// replaced, e.g. `api/v4/leads/:id`) and status (`error` when there was no answer).
-pub fn observe(provider: &'static str, path: &str, status: Option<u16>, started: Instant) {
+/// replaced, e.g. `api/v4/leads/:id`) and status (`error` when there was no answer, `invalid`
+/// for a success that is not JSON).
+pub fn observe(provider: &'static str, path: &str, status: &str, started: Instant) {
     let endpoint = endpoint_class(path);
-    let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+    let status = status.to_owned();
     metrics::counter!("kommo_pay_provider_requests_total", "provider" => provider, "endpoint" => endpoint.clone(), "status" => status).increment(1);
     metrics::histogram!("kommo_pay_provider_request_seconds", "provider" => provider, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
 }

@@ -61,13 +61,13 @@ async fn refusals_are_read_from_the_errors_array_and_not_retried() {
 
     let error = client(&db, &fake, API_KEY).create_checkout(&checkout("999")).await.unwrap_err();
 
-    assert!(matches!(&error, LemonSqueezyError::Refused { status: 404, pointer: Some(p), .. } if p == "/data/relationships/variant"), "{error:?}");
+    assert!(matches!(&error.error, LemonSqueezyError::Refused { status: 404, pointer: Some(p), .. } if p == "/data/relationships/variant"), "{error:?}");
     assert!(!error.is_retryable());
     assert!(error.to_string().contains("The variant could not be found"), "{error}");
     assert_eq!(fake.requests().len(), 1);
 
     let unauthorized = client(&db, &fake, "expired-key").create_checkout(&checkout("67890")).await.unwrap_err();
-    assert!(matches!(unauthorized, LemonSqueezyError::Unauthorized { status: 401, .. }), "{unauthorized:?}");
+    assert!(matches!(unauthorized.error, LemonSqueezyError::Unauthorized { status: 401, .. }), "{unauthorized:?}");
     assert!(!unauthorized.to_string().contains("expired-key"));
 }
 
@@ -83,8 +83,24 @@ async fn server_errors_are_retried_and_a_429_pauses_the_account() {
 
     fake.fail_next(429, json!({ "errors": [{ "detail": "Too Many Attempts.", "status": "429" }] }));
     let limited = client(&db, &fake, API_KEY).create_checkout(&checkout("67890")).await.unwrap_err();
-    assert!(matches!(limited, LemonSqueezyError::RateLimited(_)) && limited.is_retryable());
+    assert!(matches!(limited.error, LemonSqueezyError::RateLimited(_)) && limited.is_retryable());
     let again = client(&db, &fake, API_KEY).create_checkout(&checkout("67890")).await.unwrap_err();
-    assert!(matches!(again, LemonSqueezyError::RateLimited(_)), "paused for every client of the account: {again:?}");
+    assert!(matches!(again.error, LemonSqueezyError::RateLimited(_)), "paused for every client of the account: {again:?}");
     assert_eq!(fake.requests().len(), 4, "nothing sent during the pause");
+}
+
+#[tokio::test]
+async fn an_outage_that_outlasts_the_tries_names_the_call_and_every_tries_failure() {
+    let db = TestDb::new().await;
+    let fake = FakeLemonSqueezy::start().await;
+    for status in [500, 502, 503] {
+        fake.fail_next(status, json!({ "errors": [{ "detail": "Server Error", "status": status.to_string() }] }));
+    }
+
+    let error = client(&db, &fake, API_KEY).create_checkout(&checkout("67890")).await.unwrap_err();
+
+    assert!(error.is_retryable());
+    let text = error.to_string();
+    assert!(text.starts_with("Lemon Squeezy POST v1/checkouts: Lemon Squeezy is unavailable: 503: Server Error"), "{text}");
+    assert!(text.contains("earlier tries: Lemon Squeezy is unavailable: 500: Server Error; Lemon Squeezy is unavailable: 502"), "{text}");
 }

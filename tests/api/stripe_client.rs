@@ -87,7 +87,7 @@ async fn stripe_errors_are_parsed_and_classified() {
     let client = client(&stripe.url);
 
     let error = client.create_payment_link(&link("0.10", "USD", None), "a").await.unwrap_err();
-    let StripeError::Api { status, kind, code, param, .. } = &error else { panic!("{error:?}") };
+    let StripeError::Api { status, kind, code, param, .. } = &error.error else { panic!("{error:?}") };
     assert_eq!((*status, kind.as_str(), code.as_deref()), (400, "invalid_request_error", Some("amount_too_small")));
     assert_eq!(param.as_deref(), Some("line_items[0][price_data][unit_amount]"));
     assert!(!error.is_retryable());
@@ -110,7 +110,7 @@ async fn persistent_outages_end_in_a_retryable_error_for_the_job() {
     assert_eq!(stripe.requests().len(), 3, "one try and two retries");
 
     let unreachable = client("http://127.0.0.1:9").create_payment_link(&link("10", "USD", None), "k").await.unwrap_err();
-    assert!(matches!(unreachable, StripeError::Unreachable(_)) && unreachable.is_retryable(), "{unreachable:?}");
+    assert!(matches!(unreachable.error, StripeError::Unreachable(_)) && unreachable.is_retryable(), "{unreachable:?}");
     assert!(!unreachable.to_string().contains("sk_test"), "no secret in errors");
 }
 

@@ -469,6 +469,10 @@ async fn a_stripe_outage_is_retried_later_with_the_same_idempotency_key() {
     f.drain().await;
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'retryable'").await, 1);
     assert!(f.field(LINK_FIELD).is_none());
+    // The attempt's error names the call and every try's failure, not just the last.
+    let error: String = sqlx::query_scalar("SELECT errors -> -1 ->> 'error' FROM jobs WHERE state = 'retryable'").fetch_one(&f.app.db.pool).await.unwrap();
+    assert!(error.contains("Stripe POST v1/payment_links: Stripe refused the request (503 api_error): Stripe is down"), "{error}");
+    assert_eq!(error.matches("503").count(), 3, "the two earlier tries are on the job too: {error}");
 
     sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'retryable'").execute(&f.app.db.pool).await.unwrap();
     f.drain().await;
@@ -1038,4 +1042,29 @@ async fn reminders_stop_once_the_deal_is_paid() {
 
     let reminders = kommo_pay_scheduler::Reminders::new(f.app.db.pool.clone(), f.config.accounts.clone(), f.config.jobs.clone());
     assert_eq!(reminders.run_once(issued + chrono::Duration::days(4)).await.unwrap(), 0);
+}
+
+/// A proxy's HTML page answered with 200 is no success: it counts as `status="invalid"` in the
+/// provider metrics (not as a 200), the error is on the job, and the create is tried again with
+/// the same idempotency key.
+#[tokio::test]
+async fn a_success_that_is_not_stripes_json_counts_as_invalid_and_is_retried() {
+    let f = flow().await;
+    let page = "<html><body>502 Bad Gateway</body></html>";
+    for _ in 0..3 {
+        f.stripe.answer_next_with_page(200, page);
+    }
+    f.deal_enters_stage().await;
+    f.drain().await;
+
+    let error: String = sqlx::query_scalar("SELECT errors -> -1 ->> 'error' FROM jobs WHERE state = 'retryable'").fetch_one(&f.app.db.pool).await.unwrap();
+    assert!(error.starts_with("Stripe POST v1/payment_links: Stripe answered 200 with a body that is not its JSON"), "{error}");
+    let metrics = f.app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"kommo_pay_provider_requests_total{provider="stripe",endpoint="v1/payment_links",status="invalid"} 3"#), "{metrics}");
+    assert!(!metrics.contains(r#"provider="stripe",endpoint="v1/payment_links",status="200""#), "{metrics}");
+
+    f.drain_with_retries().await;
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    let keys: Vec<String> = f.link_creates().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
+    assert!(keys.len() == 4 && keys.iter().all(|k| *k == keys[0]), "one key across tries: {keys:?}");
 }

@@ -14,13 +14,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::http::Failed;
 use crate::money::Money;
 use crate::rate_limit::{RateLimiter, Slot};
 
 const MEDIA_TYPE: &str = "application/vnd.api+json";
 /// 300 calls per minute (docs.lemonsqueezy.com/api).
 const REQUESTS_PER_SECOND: f64 = 5.0;
-const RETRIES: u32 = 2;
+const RETRIES: usize = 2;
 /// Lemon Squeezy names no `Retry-After`: back off to the next minute.
 const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
@@ -128,33 +129,39 @@ impl LemonSqueezyClient {
         self
     }
 
-    pub async fn create_checkout(&self, checkout: &NewCheckout) -> Result<Checkout, LemonSqueezyError> {
+    pub async fn create_checkout(&self, checkout: &NewCheckout) -> Result<Checkout, Failed<LemonSqueezyError>> {
         let answer = self.request(reqwest::Method::POST, "v1/checkouts", Some(&checkout.document())).await?;
         let id = answer.pointer("/data/id").and_then(Value::as_str);
         let url = answer.pointer("/data/attributes/url").and_then(Value::as_str);
         match (id, url) {
             (Some(id), Some(url)) => Ok(Checkout { id: id.to_owned(), url: url.to_owned() }),
-            _ => Err(LemonSqueezyError::Unavailable("a checkout answer without data.id or data.attributes.url".into())),
+            _ => {
+                let error = LemonSqueezyError::Unavailable("a checkout answer without data.id or data.attributes.url".into());
+                Err(Failed::new("Lemon Squeezy", &reqwest::Method::POST, "v1/checkouts", Vec::new(), error))
+            }
         }
     }
 
     /// `GET` a resource, e.g. `v1/orders/1234`.
-    pub async fn get(&self, path: &str) -> Result<Value, LemonSqueezyError> {
+    pub async fn get(&self, path: &str) -> Result<Value, Failed<LemonSqueezyError>> {
         self.request(reqwest::Method::GET, path, None).await
     }
 
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, LemonSqueezyError> {
+    /// Sends the request, trying again a couple of times on a failure worth it (not a rate
+    /// limit: that waits for its time). The error names the call and every try's failure.
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, Failed<LemonSqueezyError>> {
         let mut pause = self.retry_pause;
-        let mut tries = 0;
+        let mut earlier = Vec::new();
         loop {
             match self.send(method.clone(), path, body).await {
-                Err(error) if error.is_retryable() && !matches!(error, LemonSqueezyError::RateLimited(_)) && tries < RETRIES => {
-                    tracing::debug!(%error, path, "Lemon Squeezy request failed; trying again");
-                    tries += 1;
+                Ok(answer) => return Ok(answer),
+                Err(error) if error.is_retryable() && !matches!(error, LemonSqueezyError::RateLimited(_)) && earlier.len() < RETRIES => {
+                    tracing::warn!(%error, endpoint = %crate::http::endpoint_class(path), "Lemon Squeezy request failed; trying again");
+                    earlier.push(error.to_string());
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                result => return result,
+                Err(error) => return Err(Failed::new("Lemon Squeezy", &method, path, earlier, error)),
             }
         }
     }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::form;
+use crate::http::Failed;
 use crate::money::Money;
 
 /// The API version every request and every parsed object assumes. At least 2025-07-30.basil:
@@ -21,7 +22,7 @@ use crate::money::Money;
 pub const API_VERSION: &str = "2025-07-30.basil";
 
 /// Tries of one request after the first, for errors Stripe says are worth retrying.
-const RETRIES: u32 = 2;
+const RETRIES: usize = 2;
 
 pub struct StripeClient {
     http: reqwest::Client,
@@ -167,19 +168,19 @@ impl StripeClient {
         self
     }
 
-    pub async fn create_payment_link(&self, link: &NewPaymentLink, idempotency_key: &str) -> Result<PaymentLink, StripeError> {
+    pub async fn create_payment_link(&self, link: &NewPaymentLink, idempotency_key: &str) -> Result<PaymentLink, Failed<StripeError>> {
         self.post("/v1/payment_links", &link.params(), idempotency_key).await
     }
 
     /// Payment Links cannot be deleted; a deactivated one shows Stripe's "no longer available".
-    pub async fn deactivate_payment_link(&self, id: &str, idempotency_key: &str) -> Result<PaymentLink, StripeError> {
+    pub async fn deactivate_payment_link(&self, id: &str, idempotency_key: &str) -> Result<PaymentLink, Failed<StripeError>> {
         self.post(&format!("/v1/payment_links/{id}"), &json!({ "active": false }), idempotency_key).await
     }
 
     /// One page of events created at or after `created_from` (Unix seconds), of the given
     /// types, newest first; `starting_after` continues from the last event of the page before.
     /// The API keeps 30 days of events.
-    pub async fn list_events(&self, types: &[&str], created_from: i64, starting_after: Option<&str>) -> Result<EventPage, StripeError> {
+    pub async fn list_events(&self, types: &[&str], created_from: i64, starting_after: Option<&str>) -> Result<EventPage, Failed<StripeError>> {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair("limit", "100").append_pair("created[gte]", &created_from.to_string());
         for kind in types {
@@ -189,37 +190,41 @@ impl StripeClient {
             query.append_pair("starting_after", id);
         }
         let path = format!("/v1/events?{}", query.finish());
-        self.with_retries(&path, || self.http.get(self.url(&path))).await
+        self.with_retries(reqwest::Method::GET, &path, |request| request).await
     }
 
     /// POSTs `params` to `path` with `idempotency_key`, trying again on retryable errors.
-    pub async fn post<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &Value, idempotency_key: &str) -> Result<T, StripeError> {
+    pub async fn post<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &Value, idempotency_key: &str) -> Result<T, Failed<StripeError>> {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form::encode(params)).finish();
-        self.with_retries(path, || {
-            self.http
-                .post(self.url(path))
-                .header("Idempotency-Key", idempotency_key)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.clone())
+        self.with_retries(reqwest::Method::POST, path, |request| {
+            request.header("Idempotency-Key", idempotency_key).header("Content-Type", "application/x-www-form-urlencoded").body(body.clone())
         })
         .await
     }
 
-    /// Sends the request `build` makes, with our key and API version, trying again (the same
-    /// request, so the same idempotency key) while Stripe's answer allows.
-    async fn with_retries<T: for<'de> Deserialize<'de>>(&self, path: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<T, StripeError> {
+    /// Sends a `method` request to `path`, completed by `build`, with our key and API version,
+    /// trying again (the same request, so the same idempotency key) while Stripe's answer
+    /// allows. The error names the call and every try's failure.
+    async fn with_retries<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, Failed<StripeError>> {
         let mut pause = self.retry_pause;
-        let mut tries = 0;
+        let mut earlier = Vec::new();
         loop {
-            let request = build().bearer_auth(self.secret_key.expose_secret()).header("Stripe-Version", API_VERSION);
+            let request =
+                build(self.http.request(method.clone(), self.url(path))).bearer_auth(self.secret_key.expose_secret()).header("Stripe-Version", API_VERSION);
             match self.send(path, request).await {
-                Err(error) if error.is_retryable() && tries < RETRIES => {
-                    tracing::debug!(%error, path, "Stripe request failed; trying again");
-                    tries += 1;
+                Ok(answer) => return Ok(answer),
+                Err(error) if error.is_retryable() && earlier.len() < RETRIES => {
+                    tracing::warn!(%error, endpoint = %crate::http::endpoint_class(path), "Stripe request failed; trying again");
+                    earlier.push(error.to_string());
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                result => return result,
+                Err(error) => return Err(Failed::new("Stripe", &method, path, earlier, error)),
             }
         }
     }
@@ -229,15 +234,11 @@ impl StripeClient {
     }
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, path: &str, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
-        let started = std::time::Instant::now();
-        let sent = tracing::Instrument::instrument(request.send(), crate::http::call_span("stripe", path)).await;
-        crate::http::observe("stripe", path, sent.as_ref().ok().map(|r| r.status().as_u16()), started);
-        let response = sent.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
-        let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (status, headers, body) =
+            crate::http::send_with_headers("stripe", path, request).await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let should_retry = header("stripe-should-retry").map(|v| v == "true");
         let request_id = header("request-id");
-        let body = response.bytes().await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body).map_err(|e| StripeError::Unreadable { status, detail: e.to_string() });
         }

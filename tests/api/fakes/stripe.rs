@@ -31,10 +31,16 @@ struct Fake {
     requests: Vec<Recorded>,
     links: HashMap<String, Value>,
     replies: HashMap<String, Value>,
-    failures: VecDeque<(u16, Value, Option<bool>)>,
+    failures: VecDeque<(u16, Scripted, Option<bool>)>,
     delay: Option<std::time::Duration>,
     /// Everything that happened, as the events API lists it.
     events: Vec<Value>,
+}
+
+/// A scripted answer's body: Stripe's JSON, or a page that is not JSON (a proxy's).
+enum Scripted {
+    Json(Value),
+    Page(String),
 }
 
 #[derive(Clone)]
@@ -56,7 +62,13 @@ impl FakeStripe {
 
     /// The next request is answered `status` with `body` (and `Stripe-Should-Retry` if given).
     pub fn fail_next(&self, status: u16, body: Value, should_retry: Option<bool>) {
-        self.state.lock().unwrap().failures.push_back((status, body, should_retry));
+        self.state.lock().unwrap().failures.push_back((status, Scripted::Json(body), should_retry));
+    }
+
+    /// The next request is answered `status` with an HTML page, as a proxy in front of Stripe
+    /// might answer.
+    pub fn answer_next_with_page(&self, status: u16, page: &str) {
+        self.state.lock().unwrap().failures.push_back((status, Scripted::Page(page.to_owned()), None));
     }
 
     /// Link creations wait this long before they are handled (`None`: no wait).
@@ -97,7 +109,15 @@ fn stripe_error(status: u16, kind: &str, code: &str, message: &str, param: &str)
 }
 
 fn answer(status: u16, body: Value, should_retry: Option<bool>) -> Response {
-    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    scripted(status, Scripted::Json(body), should_retry)
+}
+
+fn scripted(status: u16, body: Scripted, should_retry: Option<bool>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap();
+    let mut response = match body {
+        Scripted::Json(body) => (status, axum::Json(body)).into_response(),
+        Scripted::Page(page) => (status, [("content-type", "text/html")], page).into_response(),
+    };
     response.headers_mut().insert("request-id", "req_fake".parse().unwrap());
     if let Some(retry) = should_retry {
         response.headers_mut().insert("stripe-should-retry", retry.to_string().parse().unwrap());
@@ -115,7 +135,7 @@ async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, 
     }
     let mut fake = state.lock().unwrap();
     if let Some((status, body, retry)) = fake.failures.pop_front() {
-        return answer(status, body, retry);
+        return scripted(status, body, retry);
     }
     let key = request.idempotency_key.clone().unwrap_or_default();
     if let Some(reply) = fake.replies.get(&key) {
@@ -150,7 +170,7 @@ async fn update_link(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<Strin
     let mut fake = state.lock().unwrap();
     let request = record(&mut fake, format!("/v1/payment_links/{id}"), &headers, &body);
     if let Some((status, body, retry)) = fake.failures.pop_front() {
-        return answer(status, body, retry);
+        return scripted(status, body, retry);
     }
     let Some(link) = fake.links.get_mut(&id) else {
         let (status, body) = stripe_error(404, "invalid_request_error", "resource_missing", &format!("No such payment_link: '{id}'"), "id");
@@ -169,7 +189,7 @@ async fn list_events(State(state): State<Arc<Mutex<Fake>>>, uri: axum::http::Uri
     let mut fake = state.lock().unwrap();
     let recorded = record(&mut fake, "/v1/events".into(), &headers, query.as_bytes());
     if let Some((status, body, retry)) = fake.failures.pop_front() {
-        return answer(status, body, retry);
+        return scripted(status, body, retry);
     }
     if recorded.authorization.as_deref() != Some(&format!("Bearer {SECRET_KEY}")) {
         let (status, body) = stripe_error(401, "invalid_request_error", "", "Invalid API Key provided", "");

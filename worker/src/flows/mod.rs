@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::config::Accounts;
+use kommo_pay_core::http::Failed;
 use kommo_pay_core::jobs::JobKind;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
@@ -91,11 +92,11 @@ fn kommo_failed(error: KommoError) -> JobError {
     }
 }
 
-fn stripe_failed(error: StripeError) -> JobError {
+fn stripe_failed(error: Failed<StripeError>) -> JobError {
     if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
 }
 
-fn lemonsqueezy_failed(error: LemonSqueezyError) -> JobError {
+fn lemonsqueezy_failed(error: Failed<LemonSqueezyError>) -> JobError {
     if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
 }
 
