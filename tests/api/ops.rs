@@ -551,3 +551,114 @@ async fn a_kommo_block_is_lifted_by_an_operator_with_a_reason_in_the_log() {
     assert!(out.starts_with("Kommo calls for acme go out again"), "{out}");
     assert_eq!(cli(&app.db, &["kommo", "unblock", "--account", ACCOUNT, "--reason", "fixed"]).0, 3);
 }
+
+/// Whether the OpenAPI document allows the request: its path and query parameters against their
+/// schemas (formats asserted), and its body against the operation's request body.
+fn document_allows(method: &str, path_and_query: &str, body: Option<&Value>) -> bool {
+    let document: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let segments: Vec<&str> = path.split('/').collect();
+    let (template, operations) = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(template, _)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len() && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+        })
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let operation = &operations[method];
+    let valid = |schema: &Value, instance: &Value| {
+        let root = json!({ "$schema": "https://json-schema.org/draft/2020-12/schema", "allOf": [schema], "components": document["components"] });
+        jsonschema::options().should_validate_formats(true).build(&root).unwrap().is_valid(instance)
+    };
+    // A parameter's text as the instance its schema describes.
+    let typed = |schema: &Value, text: &str| match schema["type"].as_str() {
+        Some("integer") => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())),
+        _ => Value::String(text.to_owned()),
+    };
+    let parameter = |name: &str, place: &str| {
+        operation["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == name && p["in"] == place).map(|p| p["schema"].clone())
+    };
+    let path_ok = template.split('/').zip(&segments).all(|(t, s)| match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        Some(name) => parameter(name, "path").is_some_and(|schema| valid(&schema, &typed(&schema, s))),
+        None => true,
+    });
+    let query_ok =
+        form_urlencoded::parse(query.as_bytes()).all(|(name, value)| parameter(&name, "query").is_some_and(|schema| valid(&schema, &typed(&schema, &value))));
+    let body_ok = match (body, operation.pointer("/requestBody/content/application~1json/schema")) {
+        (Some(body), Some(schema)) => valid(schema, body),
+        (None, None) => true,
+        _ => false,
+    };
+    path_ok && query_ok && body_ok
+}
+
+/// Every operation, sent what its handler refuses: an id out of range, a blank reason, a limit
+/// or cursor outside what the API gives out, neither or both of `ids` and `filter`. Each answer
+/// is a JSON `{"error"}` the document lists for the operation, and the document itself already
+/// refuses the request (it states the handler's rules), while the good requests beside them pass.
+#[tokio::test]
+async fn every_operation_refuses_bad_input_with_a_documented_json_error_and_the_document_says_so() {
+    let app = spawn_app().await;
+    let event = uuid::Uuid::now_v7();
+    let huge = "99999999999999999999";
+    let post = |body: Value| Some(body);
+    let cases: Vec<(&str, String, Option<Value>)> = vec![
+        ("get", format!("/ops/v1/jobs/{huge}"), None),
+        ("get", "/ops/v1/jobs/not-a-number".into(), None),
+        ("get", format!("/ops/v1/deals/{ACCOUNT}/{huge}/history"), None),
+        ("get", format!("/ops/v1/deals/{ACCOUNT}/x/history"), None),
+        ("get", format!("/ops/v1/deals/{ACCOUNT}/1/history?format=xml"), None),
+        ("get", "/ops/v1/events/not-a-uuid".into(), None),
+        ("get", "/ops/v1/events?limit=0".into(), None),
+        ("get", "/ops/v1/events?limit=1001".into(), None),
+        ("get", format!("/ops/v1/events?lead={huge}"), None),
+        ("get", "/ops/v1/events?cursor=".into(), None),
+        ("get", "/ops/v1/events?cursor=-3".into(), None),
+        ("get", "/ops/v1/events?source=paypal".into(), None),
+        ("get", "/ops/v1/events?from=yesterday".into(), None),
+        ("get", "/ops/v1/dead-letters?limit=0".into(), None),
+        ("get", "/ops/v1/dead-letters?cursor=".into(), None),
+        ("get", "/ops/v1/dead-letters/counts?limit=5000".into(), None),
+        ("post", format!("/ops/v1/events/{event}/replay"), post(json!({ "reason": "" }))),
+        ("post", format!("/ops/v1/events/{event}/replay"), post(json!({ "reason": "   " }))),
+        ("post", "/ops/v1/events/not-a-uuid/replay".into(), post(json!({ "reason": "why" }))),
+        ("post", "/ops/v1/dead-letters/replay".into(), post(json!({ "filter": {}, "reason": "" }))),
+        ("post", "/ops/v1/dead-letters/replay".into(), post(json!({ "ids": null, "filter": null, "reason": "why" }))),
+        ("post", "/ops/v1/dead-letters/replay".into(), post(json!({ "ids": [1], "filter": {}, "reason": "why" }))),
+        ("post", "/ops/v1/dead-letters/discard".into(), post(json!({ "reason": "why" }))),
+        ("post", "/ops/v1/dead-letters/discard".into(), post(json!({ "ids": [1], "reason": " " }))),
+        ("post", format!("/ops/v1/accounts/{ACCOUNT}/unblock"), post(json!({ "reason": "" }))),
+        ("post", format!("/ops/v1/accounts/{ACCOUNT}/unblock"), post(json!({ "provider": "paypal", "reason": "why" }))),
+    ];
+    for (method, path, body) in &cases {
+        let request = app.client.request(method.to_uppercase().parse().unwrap(), format!("{}{path}", app.address)).bearer_auth(OPS_TOKEN_ALICE);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").map(|t| t.to_str().unwrap().to_owned());
+        let text = response.text().await.unwrap();
+        assert!(matches!(status, 400 | 404), "{method} {path} {body:?}: {status} {text}");
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{method} {path}: {status} {text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {answer}");
+        conforms(method.to_string(), path, status, &answer);
+        assert!(!document_allows(method, path, body.as_ref()), "the document allows {method} {path} {body:?}, which the handler refuses ({status} {text})");
+    }
+
+    // The document is no blanket refusal: what the handlers take, it allows.
+    for (method, path, body) in [
+        ("get", "/ops/v1/jobs/12".to_owned(), None),
+        ("get", format!("/ops/v1/deals/{ACCOUNT}/15318175/history?format=csv"), None),
+        ("get", "/ops/v1/events?limit=1000&cursor=17&source=stripe&from=2026-11-26T10:00:00Z".into(), None),
+        ("post", "/ops/v1/dead-letters/replay".into(), Some(json!({ "filter": {}, "reason": "why", "dry_run": true }))),
+        ("post", "/ops/v1/dead-letters/discard".into(), Some(json!({ "ids": [1, 2], "filter": null, "reason": "why" }))),
+        ("post", format!("/ops/v1/accounts/{ACCOUNT}/unblock"), Some(json!({ "provider": "lemonsqueezy", "reason": "fixed" }))),
+    ] {
+        assert!(document_allows(method, &path, body.as_ref()), "the document refuses {method} {path} {body:?}");
+    }
+}

@@ -22,7 +22,11 @@ pub struct DeadFilter {
     pub kind: Option<String>,
     pub lead: Option<i64>,
     pub error: Option<String>,
+    /// The `next_cursor` of the page before.
+    #[schemars(pattern(r"^[1-9][0-9]{0,18}$"))]
     pub cursor: Option<String>,
+    /// Items per page (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<i64>,
 }
 
@@ -68,7 +72,8 @@ pub struct JobDetail {
 pub enum Selection {
     /// These jobs, each of which must be dead.
     Ids(Vec<i64>),
-    /// Every dead job matching (an empty filter matches all; `cursor` and `limit` are ignored).
+    /// Every dead job matching (an empty filter matches all; `cursor` and `limit`, if given, must
+    /// be valid but page nothing).
     Matching(DeadFilter),
 }
 
@@ -76,10 +81,15 @@ pub enum Selection {
 /// matches them all), why, and whether only to count them.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["ids"], "properties": { "ids": { "type": "array" } } },
+    { "required": ["filter"], "properties": { "filter": { "type": "object" } } }
+]))]
 pub struct BulkRequest {
     pub ids: Option<Vec<i64>>,
     pub filter: Option<DeadFilter>,
-    /// Why, for the audit log.
+    /// Why, for the audit log: not blank.
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub reason: String,
     #[serde(default)]
     pub dry_run: bool,
@@ -126,10 +136,18 @@ fn bind_selection<'q, O>(
     query.bind(&filter.account).bind(&filter.kind).bind(filter.lead).bind(&filter.error).bind(ids)
 }
 
+impl DeadFilter {
+    /// The page size and the cursor, checked. Checked wherever a filter is taken, even where it
+    /// pages nothing (counts, bulk actions): the API's document states one rule for a filter.
+    fn paging(&self) -> Result<(i64, Option<i64>), OpsError> {
+        Ok((super::limit(self.limit)?, super::cursor(self.cursor.as_deref())?))
+    }
+}
+
 /// A page of dead jobs, oldest first.
 pub async fn list(pool: &PgPool, filter: &DeadFilter) -> Result<Page<DeadJob>, OpsError> {
-    let limit = super::limit(filter.limit)?;
-    let after = super::cursor(filter.cursor.as_deref())?.unwrap_or(0);
+    let (limit, after) = filter.paging()?;
+    let after = after.unwrap_or(0);
     let sql = format!(
         "SELECT id, kind, account, lead_id, event_id, attempt, max_attempts, finished_at, errors -> -1 ->> 'error' AS last_error
          FROM jobs WHERE {SELECTED} AND id > $6 ORDER BY id LIMIT $7"
@@ -140,6 +158,7 @@ pub async fn list(pool: &PgPool, filter: &DeadFilter) -> Result<Page<DeadJob>, O
 
 /// Dead jobs counted by kind and last error, most first.
 pub async fn counts(pool: &PgPool, filter: &DeadFilter) -> Result<Vec<DeadCount>, OpsError> {
+    filter.paging()?;
     let sql = format!(
         "SELECT kind, left(coalesce(errors -> -1 ->> 'error', ''), 200) AS error, count(*) AS count
          FROM jobs WHERE {SELECTED} GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
@@ -224,7 +243,10 @@ async fn act(
     let (filter, ids) = match selection {
         Selection::Ids(ids) if ids.is_empty() => return Err(OpsError::BadRequest("no job ids given".into())),
         Selection::Ids(ids) => (&all, Some(ids.as_slice())),
-        Selection::Matching(filter) => (filter, None),
+        Selection::Matching(filter) => {
+            filter.paging()?;
+            (filter, None)
+        }
     };
     let (matched,): (i64,) =
         bind_selection(sqlx::query_as(super::sql(format!("SELECT count(*) FROM jobs WHERE {SELECTED}"))), filter, ids).fetch_one(pool).await?;

@@ -20,11 +20,20 @@ pub struct EventFilter {
     pub account: Option<String>,
     pub lead: Option<i64>,
     /// `kommo`, `stripe`, `lemonsqueezy` or `internal`.
+    #[schemars(extend("enum" = SOURCES))]
     pub source: Option<String>,
     pub kind: Option<String>,
+    /// Received at or after, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub from: Option<String>,
+    /// Received before, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub to: Option<String>,
+    /// The `next_cursor` of the page before.
+    #[schemars(pattern(r"^[1-9][0-9]{0,18}$"))]
     pub cursor: Option<String>,
+    /// Items per page (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<i64>,
 }
 
@@ -147,7 +156,8 @@ pub(super) async fn summary(pool: &PgPool, id: Uuid) -> Result<Option<EventSumma
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
-    /// Why, for the audit log.
+    /// Why, for the audit log: not blank.
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub reason: String,
 }
 

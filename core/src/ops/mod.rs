@@ -105,10 +105,15 @@ pub fn reason(given: &str) -> Result<&str, OpsError> {
 pub struct UnblockRequest {
     /// `kommo` (the default) or `lemonsqueezy`.
     #[serde(default = "kommo")]
+    #[schemars(extend("enum" = UNBLOCKABLE))]
     pub provider: String,
-    /// What was fixed, for the audit log.
+    /// What was fixed, for the audit log: not blank.
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub reason: String,
 }
+
+/// The providers whose blocks an operator can lift.
+const UNBLOCKABLE: [&str; 2] = ["kommo", "lemonsqueezy"];
 
 fn kommo() -> String {
     "kommo".into()
@@ -127,6 +132,9 @@ pub struct Unblocked {
 /// blocks an integration; every call stops until an operator has fixed the cause and says so
 /// here). Recorded in the log (`provider.unblocked`) with the operator and the reason.
 pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operator: &Operator, reason: &str) -> Result<Unblocked, OpsError> {
+    if !UNBLOCKABLE.contains(&provider) {
+        return Err(OpsError::BadRequest(format!("provider {provider:?} is not one of {}", UNBLOCKABLE.join(", "))));
+    }
     let reason = self::reason(reason)?;
     let mut tx = pool.begin().await?;
     let cleared: Option<(chrono::DateTime<Utc>, Option<String>)> = sqlx::query_as(

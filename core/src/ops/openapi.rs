@@ -58,6 +58,11 @@ pub fn document() -> Value {
         if let Some(format) = format {
             schema["format"] = json!(format);
         }
+        // Ids we hand out are positive and fit 64 bits; the handlers refuse anything else.
+        if kind == "integer" {
+            schema["minimum"] = json!(1);
+            schema["maximum"] = json!(i64::MAX);
+        }
         json!({ "name": name, "in": "path", "required": true, "schema": schema })
     };
     let body = |schema: &Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -107,6 +107,12 @@ impl From<QueryRejection> for Failure {
     }
 }
 
+impl From<PathRejection> for Failure {
+    fn from(rejection: PathRejection) -> Failure {
+        Failure { status: StatusCode::BAD_REQUEST, message: rejection.body_text() }
+    }
+}
+
 impl From<JsonRejection> for Failure {
     fn from(rejection: JsonRejection) -> Failure {
         Failure { status: StatusCode::BAD_REQUEST, message: rejection.body_text() }
@@ -123,18 +129,18 @@ async fn list_events(State(state): State<Arc<AppState>>, filter: Result<Query<Ev
     ok(events::list(&state.pool, &filter?.0).await?)
 }
 
-async fn show_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Answer {
-    ok(events::show(&state.pool, events::parse_id(&id)?).await?)
+async fn show_event(State(state): State<Arc<AppState>>, id: Result<Path<String>, PathRejection>) -> Answer {
+    ok(events::show(&state.pool, events::parse_id(&id?.0)?).await?)
 }
 
 async fn replay_event(
     State(state): State<Arc<AppState>>,
     Extension(operator): Extension<Operator>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Answer {
     let body = body?.0;
-    ok(events::replay(&state.pool, &state.accounts, &state.job_policies, events::parse_id(&id)?, &operator, &body.reason).await?)
+    ok(events::replay(&state.pool, &state.accounts, &state.job_policies, events::parse_id(&id?.0)?, &operator, &body.reason).await?)
 }
 
 async fn list_dead(State(state): State<Arc<AppState>>, filter: Result<Query<DeadFilter>, QueryRejection>) -> Answer {
@@ -145,8 +151,8 @@ async fn count_dead(State(state): State<Arc<AppState>>, filter: Result<Query<Dea
     ok(DeadCounts { counts: dead_letters::counts(&state.pool, &filter?.0).await? })
 }
 
-async fn show_job(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Answer {
-    ok(dead_letters::show(&state.pool, id).await?)
+async fn show_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Answer {
+    ok(dead_letters::show(&state.pool, id?.0).await?)
 }
 
 async fn replay_dead(State(state): State<Arc<AppState>>, Extension(operator): Extension<Operator>, body: Result<Json<BulkRequest>, JsonRejection>) -> Answer {
@@ -162,10 +168,10 @@ async fn discard_dead(State(state): State<Arc<AppState>>, Extension(operator): E
 async fn unblock(
     State(state): State<Arc<AppState>>,
     Extension(operator): Extension<Operator>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
     body: Result<Json<UnblockRequest>, JsonRejection>,
 ) -> Answer {
-    let body = body?.0;
+    let (Path(account), body) = (account?, body?.0);
     ok(kommo_pay_core::ops::unblock(&state.pool, &body.provider, &account, &operator, &body.reason).await?)
 }
 
@@ -182,10 +188,10 @@ struct HistoryFormat {
 
 async fn deal_history(
     State(state): State<Arc<AppState>>,
-    Path((account, lead)): Path<(String, i64)>,
+    deal: Result<Path<(String, i64)>, PathRejection>,
     format: Result<Query<HistoryFormat>, QueryRejection>,
 ) -> Answer {
-    let format = format?.0.format;
+    let (Path((account, lead)), format) = (deal?, format?.0.format);
     let entries = history::of_deal(&state.pool, &account, lead).await?;
     match format.as_deref() {
         None | Some("json") => ok(History { account, lead_id: lead, entries }),
