@@ -23,37 +23,91 @@ pub struct Failure<'a> {
     pub failed_at: DateTime<Utc>,
     /// What failed, for the manager's task, e.g. "invoice in_1 of 49.90 EUR".
     pub what: &'a str,
+    /// The billing period of the failed invoice, when the provider says (ADR 14).
+    pub billed_for: Option<DateTime<Utc>>,
 }
 
-/// Opens a run of failures for the subscription, unless one is open: the run keeps the time of
-/// its first failure. Recorded by job `job_id`. Returns whether a run was opened.
-pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -> Result<bool, sqlx::Error> {
+impl Failure<'_> {
+    /// The failure's place in the deal's order.
+    fn order(&self) -> DateTime<Utc> {
+        self.billed_for.unwrap_or(self.failed_at)
+    }
+}
+
+/// What [`record_failure`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// A run of failures opened with this failure.
+    Opened,
+    /// The subscription's run was open already; it keeps the time of its first failure.
+    Continued,
+    /// The deal has a payment that stands at or after this failure in the provider's order (a
+    /// late delivery): nothing is unpaid.
+    Overtaken,
+}
+
+/// Opens a run of failures for the subscription, unless one is open or a payment overtook the
+/// failure. Decided and recorded under the deal's lock, so a payment recorded at the same moment
+/// either is seen here or clears the run after it ([`clear`]): the outcome never depends on
+/// which of their jobs runs first. Recorded by job `job_id`.
+pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -> Result<Run, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    projections::lock_deal(&mut tx, failure.account, failure.lead_id).await?;
+    let overtaken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE account = $1 AND lead_id = $2 AND coalesce(billed_for, paid_at) >= $3)")
+            .bind(failure.account)
+            .bind(failure.lead_id)
+            .bind(failure.order())
+            .fetch_one(&mut *tx)
+            .await?;
+    if overtaken {
+        return Ok(Run::Overtaken);
+    }
     let change = Change::FailureRunOpened {
         provider: failure.provider.to_owned(),
         subscription_id: failure.subscription_id.to_owned(),
         run_id: Uuid::now_v7(),
         failed_at: failure.failed_at,
         what: failure.what.to_owned(),
+        billed_for: failure.billed_for,
     };
     let meta = Meta { account: failure.account, lead_id: failure.lead_id, job_id: Some(job_id), at: Utc::now() };
-    Ok(projections::record_alone(pool, meta, &change).await?.changed > 0)
+    let opened = projections::record(&mut tx, meta, &change).await?.changed > 0;
+    tx.commit().await?;
+    Ok(if opened { Run::Opened } else { Run::Continued })
 }
 
-/// A payment for the deal made at `paid_at` ends its runs of failures (overdue or not) that began
-/// before it; a late announcement of an older payment leaves a newer run open.
-pub async fn clear(pool: &PgPool, account: &str, lead_id: i64, paid_at: DateTime<Utc>, job_id: i64) -> Result<u64, sqlx::Error> {
+/// A payment that stands at `order` in the deal's order (its billing period, or when it was
+/// paid) ends the deal's runs of failures (overdue or not) that stand at or before it; a late
+/// announcement of an older payment leaves a newer run open. Call it after the payment is
+/// recorded ([`crate::payments::record`]), so that a failure decided meanwhile sees it.
+pub async fn clear(pool: &PgPool, account: &str, lead_id: i64, order: DateTime<Utc>, job_id: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    projections::lock_deal(&mut tx, account, lead_id).await?;
     // Most payments end no run: record a change only when there is one to end.
-    let open: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dunning WHERE account = $1 AND lead_id = $2 AND failed_at <= $3)")
+    let open: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dunning WHERE account = $1 AND lead_id = $2 AND coalesce(billed_for, failed_at) <= $3)")
         .bind(account)
         .bind(lead_id)
-        .bind(paid_at)
-        .fetch_one(pool)
+        .bind(order)
+        .fetch_one(&mut *tx)
         .await?;
     if !open {
         return Ok(0);
     }
     let meta = Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() };
-    Ok(projections::record_alone(pool, meta, &Change::FailureRunsCleared { paid_at }).await?.changed)
+    let cleared = projections::record(&mut tx, meta, &Change::FailureRunsCleared { paid_at: order }).await?.changed;
+    tx.commit().await?;
+    Ok(cleared)
+}
+
+/// Whether the deal has a run of failures marked overdue: what its card shows until a payment
+/// that stands after it clears it.
+pub async fn overdue(pool: &PgPool, account: &str, lead_id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dunning WHERE account = $1 AND lead_id = $2 AND overdue_at IS NOT NULL)")
+        .bind(account)
+        .bind(lead_id)
+        .fetch_one(pool)
+        .await
 }
 
 /// An open run of failures.

@@ -15,7 +15,17 @@ pub struct Received<'a> {
     pub link_id: Option<&'a str>,
     pub amount: Money,
     pub paid_at: DateTime<Utc>,
+    /// The billing period a subscription invoice pays for, when the provider says: the
+    /// payment's place in the deal's order (ADR 14); otherwise `paid_at` is.
+    pub billed_for: Option<DateTime<Utc>>,
     pub job_id: i64,
+}
+
+impl Received<'_> {
+    /// The payment's place in the deal's order.
+    pub fn order(&self) -> DateTime<Utc> {
+        self.billed_for.unwrap_or(self.paid_at)
+    }
 }
 
 impl Received<'_> {
@@ -49,6 +59,7 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
         amount_minor: received.amount.minor(),
         currency: received.amount.currency().code().to_owned(),
         paid_at: received.paid_at,
+        billed_for: received.billed_for,
     };
     projections::record(&mut tx, received.meta(), &change).await?;
     let leased: Option<Option<i64>> = sqlx::query_scalar(
@@ -90,6 +101,27 @@ pub struct Settled {
     pub applied_at: Option<DateTime<Utc>>,
 }
 
+/// A deal's newest payment in the provider's order (ADR 14): what its card shows, whichever
+/// payment's job runs last.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Newest {
+    pub provider: String,
+    pub payment_id: String,
+    #[sqlx(flatten)]
+    pub settled: Settled,
+}
+
+pub async fn newest(pool: &PgPool, account: &str, lead_id: i64) -> Result<Option<Newest>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT provider, payment_id, lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments
+         WHERE account = $1 AND lead_id = $2 ORDER BY coalesce(billed_for, paid_at) DESC, paid_at DESC, payment_id DESC LIMIT 1",
+    )
+    .bind(account)
+    .bind(lead_id)
+    .fetch_optional(pool)
+    .await
+}
+
 pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
     sqlx::query_as(
         "SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3",
@@ -120,15 +152,4 @@ pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_tota
 pub async fn mark_applied(pool: &PgPool, received: &Received<'_>) -> Result<(), sqlx::Error> {
     let change = Change::PaymentApplied { provider: received.provider.to_owned(), payment_id: received.payment_id.to_owned() };
     projections::record_alone(pool, received.meta(), &change).await.map(drop)
-}
-
-/// Whether the deal has a payment made at or after `since`: what a snapshot of `since` saying
-/// the subscription is unpaid is already overtaken by.
-pub async fn paid_since(pool: &PgPool, account: &str, lead_id: i64, since: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE account = $1 AND lead_id = $2 AND paid_at >= $3)")
-        .bind(account)
-        .bind(lead_id)
-        .bind(since)
-        .fetch_one(pool)
-        .await
 }

@@ -48,6 +48,10 @@ pub enum Change {
         amount_minor: i64,
         currency: String,
         paid_at: DateTime<Utc>,
+        /// The start of the billing period a subscription invoice pays for: its place in the
+        /// deal's order (ADR 14). Absent for other payments and in facts recorded before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        billed_for: Option<DateTime<Utc>>,
     },
     /// The deal was updated for the payment.
     PaymentApplied {
@@ -77,13 +81,17 @@ pub enum Change {
         run_id: Uuid,
         failed_at: DateTime<Utc>,
         what: String,
+        /// The billing period of the failed invoice, as for a payment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        billed_for: Option<DateTime<Utc>>,
     },
     /// The run outlasted the grace period. (`what` failed, for the log's reader.)
     FailureRunOverdue {
         run_id: Uuid,
         what: String,
     },
-    /// A payment made at `paid_at` ends the deal's runs that began before it.
+    /// A payment ends the deal's runs that stand before it: `paid_at` is the payment's place in
+    /// the deal's order (its billing period, or when it was paid), compared with each run's.
     FailureRunsCleared {
         paid_at: DateTime<Utc>,
     },
@@ -163,7 +171,7 @@ pub struct Recorded {
 /// fact is appended after the change is applied, so the log's order of a deal's facts is the
 /// order their changes took effect: what a rebuild replays.
 pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(meta.account).bind(meta.lead_id).execute(&mut *conn).await?;
+    lock_deal(conn, meta.account, meta.lead_id).await?;
     let changed = apply(conn, meta, change).await?;
     let mut payload = serde_json::to_value(change).expect("a change serialises");
     payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");
@@ -181,6 +189,13 @@ pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) ->
     .fetch_optional(&mut *conn)
     .await?;
     Ok(Recorded { changed, fact })
+}
+
+/// Serialises the deal's changes until the caller's transaction ends: a decision that reads
+/// the projections and then records a change takes it first, so no other change of the deal
+/// comes between the read and the record.
+pub async fn lock_deal(conn: &mut PgConnection, account: &str, lead_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(account).bind(lead_id).execute(&mut *conn).await.map(drop)
 }
 
 /// [`record`] in a transaction of its own.
@@ -250,12 +265,15 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
                 .execute(&mut *conn)
                 .await?
         }
-        Change::PaymentReceived { provider, payment_id, link_id, amount_minor, currency, paid_at } => {
+        Change::PaymentReceived { provider, payment_id, link_id, amount_minor, currency, paid_at, billed_for } => {
             // The first announcement wins (a refund may even have created the row first): the
-            // payment's fact carries one key, so a later announcement must change nothing.
+            // payment's fact carries one key, so a later announcement must change nothing. Only
+            // the billing period, which a refund does not know, is filled in if missing.
             sqlx::query(
-                "INSERT INTO payments (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                "INSERT INTO payments AS p (account, provider, payment_id, lead_id, link_id, amount_minor, currency, paid_at, billed_for)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (account, provider, payment_id) DO UPDATE SET billed_for = excluded.billed_for
+                     WHERE p.billed_for IS NULL AND excluded.billed_for IS NOT NULL",
             )
             .bind(account)
             .bind(provider)
@@ -265,6 +283,7 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
             .bind(amount_minor)
             .bind(currency)
             .bind(paid_at)
+            .bind(billed_for)
             .execute(&mut *conn)
             .await?
         }
@@ -311,9 +330,9 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
             .execute(&mut *conn)
             .await?
         }
-        Change::FailureRunOpened { provider, subscription_id, run_id, failed_at, what } => {
+        Change::FailureRunOpened { provider, subscription_id, run_id, failed_at, what, billed_for } => {
             sqlx::query(
-                "INSERT INTO dunning (account, provider, subscription_id, run_id, lead_id, failed_at, what) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO dunning (account, provider, subscription_id, run_id, lead_id, failed_at, what, billed_for) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (account, provider, subscription_id) DO NOTHING",
             )
             .bind(account)
@@ -323,6 +342,7 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
             .bind(lead_id)
             .bind(failed_at)
             .bind(what)
+            .bind(billed_for)
             .execute(&mut *conn)
             .await?
         }
@@ -335,7 +355,7 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
                 .await?
         }
         Change::FailureRunsCleared { paid_at } => {
-            sqlx::query("DELETE FROM dunning WHERE account = $1 AND lead_id = $2 AND failed_at <= $3")
+            sqlx::query("DELETE FROM dunning WHERE account = $1 AND lead_id = $2 AND coalesce(billed_for, failed_at) <= $3")
                 .bind(account)
                 .bind(lead_id)
                 .bind(paid_at)

@@ -1,6 +1,7 @@
 //! Integration tests: the real ingest application against a real PostgreSQL.
 //! One binary (files by feature) so the suite links once.
 
+mod any_order;
 mod bad_input;
 mod binary;
 mod crash;

@@ -518,12 +518,16 @@ async fn kommo_blocking_the_account_dead_letters_the_job_at_once() {
     assert_eq!(f.kommo.requests().len(), 1, "no retry, and no alert, hammered the blocked account");
 }
 
+/// An event of subscription invoice `in_N`, which bills the subscription's N-th month.
 pub(crate) fn invoice(event_id: &str, kind: &str, invoice_id: &str, paid: i64) -> Value {
+    let month: i64 = invoice_id.trim_start_matches("in_").parse().unwrap_or(1);
+    let period_start = 1764180000 + (month - 1) * 30 * 86400;
     json!({
         "id": event_id, "object": "event", "type": kind, "created": 1764180000, "livemode": false,
         "data": { "object": {
             "id": invoice_id, "object": "invoice", "amount_due": 4990, "amount_paid": paid, "currency": "eur",
             "status": if paid > 0 { "paid" } else { "open" },
+            "lines": { "object": "list", "data": [{ "object": "line_item", "period": { "start": period_start, "end": period_start + 30 * 86400 } }] },
             "parent": { "type": "subscription_details", "subscription_details": {
                 "subscription": "sub_test_1",
                 "metadata": { "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
@@ -934,13 +938,20 @@ pub(crate) fn ls_subscription(event: &str, status: &str, updated_at: &str, with_
     .to_string()
 }
 
+/// An event of subscription invoice `invoice`: 801 is the first month's, 802 the second's, 803
+/// the third's.
 pub(crate) fn ls_invoice(event: &str, invoice: &str, reason: &str) -> String {
+    let created = match invoice {
+        "801" => "2026-11-26T12:26:23.000000Z",
+        "803" => "2027-01-26T12:26:23.000000Z",
+        _ => "2026-12-26T12:26:23.000000Z",
+    };
     json!({
         "meta": { "event_name": event, "test_mode": true },
         "data": { "type": "subscription-invoices", "id": invoice, "attributes": {
             "subscription_id": 555, "customer_id": 777, "billing_reason": reason, "status": "paid",
             "currency": "USD", "total": 4900, "refunded": false, "refunded_amount": 0,
-            "created_at": "2026-12-26T12:26:23.000000Z", "updated_at": "2026-12-26T12:26:23.000000Z"
+            "created_at": created, "updated_at": created
         }}
     })
     .to_string()
@@ -964,7 +975,7 @@ async fn lemonsqueezy_subscription_payments_find_their_deal_through_the_subscrip
     f.lemonsqueezy_sends(&ls_invoice("subscription_payment_failed", "803", "renewal")).await;
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "Lemon Squeezy retries the card");
-    let failed_at: chrono::DateTime<chrono::Utc> = "2026-12-26T12:26:23Z".parse().unwrap();
+    let failed_at: chrono::DateTime<chrono::Utc> = "2027-01-26T12:26:23Z".parse().unwrap();
     assert_eq!(f.overdue().run_once(failed_at + chrono::Duration::days(3)).await.unwrap(), 1);
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);

@@ -54,7 +54,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         },
     };
     let at = DateTime::parse_from_rfc3339(&text("created_at")).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
-    let payment = Payment { id: id.clone(), link_id: None, amount: total, at };
+    let payment = Payment { id: id.clone(), link_id: None, amount: total, at, billed_for: None };
 
     match (name, status.as_str()) {
         ("order_created", "paid") => {
@@ -83,6 +83,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 link_id: None,
                 amount: total,
                 paid_at: at,
+                billed_for: None,
                 job_id: job.id,
             };
             let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };

@@ -49,7 +49,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     if is_payment {
         let currency = Currency::parse(&text("currency")).map_err(JobError::permanent)?;
         let total = Money::from_minor(attrs.get("total").and_then(Value::as_i64).unwrap_or(0), currency);
-        let payment = Payment { id: format!("invoice-{data_id}"), link_id: None, amount: total, at: time("created_at") };
+        let payment = Payment { id: format!("invoice-{data_id}"), link_id: None, amount: total, at: time("created_at"), billed_for: None };
         return match name.as_str() {
             "subscription_payment_success" | "subscription_payment_recovered" => {
                 if text("billing_reason") == "initial" {
@@ -72,6 +72,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                     lead_id,
                     failed_at: payment.at,
                     what: &what,
+                    billed_for: None,
                 };
                 charge_failed(&context, clients, &job, failure).await
             }
@@ -85,6 +86,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                     link_id: None,
                     amount: total,
                     paid_at: payment.at,
+                    billed_for: None,
                     job_id: job.id,
                 };
                 record_refund(&context, clients, &received, refunded_total).await.map(drop)
@@ -133,6 +135,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 lead_id,
                 failed_at: snapshot.updated_at,
                 what: &what,
+                billed_for: None,
             };
             dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
         }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use kommo_pay_core::dunning::{self, Failure};
+use kommo_pay_core::dunning::{self, Failure, Run};
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::Value;
 
@@ -19,7 +19,10 @@ use crate::JobError;
 /// A subscription charge failed: open (or continue) the subscription's run of failures and say
 /// so in the deal's feed.
 pub(super) async fn charge_failed(context: &Context, clients: &AccountClients, job: &ClaimedJob, failure: Failure<'_>) -> Result<(), JobError> {
-    dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed)?;
+    if dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed)? == Run::Overtaken {
+        tracing::info!(lead_id = failure.lead_id, what = failure.what, "a payment stands after this failure: nothing is unpaid");
+        return Ok(());
+    }
     let provider = match failure.provider {
         "stripe" => "Stripe",
         _ => "Lemon Squeezy",

@@ -22,6 +22,8 @@ pub(super) struct Payment {
     pub link_id: Option<String>,
     pub amount: Money,
     pub at: DateTime<Utc>,
+    /// The billing period it pays for, for a subscription invoice whose provider says.
+    pub billed_for: Option<DateTime<Utc>>,
 }
 
 /// A payment to settle on its deal.
@@ -50,16 +52,19 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         link_id: payment.link_id.as_deref(),
         amount: payment.amount,
         paid_at: payment.at,
+        billed_for: payment.billed_for,
         job_id: job.id,
     };
-    // Paid: whatever failed before is made good, whichever job applies the payment.
-    dunning::clear(pool, &account.slug, lead_id, payment.at, job.id).await.map_err(db_failed)?;
-    match payments::record(pool, &received).await.map_err(db_failed)? {
+    let application = payments::record(pool, &received).await.map_err(db_failed)?;
+    // Paid: whatever failed before it is made good, whichever job applies the payment. After the
+    // record, so that a failure decided meanwhile either sees the payment or is cleared here.
+    dunning::clear(pool, &account.slug, lead_id, received.order(), job.id).await.map_err(db_failed)?;
+    match application {
         // Another announcement of the same payment is being applied right now; look again later.
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
         Application::Done => Ok(()),
         Application::Yours { resumed } => {
-            write_payment_state(context, clients, lead_id, provider, &payment.id, won_stage, job.attempt > 0 || resumed).await?;
+            write_payment_state(context, clients, lead_id, won_stage, job.attempt > 0 || resumed).await?;
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
@@ -68,28 +73,32 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
     }
 }
 
-/// Writes what our record of payment `payment_id` says to the deal: Paid, Partially refunded or
-/// Refunded (whichever of the payment and its refunds arrived first), the date, the amounts and
-/// the payment id; and, when it stands paid, `won_stage`. When `maybe_done` (an earlier attempt
-/// may have written it), the card is read first and a PATCH it already shows is skipped.
+/// Writes what the deal's record says to its card, the same whichever of its jobs runs last
+/// (ADR 14): its newest payment in the provider's order — Paid, Partially refunded or Refunded,
+/// the date, the amounts and the payment id — or Overdue while a run of failures that stands
+/// after every payment is overdue; and, when it stands paid, `won_stage`. When `maybe_done` (an
+/// earlier attempt may have written it), the card is read first and a PATCH it already shows is
+/// skipped.
 pub(super) async fn write_payment_state(
     context: &Context,
     clients: &AccountClients,
     lead_id: i64,
-    provider: &str,
-    payment_id: &str,
     won_stage: Option<i64>,
     maybe_done: bool,
 ) -> Result<(), JobError> {
     let account = &clients.account;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let settled = payments::find(&context.pool, &account.slug, provider, payment_id)
+    let newest = payments::newest(&context.pool, &account.slug, lead_id)
         .await
         .map_err(db_failed)?
-        .ok_or_else(|| JobError::retryable(anyhow!("payment {payment_id} is not recorded yet")))?;
+        .ok_or_else(|| JobError::retryable(anyhow!("no payment of deal {lead_id} is recorded yet")))?;
+    let (payment_id, settled) = (&newest.payment_id, &newest.settled);
     let currency = Currency::parse(&settled.currency).map_err(JobError::permanent)?;
     let statuses = &fields.statuses;
     let status = match settled.refunded_minor {
+        // Open runs stand after every recorded payment (a payment clears those before it, and a
+        // failure before a recorded payment opens none): an overdue one is what the deal is.
+        _ if dunning::overdue(&context.pool, &account.slug, lead_id).await.map_err(db_failed)? => statuses.overdue,
         0 => statuses.paid,
         refunded if refunded >= settled.amount_minor => statuses.refunded,
         _ => statuses.partially_refunded,
@@ -122,7 +131,7 @@ pub(super) async fn record_refund(
 ) -> Result<Option<Money>, JobError> {
     let grew = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
     // A total recorded before means a repeat or a retry: its status may be on the card already.
-    write_payment_state(context, clients, received.lead_id, received.provider, received.payment_id, None, !grew).await?;
+    write_payment_state(context, clients, received.lead_id, None, !grew).await?;
     if !grew {
         tracing::info!(payment = received.payment_id, "no new refund: this total was recorded before");
         return Ok(None);

@@ -112,7 +112,15 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
             let subscription =
                 invoice.pointer("/parent/subscription_details/subscription").or_else(|| invoice.get("subscription")).and_then(Value::as_str).unwrap_or(&id);
             let what = format!("{} (Stripe invoice {id})", failed.amount);
-            let failure = Failure { account: &account.slug, provider: "stripe", subscription_id: subscription, lead_id, failed_at: failed.at, what: &what };
+            let failure = Failure {
+                account: &account.slug,
+                provider: "stripe",
+                subscription_id: subscription,
+                lead_id,
+                failed_at: failed.at,
+                what: &what,
+                billed_for: failed.billed_for,
+            };
             charge_failed(&context, clients, &job, failure).await
         }
         other => Err(JobError::permanent(anyhow!("{other} is not an invoice event"))),
@@ -151,13 +159,16 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
     };
     let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
     let unpaid = matches!(snapshot.status, "past_due" | "unpaid");
-    if !(newest && unpaid) || payments::paid_since(pool, account, lead_id, snapshot.updated_at).await.map_err(db_failed)? {
+    if !(newest && unpaid) {
         tracing::info!(subscription = id, status = snapshot.status, newest, "subscription snapshot stored; nothing unpaid to act on");
         return Ok(());
     }
     let what = format!("Stripe subscription {id} ({})", snapshot.status);
-    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: snapshot.updated_at, what: &what };
-    kommo_pay_core::dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
+    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: snapshot.updated_at, what: &what, billed_for: None };
+    // A payment at or after the snapshot overtakes it (a late delivery changes nothing).
+    let run = kommo_pay_core::dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed)?;
+    tracing::info!(subscription = id, status = snapshot.status, ?run, "unpaid subscription snapshot");
+    Ok(())
 }
 
 /// `stripe.refund`: a charge was refunded, fully or partly. Stripe reports the running total.
@@ -184,6 +195,7 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
         link_id: None,
         amount: paid.amount,
         paid_at: paid.at,
+        billed_for: None,
         job_id: job.id,
     };
     let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
@@ -199,7 +211,19 @@ fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str
     let code = object.get("currency").and_then(Value::as_str).unwrap_or_default();
     let currency = Currency::parse(code).map_err(JobError::permanent)?;
     let at = created_at(event);
-    Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at })
+    Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at, billed_for: billing_period(object) })
+}
+
+/// Where a subscription invoice stands among the subscription's invoices: the start of the
+/// period its first line bills (the service period; basil's invoice-level `period_start` is the
+/// period before), else when the invoice was created. Events of one invoice carry the same
+/// invoice, so its payment and its failures always compare equal; `None` for other objects.
+fn billing_period(object: &Value) -> Option<DateTime<Utc>> {
+    if object.get("object").and_then(Value::as_str) != Some("invoice") {
+        return None;
+    }
+    let start = object.pointer("/lines/data/0/period/start").or_else(|| object.get("created"));
+    start.and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0))
 }
 
 /// When Stripe created the event: the time of the change it announces.
