@@ -25,6 +25,7 @@ async fn main() {
         let config = WorkerConfig {
             concurrency: 512,
             claim_batch: 512,
+            max_per_account: 512,
             poll_interval: Duration::from_millis(50),
             heartbeat_interval: Duration::from_secs(5),
             job_timeout: Duration::from_secs(60),

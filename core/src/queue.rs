@@ -14,6 +14,9 @@ use uuid::Uuid;
 /// The channel on which workers LISTEN for "there is new work".
 pub const WAKE_CHANNEL: &str = "kommo_pay_jobs";
 
+/// The advisory lock claims take turns on: "kommo-pay claim" as a number.
+const CLAIM_LOCK: i64 = 0x6b70_636c_6169_6d00;
+
 /// A job about to be enqueued.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -107,24 +110,50 @@ pub struct ClaimedJob {
     pub traceparent: Option<String>,
 }
 
-/// Claims up to `limit` runnable jobs of `kinds` for `owner`, oldest first.
-pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+/// Claims up to `limit` runnable jobs of `kinds` for `owner`, fairly across accounts (ADR 15):
+/// the accounts with runnable jobs take turns, one job each per turn, oldest account first
+/// within a turn and oldest job first within an account; an account with `max_per_account`
+/// jobs running (in any process) gets none. So a burst in one account never makes another's
+/// job wait for it: that job is in the next claim's first turn.
+///
+/// Claims take turns (a transaction-scoped advisory lock): the count of an account's running
+/// jobs is read after the claim before it committed, so two processes claiming at once cannot
+/// both fill the same account's room. Each account's candidates are read from its own index
+/// range, at most `limit` of them: a claim costs about what a plain oldest-first claim costs
+/// (benches/queue.sh).
+pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64, max_per_account: i64) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
     let mut jobs: Vec<ClaimedJob> = sqlx::query_as(
-        "UPDATE jobs SET state = 'running', locked_by = $1, locked_at = now(), heartbeat_at = now()
-         WHERE id IN (
-             SELECT id FROM jobs
-             WHERE state IN ('available', 'retryable') AND run_at <= now() AND kind = ANY($2)
-             ORDER BY run_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED)
+        "WITH RECURSIVE waiting (account) AS (
+             (SELECT account FROM jobs WHERE state IN ('available', 'retryable') ORDER BY account LIMIT 1)
+             UNION ALL
+             SELECT (SELECT j.account FROM jobs j WHERE j.state IN ('available', 'retryable') AND j.account > w.account ORDER BY j.account LIMIT 1)
+             FROM waiting w WHERE w.account IS NOT NULL
+         ), candidates AS (
+             SELECT c.id, c.run_at, row_number() OVER (PARTITION BY w.account ORDER BY c.run_at, c.id) AS turn
+             FROM waiting w
+             CROSS JOIN LATERAL (SELECT $4 - count(*) AS room FROM jobs r WHERE r.state = 'running' AND r.account = w.account) cap
+             CROSS JOIN LATERAL (
+                 SELECT j.id, j.run_at FROM jobs j
+                 WHERE j.account = w.account AND j.state IN ('available', 'retryable') AND j.run_at <= now() AND j.kind = ANY($2)
+                 ORDER BY j.run_at, j.id
+                 LIMIT least($3, greatest(cap.room, 0))
+                 FOR UPDATE SKIP LOCKED) c
+             WHERE w.account IS NOT NULL
+         )
+         UPDATE jobs SET state = 'running', locked_by = $1, locked_at = now(), heartbeat_at = now()
+         WHERE id = ANY(ARRAY(SELECT id FROM candidates ORDER BY turn, run_at, id LIMIT $3))
          RETURNING id, kind, args, account, lead_id, event_id, attempt, max_attempts,
                    (SELECT e.headers ->> 'traceparent' FROM events e WHERE e.id = jobs.event_id) AS traceparent",
     )
     .bind(owner)
     .bind(kinds)
     .bind(limit)
-    .fetch_all(pool)
+    .bind(max_per_account)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     // RETURNING has no order.
     jobs.sort_by_key(|job| job.id);
     Ok(jobs)

@@ -7,6 +7,7 @@ mod binary;
 mod crash;
 mod deploy;
 mod event_log;
+mod fairness;
 mod fakes;
 mod health;
 mod helpers;

@@ -19,6 +19,7 @@ fn worker_config() -> WorkerConfig {
     WorkerConfig {
         concurrency: 8,
         claim_batch: 8,
+        max_per_account: 8,
         poll_interval: Duration::from_millis(100),
         heartbeat_interval: Duration::from_millis(300),
         job_timeout: Duration::from_secs(10),
@@ -191,7 +192,7 @@ async fn jobs_of_kinds_without_a_handler_are_left_alone() {
 async fn a_late_outcome_never_overwrites_a_rescued_job() {
     let db = TestDb::new().await;
     let id = enqueue(&db, KIND, 5).await;
-    let claimed = queue::claim(&db.pool, "old-owner", &[KIND.to_owned()], 10).await.unwrap();
+    let claimed = queue::claim(&db.pool, "old-owner", &[KIND.to_owned()], 10, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     sqlx::query("UPDATE jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = $1").bind(id).execute(&db.pool).await.unwrap();
 
@@ -231,7 +232,7 @@ async fn the_rescuer_takes_back_jobs_silent_for_one_and_a_half_heartbeat_interva
     let rescuer = Rescuer::for_worker(db.pool.clone(), &config);
     let recent = enqueue(&db, KIND, 5).await;
     let silent = enqueue(&db, KIND, 5).await;
-    queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10).await.unwrap();
+    queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10, 10).await.unwrap();
     let age = |id: i64, secs: i32| sqlx::query("UPDATE jobs SET heartbeat_at = now() - make_interval(secs => $2) WHERE id = $1").bind(id).bind(secs);
     age(recent, 14).execute(&db.pool).await.unwrap();
     age(silent, 16).execute(&db.pool).await.unwrap();
@@ -247,7 +248,7 @@ async fn the_rescuer_takes_back_jobs_silent_for_one_and_a_half_heartbeat_interva
 async fn a_job_that_keeps_killing_its_worker_ends_dead_not_looping() {
     let db = TestDb::new().await;
     let id = enqueue(&db, KIND, 1).await;
-    queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10).await.unwrap();
+    queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10, 10).await.unwrap();
     sqlx::query("UPDATE jobs SET heartbeat_at = now() - interval '1 hour'").execute(&db.pool).await.unwrap();
 
     let rescued = queue::rescue(&db.pool, Duration::from_secs(5), Duration::from_secs(3600)).await.unwrap();

@@ -109,7 +109,7 @@ impl Worker {
     /// and tools that step the queue by hand; [`Worker::run`] is the service loop.
     pub async fn run_once(&self) -> Result<Ran, sqlx::Error> {
         let kinds = self.shared.handlers.kinds();
-        let jobs = queue::claim(&self.shared.pool, &self.shared.owner, &kinds, self.config.claim_batch as i64).await?;
+        let jobs = queue::claim(&self.shared.pool, &self.shared.owner, &kinds, self.config.claim_batch as i64, self.config.max_per_account as i64).await?;
         let mut ran = Ran { claimed: jobs.len(), ..Ran::default() };
         let mut running = JoinSet::new();
         for job in jobs {
@@ -149,7 +149,7 @@ impl Worker {
             let limit = free.min(self.config.claim_batch);
             let mut more_waiting = false;
             if limit > 0 {
-                match queue::claim(&pool, &owner, &kinds, limit as i64).await {
+                match queue::claim(&pool, &owner, &kinds, limit as i64, self.config.max_per_account as i64).await {
                     Ok(jobs) => {
                         more_waiting = jobs.len() == limit;
                         for job in jobs {

@@ -100,6 +100,10 @@ pub struct WorkerSection {
     pub concurrency: usize,
     /// Jobs claimed per query, at most the free slots.
     pub claim_batch: usize,
+    /// The most jobs of one account running at once, across every worker process: a burst in one
+    /// account leaves slots to the others (each account's Kommo budget is its own). Runnable
+    /// jobs are claimed account by account in turns, oldest first within an account.
+    pub max_per_account: usize,
     /// How often an idle worker looks for work when no wake-up arrives, in milliseconds.
     pub poll_interval_ms: u64,
     /// How often a worker marks its running jobs alive, in milliseconds. A job whose worker
@@ -114,7 +118,15 @@ pub struct WorkerSection {
 
 impl Default for WorkerSection {
     fn default() -> Self {
-        Self { concurrency: 16, claim_batch: 16, poll_interval_ms: 1000, heartbeat_interval_ms: 5000, job_timeout_secs: 60, shutdown_grace_secs: 30 }
+        Self {
+            concurrency: 16,
+            claim_batch: 16,
+            max_per_account: 8,
+            poll_interval_ms: 1000,
+            heartbeat_interval_ms: 5000,
+            job_timeout_secs: 60,
+            shutdown_grace_secs: 30,
+        }
     }
 }
 

@@ -67,6 +67,7 @@ pub struct OpsToken {
 pub struct WorkerConfig {
     pub concurrency: usize,
     pub claim_batch: usize,
+    pub max_per_account: usize,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub job_timeout: Duration,

@@ -60,6 +60,7 @@ impl Config {
         for (key, value) in [
             ("worker.concurrency", w.concurrency as u64),
             ("worker.claim_batch", w.claim_batch as u64),
+            ("worker.max_per_account", w.max_per_account as u64),
             ("worker.poll_interval_ms", w.poll_interval_ms),
             ("worker.heartbeat_interval_ms", w.heartbeat_interval_ms),
             ("worker.job_timeout_secs", w.job_timeout_secs),
@@ -87,6 +88,7 @@ impl Config {
         let worker = WorkerConfig {
             concurrency: w.concurrency,
             claim_batch: w.claim_batch,
+            max_per_account: w.max_per_account,
             poll_interval: Duration::from_millis(w.poll_interval_ms),
             heartbeat_interval: Duration::from_millis(w.heartbeat_interval_ms),
             job_timeout: Duration::from_secs(w.job_timeout_secs),
