@@ -142,7 +142,7 @@ pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64, max
                  FOR UPDATE SKIP LOCKED) c
              WHERE w.account IS NOT NULL
          )
-         UPDATE jobs SET state = 'running', locked_by = $1, locked_at = now(), heartbeat_at = now()
+         UPDATE jobs SET state = 'running', locked_by = $1, locked_at = now(), heartbeat_at = now(), waiting_for = NULL
          WHERE id = ANY(ARRAY(SELECT id FROM candidates ORDER BY turn, run_at, id LIMIT $3))
          RETURNING id, kind, args, account, lead_id, event_id, attempt, max_attempts,
                    (SELECT e.headers ->> 'traceparent' FROM events e WHERE e.id = jobs.event_id) AS traceparent",
@@ -173,9 +173,11 @@ pub async fn complete(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<Vec<i64
     .await
 }
 
-/// What happens to a job whose attempt failed.
+/// What happens to a job whose attempt did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
+    /// Waits for a provider's rate limit (named) until this time: not a failed attempt.
+    Defer(DateTime<Utc>, &'static str),
     /// Run again at this time.
     Retry(DateTime<Utc>),
     /// Attempts used up, or an error no retry can fix: kept as a dead letter for an operator to
@@ -190,6 +192,7 @@ pub enum Fate {
 /// when the job was no longer this owner's (rescued meanwhile): nothing was written.
 pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) -> Result<bool, sqlx::Error> {
     let (state, run_at) = match fate {
+        Fate::Defer(at, waiting_for) => return defer(pool, owner, id, at, waiting_for).await,
         Fate::Retry(at) => ("retryable", Some(at)),
         Fate::Dead => ("dead", None),
     };
@@ -228,6 +231,24 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
     .fetch_optional(pool)
     .await?;
     Ok(written.is_some())
+}
+
+/// Gives job `id` back to wait for `waiting_for`'s rate limit until `at`: its attempt is not
+/// counted and no error is written (waiting for a budget is not failing). Returns false when
+/// the job was no longer this owner's.
+async fn defer(pool: &PgPool, owner: &str, id: i64, at: DateTime<Utc>, waiting_for: &str) -> Result<bool, sqlx::Error> {
+    let deferred = sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN attempt = 0 THEN 'available' ELSE 'retryable' END, run_at = $3, waiting_for = $4,
+                locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
+         WHERE id = $1 AND locked_by = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(at)
+    .bind(waiting_for)
+    .execute(pool)
+    .await?;
+    Ok(deferred.rows_affected() == 1)
 }
 
 /// Keeps `owner`'s running jobs from being rescued. One statement per process per interval.

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 
-/// Slots further away than this are given up: the caller's job retries later instead of holding
-/// a worker slot while it waits.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Slots further away than this are not taken: the caller's job is deferred (ADR 15) and gives
+/// its worker slot to other accounts instead of holding it while it waits.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Spacing margin over 1/rate, so that network jitter never lands rate + 1 requests in a second.
 const SPACING_MARGIN: f64 = 1.05;
 
@@ -38,27 +38,33 @@ impl RateLimiter {
         RateLimiter { pool, provider, account: account.to_owned(), spacing }
     }
 
-    /// Reserves the account's next send slot and waits for it.
+    /// Reserves the account's next send slot and waits for it. A slot more than [`MAX_WAIT`]
+    /// away is not reserved (`TooFar`): a request that gives up takes no budget from the ones
+    /// that go.
     pub async fn acquire(&self) -> Result<Slot, sqlx::Error> {
         let spacing = PgInterval::try_from(self.spacing).expect("a spacing fits an interval");
-        let (slot, blocked_at, blocked_reason): (DateTime<Utc>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
-            "INSERT INTO api_limits AS s (provider, account, next_slot) VALUES ($1, $2, now() + $3)
-             ON CONFLICT (provider, account) DO UPDATE SET next_slot =
-                 CASE WHEN s.blocked_at IS NULL
-                      THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $3
-                      ELSE s.next_slot END
-             RETURNING next_slot - $3, blocked_at, blocked_reason",
+        let max_wait = PgInterval::try_from(MAX_WAIT).expect("the longest wait fits an interval");
+        let (wait, reserved, blocked_at, blocked_reason): (f64, bool, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
+            // In SET every expression reads the row as it was: the offer is computed once.
+            "INSERT INTO api_limits AS s (provider, account, next_slot, offered_slot) VALUES ($1, $2, now() + $3, now())
+             ON CONFLICT (provider, account) DO UPDATE SET
+                 offered_slot = greatest(s.next_slot, now(), coalesce(s.paused_until, now())),
+                 next_slot = CASE WHEN s.blocked_at IS NULL AND greatest(s.next_slot, now(), coalesce(s.paused_until, now())) <= now() + $4
+                                  THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $3
+                                  ELSE s.next_slot END
+             RETURNING greatest(extract(epoch FROM offered_slot - now())::float8, 0), offered_slot <= now() + $4, blocked_at, blocked_reason",
         )
         .bind(self.provider)
         .bind(&self.account)
         .bind(spacing)
+        .bind(max_wait)
         .fetch_one(&self.pool)
         .await?;
         if let Some(since) = blocked_at {
             return Ok(Slot::Blocked { since, reason: blocked_reason.unwrap_or_default() });
         }
-        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
-        if wait > MAX_WAIT {
+        let wait = Duration::from_secs_f64(wait);
+        if !reserved {
             return Ok(Slot::TooFar(wait));
         }
         if !wait.is_zero() {

@@ -126,3 +126,85 @@ async fn two_workers_never_run_more_than_the_cap_of_one_account_and_both_account
     let first_of_a = order.iter().position(|a| a == "agency-a").unwrap();
     assert!(first_of_a < 2 * cap && first_of_b < 2 * cap, "both accounts progress from the start: {:?}", &order[..16]);
 }
+
+/// The deal's `payment_link.issue` job as the queue holds it: state, attempts used, errors
+/// written, what it waits for, and how far off its next run is (seconds).
+async fn issue_job(db: &TestDb) -> (String, i32, serde_json::Value, Option<String>, f64) {
+    sqlx::query_as("SELECT state, attempt, errors, waiting_for, extract(epoch FROM run_at - now())::float8 FROM jobs WHERE kind = 'payment_link.issue'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// An account whose Kommo budget has no slot soon (paused after a 429 here) holds no worker
+/// slot: its job is deferred to the slot's time, uses no attempt and writes no error, and the
+/// queue view and the metrics show it waiting for Kommo's rate limit. When the budget is back
+/// it runs as if nothing happened.
+#[tokio::test]
+async fn a_job_waiting_for_its_accounts_kommo_budget_is_deferred_without_using_an_attempt() {
+    let f = crate::stripe_flow::flow().await;
+    let db = &f.app.db;
+    sqlx::query("INSERT INTO api_limits (provider, account, paused_until) VALUES ('kommo', $1, now() + interval '60 seconds')")
+        .bind(ACCOUNT)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    f.deal_enters_stage().await;
+    let ran = f.worker.run_once().await.unwrap();
+    assert_eq!((ran.claimed, ran.deferred, ran.retried), (1, 1, 0), "{ran:?}");
+    let (state, attempt, errors, waiting_for, due_in) = issue_job(db).await;
+    assert_eq!((state.as_str(), attempt, errors, waiting_for.as_deref()), ("available", 0, serde_json::json!([]), Some("kommo")));
+    assert!((50.0..=61.0).contains(&due_in), "deferred to the pause's end, {due_in} s away");
+    assert!(f.kommo.requests().is_empty(), "nothing was sent to the paused account");
+
+    let queue: serde_json::Value =
+        f.app.client.get(format!("{}/ops/v1/queue", f.app.address)).bearer_auth(OPS_TOKEN_ALICE).send().await.unwrap().json().await.unwrap();
+    assert_eq!(queue["waiting_for_rate_limit"][0]["provider"], "kommo", "{queue}");
+    assert_eq!(queue["waiting_for_rate_limit"][0]["account"], ACCOUNT);
+    assert_eq!(queue["waiting_for_rate_limit"][0]["count"], 1);
+    let metrics = f.app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"kommo_pay_jobs_waiting_for_rate_limit{provider="kommo"} 1"#), "{metrics}");
+
+    // The budget is back (the pause ended): the link is issued on the job's first attempt.
+    sqlx::query("UPDATE api_limits SET paused_until = NULL").execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE jobs SET run_at = now()").execute(&db.pool).await.unwrap();
+    f.drain().await;
+    let (state, attempt, errors, waiting_for, _) = issue_job(db).await;
+    assert_eq!((state.as_str(), attempt, errors, waiting_for), ("completed", 1, serde_json::json!([]), None));
+    assert_eq!(f.field(crate::stripe_flow::LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+}
+
+/// Kommo's own 429 pauses the account for everyone and defers the job the same way.
+#[tokio::test]
+async fn a_kommo_429_pauses_the_account_and_defers_its_job_without_using_an_attempt() {
+    let f = crate::stripe_flow::flow().await;
+    f.kommo.answer_next(429, "application/problem+json", r#"{"title":"Too Many Requests","status":429,"detail":"Too many requests"}"#);
+
+    f.deal_enters_stage().await;
+    let ran = f.worker.run_once().await.unwrap();
+    assert_eq!((ran.claimed, ran.deferred), (1, 1), "{ran:?}");
+    let (state, attempt, errors, waiting_for, due_in) = issue_job(&f.app.db).await;
+    assert_eq!((state.as_str(), attempt, errors, waiting_for.as_deref()), ("available", 0, serde_json::json!([]), Some("kommo")));
+    assert!(due_in > 0.0, "deferred to the pause's end");
+    let paused: bool = sqlx::query_scalar("SELECT paused_until > now() FROM api_limits WHERE provider = 'kommo'").fetch_one(&f.app.db.pool).await.unwrap();
+    assert!(paused, "the account is paused for every process");
+}
+
+/// A request that gives up on a slot too far away (and defers its job) must not take that slot:
+/// otherwise every deferral would burn budget the account's other requests could have used.
+#[tokio::test]
+async fn a_request_that_gives_up_on_a_far_slot_reserves_nothing() {
+    use kommo_pay_core::rate_limit::{RateLimiter, Slot};
+    let db = TestDb::new().await;
+    let limiter = RateLimiter::new(db.pool.clone(), "kommo", ACCOUNT, 5.0);
+    assert_eq!(limiter.acquire().await.unwrap(), Slot::Go);
+    limiter.pause(Duration::from_secs(60)).await.unwrap();
+    let next_slot = || sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT next_slot FROM api_limits").fetch_one(&db.pool);
+    let before = next_slot().await.unwrap();
+    for _ in 0..10 {
+        let slot = limiter.acquire().await.unwrap();
+        assert!(matches!(slot, Slot::TooFar(wait) if wait > Duration::from_secs(50)), "{slot:?}");
+    }
+    assert_eq!(next_slot().await.unwrap(), before, "ten give-ups reserved nothing");
+}

@@ -35,6 +35,8 @@ pub enum Outcome {
     Completed,
     Retried,
     Dead,
+    /// It waits for a provider's rate limit; no attempt was used.
+    Deferred,
     /// The job was no longer ours to record (rescued meanwhile, or the write failed): the
     /// rescuer owns its fate now.
     Lost,
@@ -47,6 +49,7 @@ pub struct Ran {
     pub completed: usize,
     pub retried: usize,
     pub dead: usize,
+    pub deferred: usize,
     pub lost: usize,
 }
 
@@ -56,6 +59,7 @@ impl Ran {
             Outcome::Completed => self.completed += 1,
             Outcome::Retried => self.retried += 1,
             Outcome::Dead => self.dead += 1,
+            Outcome::Deferred => self.deferred += 1,
             Outcome::Lost => self.lost += 1,
         }
     }
@@ -63,10 +67,12 @@ impl Ran {
 
 /// The one place that decides a failed job's fate: a permanent error is dead-lettered at once; a
 /// retryable one is retried with the kind's backoff until the job's attempts are used up, then
-/// dead-lettered.
+/// dead-lettered; a job waiting for a provider's rate limit is deferred, using no attempt.
 pub fn fate(job: &ClaimedJob, error: &JobError, policy: &RetryPolicy, now: DateTime<Utc>, jitter: f64) -> Fate {
     let failed = job.attempt + 1;
     match error {
+        // Waiting for a budget uses no attempt, so it never dead-letters a job.
+        JobError::Deferred { after, waiting_for } => Fate::Defer(now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX), waiting_for),
         JobError::Permanent(_) => Fate::Dead,
         JobError::Retryable(_) if failed >= job.max_attempts => Fate::Dead,
         JobError::Retryable(_) => {
@@ -211,9 +217,14 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
                 let fate = fate(&job, &error, &shared.policies.policy(&job.kind), Utc::now(), fastrand::f64());
                 let message = match &error {
                     JobError::Retryable(e) | JobError::Permanent(e) => format!("{e:#}"),
+                    JobError::Deferred { waiting_for, .. } => format!("waiting for {waiting_for}'s rate limit"),
                 };
                 match record_failure(&shared, &job, &message, fate).await {
                     true => match fate {
+                        Fate::Defer(at, waiting_for) => {
+                            tracing::info!(waiting_for, until = %at, "no provider slot soon: the job waits, its slot goes to others");
+                            Outcome::Deferred
+                        }
                         Fate::Retry(at) => {
                             tracing::warn!(error = %message, retry_at = %at, "attempt failed; will retry");
                             Outcome::Retried
@@ -231,6 +242,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
             Outcome::Completed => "completed",
             Outcome::Retried => "retried",
             Outcome::Dead => "dead",
+            Outcome::Deferred => "deferred",
             Outcome::Lost => "lost",
         };
         metrics::counter!("kommo_pay_jobs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
@@ -305,5 +317,8 @@ mod tests {
         assert_eq!(fate(&job(1, 3), &retryable(), &policy, now, 0.0), Fate::Retry(now + chrono::Duration::seconds(10)));
         assert_eq!(fate(&job(2, 3), &retryable(), &policy, now, 1.0), Fate::Dead);
         assert_eq!(fate(&job(0, 3), &JobError::permanent(anyhow!("Kommo blocked the account")), &policy, now, 1.0), Fate::Dead);
+        // Waiting for a budget is no failed attempt: even the last attempt is deferred, not dead.
+        let waiting = JobError::Deferred { after: Duration::from_secs(7), waiting_for: "kommo" };
+        assert_eq!(fate(&job(2, 3), &waiting, &policy, now, 1.0), Fate::Defer(now + chrono::Duration::seconds(7), "kommo"));
     }
 }

@@ -17,6 +17,10 @@ pub enum JobError {
     /// no deal, a malformed event): the job is dead-lettered at once, for an operator to replay
     /// once the cause is fixed.
     Permanent(anyhow::Error),
+    /// Not a failure: `waiting_for`'s budget for the account has no slot soon (its rate limit, or
+    /// the pause after a 429). The job gives its worker slot back and runs again `after` this
+    /// long; no attempt is used and no error written.
+    Deferred { after: std::time::Duration, waiting_for: &'static str },
 }
 
 impl JobError {

@@ -15,7 +15,18 @@ pub struct QueueStats {
     pub by_account: Vec<Count>,
     /// Seconds the oldest job that could run now has been waiting (0: none waits).
     pub oldest_runnable_age_secs: f64,
+    /// Jobs waiting for a provider's rate limit (deferred, not failed), by account.
+    pub waiting_for_rate_limit: Vec<Waiting>,
     pub running: Vec<Running>,
+}
+
+/// Jobs of one account that wait for `provider`'s budget, and until when the last of them waits.
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Waiting {
+    pub provider: String,
+    pub account: String,
+    pub count: i64,
+    pub until: DateTime<Utc>,
 }
 
 /// Jobs of one `key` (a kind or an account; empty for `by_state`) in one state.
@@ -56,14 +67,25 @@ pub async fn depth(pool: &PgPool) -> Result<(Vec<Count>, f64), sqlx::Error> {
     Ok((by_state, oldest_runnable_age_secs))
 }
 
+/// The jobs that wait for a provider's rate limit, by provider and account.
+pub async fn waiting(pool: &PgPool) -> Result<Vec<Waiting>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT waiting_for AS provider, account, count(*) AS count, max(run_at) AS until FROM jobs
+         WHERE waiting_for IS NOT NULL AND state IN ('available', 'retryable') GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
     let (by_state, oldest_runnable_age_secs) = depth(pool).await?;
     let by_kind = sqlx::query_as(super::sql(counts("kind"))).fetch_all(pool).await?;
     let by_account = sqlx::query_as(super::sql(counts("account"))).fetch_all(pool).await?;
+    let waiting_for_rate_limit = waiting(pool).await?;
     let running = sqlx::query_as(
         "SELECT id, kind, account, lead_id, attempt, locked_by, locked_at, heartbeat_at FROM jobs WHERE state = 'running' ORDER BY locked_at, id LIMIT 1000",
     )
     .fetch_all(pool)
     .await?;
-    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, running })
+    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, waiting_for_rate_limit, running })
 }

@@ -83,7 +83,9 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
 }
 
 fn kommo_failed(error: KommoError) -> JobError {
-    if error.needs_operator() {
+    if let KommoError::RateLimited { retry_after, .. } = error {
+        JobError::Deferred { after: retry_after, waiting_for: "kommo" }
+    } else if error.needs_operator() {
         JobError::permanent(error)
     } else if error.is_retryable() {
         JobError::retryable(error)
@@ -97,7 +99,11 @@ fn stripe_failed(error: Failed<StripeError>) -> JobError {
 }
 
 fn lemonsqueezy_failed(error: Failed<LemonSqueezyError>) -> JobError {
-    if error.is_retryable() { JobError::retryable(error) } else { JobError::permanent(error) }
+    match error.error {
+        LemonSqueezyError::RateLimited(after) => JobError::Deferred { after, waiting_for: "lemonsqueezy" },
+        _ if error.is_retryable() => JobError::retryable(error),
+        _ => JobError::permanent(error),
+    }
 }
 
 fn db_failed(error: sqlx::Error) -> JobError {
