@@ -28,3 +28,4 @@ mod stripe_flow;
 mod tracing;
 mod unavailable;
 mod worker;
+mod workspace;
