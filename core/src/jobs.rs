@@ -21,7 +21,7 @@ pub enum JobKind {
     /// the deal Overdue and give its manager a task.
     MarkOverdue,
     /// A job about a deal failed for good: tell the deal's manager with a task. Enqueued by the
-    /// queue itself when it dead-letters or discards a job (`queue::fail`, `queue::rescue`).
+    /// queue itself when it dead-letters a job (`queue::fail`, for the executor and the rescuer).
     AlertManager,
     /// A one-time payment succeeded: mark the deal paid.
     StripePayment,

@@ -187,10 +187,11 @@ pub enum Fate {
 
 /// Records a failed attempt of job `id` and its fate. A dead job is also written to the event
 /// log (`job.dead_lettered`) and, when it concerns a deal, gets a
-/// `deal.alert` job that tells the deal's manager; all in the same statement. Alerts raise no
+/// `deal.alert` job (of `alert_attempts` attempts, its kind's policy) that tells the deal's
+/// manager; all in the same statement. Alerts raise no
 /// alerts of their own, so a blocked Kommo account cannot make them loop. Returns false
 /// when the job was no longer this owner's (rescued meanwhile): nothing was written.
-pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) -> Result<bool, sqlx::Error> {
+pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, alert_attempts: i32) -> Result<bool, sqlx::Error> {
     let (state, run_at) = match fate {
         Fate::Defer(at, waiting_for) => return defer(pool, owner, id, at, waiting_for).await,
         Fate::Retry(at) => ("retryable", Some(at)),
@@ -217,7 +218,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
          ), alerted AS (
              INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
              SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', $5::text), account, lead_id, event_id,
-                    10, 'deal.alert:' || id || ':' || attempt
+                    $6, 'deal.alert:' || id || ':' || attempt
              FROM failed WHERE state = 'dead' AND lead_id IS NOT NULL AND kind <> 'deal.alert'
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          )
@@ -228,6 +229,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate) 
     .bind(state)
     .bind(run_at)
     .bind(error)
+    .bind(alert_attempts)
     .fetch_optional(pool)
     .await?;
     Ok(written.is_some())
@@ -272,55 +274,37 @@ pub async fn release(pool: &PgPool, owner: &str, ids: Option<&[i64]>) -> Result<
     Ok(released.rows_affected())
 }
 
-/// What [`rescue`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Rescued {
-    /// Put back to run again at once.
-    pub retried: u64,
-    /// Out of attempts: dead-lettered (and logged).
-    pub dead: u64,
+/// A running job taken back from a worker that stopped, with why: its fate is decided like any
+/// failed attempt's (`worker::executor::fate`) and written with [`fail`] under `owner`, the
+/// rescuer that took it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TakenBack {
+    #[sqlx(flatten)]
+    pub job: ClaimedJob,
+    pub error: String,
 }
 
 /// Takes back running jobs whose owner has not heartbeated for `stale_after` (the process died,
 /// or lost its database), and those running longer than `overdue_after` (longer than any attempt
-/// may: their outcome could not be written). The lost run counts as a failed attempt, so a job
-/// that kills its worker every time ends as a dead letter rather than looping.
-pub async fn rescue(pool: &PgPool, stale_after: Duration, overdue_after: Duration) -> Result<Rescued, sqlx::Error> {
-    let states: Vec<String> = sqlx::query_scalar(
-        "WITH rescued AS (
-             UPDATE jobs SET
-                 state = CASE WHEN attempt + 1 >= max_attempts THEN 'dead' ELSE 'retryable' END,
-                 attempt = attempt + 1,
-                 run_at = now(),
-                 finished_at = CASE WHEN attempt + 1 >= max_attempts THEN now() END,
-                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1,
-                     'error', CASE WHEN heartbeat_at < now() - $1::interval
-                         THEN 'the worker ' || locked_by || ' stopped heartbeating during this attempt (it crashed or lost the database)'
-                         ELSE 'the attempt on ' || locked_by || ' outlived the job timeout without an outcome' END)),
-                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
+/// may: their outcome could not be written), for `owner` to record their lost attempt. Two
+/// rescuers never take the same job (`SKIP LOCKED`, and the row then names its new owner).
+pub async fn take_back(pool: &PgPool, owner: &str, stale_after: Duration, overdue_after: Duration) -> Result<Vec<TakenBack>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH lost AS (
+             SELECT id, locked_by, heartbeat_at < now() - $1::interval AS silent FROM jobs
              WHERE state = 'running' AND (heartbeat_at < now() - $1::interval OR locked_at < now() - $2::interval)
-             RETURNING *
-         ), logged AS (
-             INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
-             SELECT gen_random_uuid(), account, 'internal', 'job.dead_lettered', 'job:' || id || ':' || attempt || ':dead',
-                    lead_id, event_id, id,
-                    jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts,
-                                       'error', errors -> -1 ->> 'error')
-             FROM rescued WHERE state = 'dead'
-             ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
-         ), alerted AS (
-             INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
-             SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', errors -> -1 ->> 'error'), account,
-                    lead_id, event_id, 10, 'deal.alert:' || id || ':' || attempt
-             FROM rescued WHERE state = 'dead' AND lead_id IS NOT NULL AND kind <> 'deal.alert'
-             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+             FOR UPDATE SKIP LOCKED
          )
-         SELECT state FROM rescued",
+         UPDATE jobs j SET locked_by = $3, locked_at = now(), heartbeat_at = now() FROM lost WHERE j.id = lost.id
+         RETURNING j.id, j.kind, j.args, j.account, j.lead_id, j.event_id, j.attempt, j.max_attempts,
+                   (SELECT e.headers ->> 'traceparent' FROM events e WHERE e.id = j.event_id) AS traceparent,
+                   CASE WHEN lost.silent
+                        THEN 'the worker ' || lost.locked_by || ' stopped heartbeating during this attempt (it crashed or lost the database)'
+                        ELSE 'the attempt on ' || lost.locked_by || ' outlived the job timeout without an outcome' END AS error",
     )
     .bind(PgInterval::try_from(stale_after).expect("a heartbeat interval fits an interval"))
     .bind(PgInterval::try_from(overdue_after).expect("a job timeout fits an interval"))
+    .bind(owner)
     .fetch_all(pool)
-    .await?;
-    let dead = states.iter().filter(|s| *s == "dead").count() as u64;
-    Ok(Rescued { retried: states.len() as u64 - dead, dead })
+    .await
 }

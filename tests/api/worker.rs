@@ -27,6 +27,10 @@ fn worker_config() -> WorkerConfig {
     }
 }
 
+fn rescuer(db: &TestDb, stale_after: Duration, overdue_after: Duration) -> Rescuer {
+    Rescuer::new(db.pool.clone(), test_config(&db.url, "").jobs, stale_after, overdue_after)
+}
+
 fn worker(db: &TestDb, handlers: Handlers, config: WorkerConfig) -> Worker {
     Worker::new(db.pool.clone(), handlers, config, test_config(&db.url, "").jobs)
 }
@@ -196,17 +200,19 @@ async fn a_late_outcome_never_overwrites_a_rescued_job() {
     assert_eq!(claimed.len(), 1);
     sqlx::query("UPDATE jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = $1").bind(id).execute(&db.pool).await.unwrap();
 
-    let rescued = queue::rescue(&db.pool, Duration::from_secs(5), Duration::from_secs(3600)).await.unwrap();
+    let rescued = rescuer(&db, Duration::from_secs(5), Duration::from_secs(3600)).run_once().await.unwrap();
     assert_eq!((rescued.retried, rescued.dead), (1, 0));
 
     assert!(queue::complete(&db.pool, "old-owner", &[id]).await.unwrap().is_empty());
-    assert!(!queue::fail(&db.pool, "old-owner", id, "late", queue::Fate::Dead).await.unwrap());
+    assert!(!queue::fail(&db.pool, "old-owner", id, "late", queue::Fate::Dead, 10).await.unwrap());
     assert_eq!(state(&db, id).await, ("retryable".into(), 1));
+    let backs_off: bool = sqlx::query_scalar("SELECT run_at > now() FROM jobs WHERE id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
+    assert!(backs_off, "a lost attempt is retried after its kind's backoff, like any failed one");
     assert!(errors(&db, id).await[0]["error"].as_str().unwrap().contains("old-owner stopped heartbeating"));
 }
 
 #[tokio::test]
-async fn a_crashed_workers_job_runs_again_within_two_heartbeat_intervals() {
+async fn a_crashed_workers_job_is_taken_back_within_two_heartbeat_intervals_and_runs_again() {
     let db = TestDb::new().await;
     let id = enqueue(&db, KIND, 5).await;
     let hang = Handlers::new().on(KIND, |_job| async { std::future::pending::<Result<(), JobError>>().await });
@@ -229,7 +235,7 @@ async fn the_rescuer_takes_back_jobs_silent_for_one_and_a_half_heartbeat_interva
     // It looks every half interval, so a crashed worker's job runs again within two intervals.
     let db = TestDb::new().await;
     let config = WorkerConfig { heartbeat_interval: Duration::from_secs(10), ..worker_config() };
-    let rescuer = Rescuer::for_worker(db.pool.clone(), &config);
+    let rescuer = Rescuer::for_worker(db.pool.clone(), &config, test_config(&db.url, "").jobs);
     let recent = enqueue(&db, KIND, 5).await;
     let silent = enqueue(&db, KIND, 5).await;
     queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10, 10).await.unwrap();
@@ -251,7 +257,7 @@ async fn a_job_that_keeps_killing_its_worker_ends_dead_not_looping() {
     queue::claim(&db.pool, "gone", &[KIND.to_owned()], 10, 10).await.unwrap();
     sqlx::query("UPDATE jobs SET heartbeat_at = now() - interval '1 hour'").execute(&db.pool).await.unwrap();
 
-    let rescued = queue::rescue(&db.pool, Duration::from_secs(5), Duration::from_secs(3600)).await.unwrap();
+    let rescued = rescuer(&db, Duration::from_secs(5), Duration::from_secs(3600)).run_once().await.unwrap();
 
     assert_eq!((rescued.retried, rescued.dead), (0, 1));
     assert_eq!(state(&db, id).await, ("dead".into(), 1));
@@ -268,7 +274,7 @@ async fn a_slow_but_alive_job_is_never_stolen() {
     });
     let config = worker_config();
     let running = tokio::spawn(worker(&db, slow, config.clone()).run(std::future::pending()));
-    let rescuer = Rescuer::for_worker(db.pool.clone(), &config);
+    let rescuer = Rescuer::for_worker(db.pool.clone(), &config, test_config(&db.url, "").jobs);
 
     eventually(Duration::from_secs(10), "the job completes", || async {
         let rescued = rescuer.run_once().await.unwrap();

@@ -143,7 +143,7 @@ impl Worker {
         let mut side_tasks = JoinSet::new();
         side_tasks.spawn(wake::listen(pool.clone(), wake.clone()));
         side_tasks.spawn(heartbeat(pool.clone(), owner.clone(), self.config.heartbeat_interval));
-        side_tasks.spawn(Rescuer::for_worker(pool.clone(), &self.config).run());
+        side_tasks.spawn(Rescuer::for_worker(pool.clone(), &self.config, self.shared.policies.clone()).run());
 
         let mut running: JoinSet<Outcome> = JoinSet::new();
         tokio::pin!(shutdown);
@@ -219,7 +219,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
                     JobError::Retryable(e) | JobError::Permanent(e) => format!("{e:#}"),
                     JobError::Deferred { waiting_for, .. } => format!("waiting for {waiting_for}'s rate limit"),
                 };
-                match record_failure(&shared, &job, &message, fate).await {
+                match record_failure(&shared.pool, &shared.owner, &shared.policies, &job, &message, fate).await {
                     true => match fate {
                         Fate::Defer(at, waiting_for) => {
                             tracing::info!(waiting_for, until = %at, "no provider slot soon: the job waits, its slot goes to others");
@@ -253,12 +253,15 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
     .await
 }
 
-/// Writes a failure, retrying the write itself for a short while (the database may blink). If
-/// it cannot be written the job stays `running` and the rescuer takes it back after the timeout.
-async fn record_failure(shared: &Shared, job: &ClaimedJob, message: &str, fate: Fate) -> bool {
+/// Writes a failed attempt's `fate` (for the executor and the rescuer alike), retrying the write
+/// itself for a short while (the database may blink). If it cannot be written the job stays
+/// `running` and a rescuer takes it back later.
+pub(crate) async fn record_failure(pool: &PgPool, owner: &str, policies: &JobPolicies, job: &ClaimedJob, message: &str, fate: Fate) -> bool {
+    // The alert a dead letter raises has its kind's attempts, like any job.
+    let alert_attempts = policies.policy(kommo_pay_core::jobs::JobKind::AlertManager.as_str()).max_attempts;
     let mut pause = Duration::from_millis(100);
     for _ in 0..5 {
-        match queue::fail(&shared.pool, &shared.owner, job.id, message, fate).await {
+        match queue::fail(pool, owner, job.id, message, fate, alert_attempts).await {
             Ok(written) => return written,
             Err(error) => {
                 tracing::warn!(%error, "recording the failure failed; retrying");
