@@ -5,6 +5,7 @@ mod any_order;
 mod bad_input;
 mod binary;
 mod crash;
+mod crash_points;
 mod deploy;
 mod event_log;
 mod fairness;

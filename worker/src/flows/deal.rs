@@ -144,6 +144,7 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
         task["responsible_user_id"] = json!(user);
     }
     kommo.add_task_once(task, tried_before).await.map_err(kommo_failed)?;
+    fail::fail_point!("deal.task_added");
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
@@ -155,6 +156,7 @@ pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str,
     let dedup_key = format!("{kind}:job:{job_id}");
     let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
     kommo.add_lead_note_once(lead_id, text, tried_before).await.map_err(kommo_failed)?;
+    fail::fail_point!("deal.note_added");
     let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id, job_id, payload: json!({ "note": text }) };
     event_log::append_fact(pool, fact).await.map_err(db_failed)
 }

@@ -103,15 +103,21 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
     } else {
         kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
     }
+    fail::fail_point!("payment_link.card_written");
 
     let amount = link.amount().ok_or_else(|| JobError::permanent(anyhow!("link {} has an unknown currency {:?}", link.link_id, link.currency)))?;
     if trigger.add_note && link.note_added_at.is_none() {
         let text = format!("Payment link for {amount}: {}", link.url);
         kommo.add_lead_note_once(lead_id, &text, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
+        fail::fail_point!("payment_link.note_added");
         payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
+        fail::fail_point!("payment_link.note_recorded");
     }
     if let Some(bot) = trigger.salesbot_id.filter(|_| offered && link.salesbot_run_at.is_none()) {
         kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
+        // The one step that is at least once: Kommo cannot be asked whether a bot ran, and a
+        // message twice beats a link the client never gets (ADR 16).
+        fail::fail_point!("payment_link.salesbot_launched");
         payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
@@ -206,7 +212,9 @@ async fn decide(
             };
             let issued =
                 Issued { account: &account.slug, provider, lead_id, trigger: &trigger.name, link_id: &created.0, url: &created.1, amount, job_id: job.id };
+            fail::fail_point!("payment_link.created");
             let link = payment_links::record_issued(pool, &issued).await.map_err(db_failed)?;
+            fail::fail_point!("payment_link.recorded");
             // A provider that answered with another deal's link must not put it in this card.
             if link.lead_id != lead_id {
                 return Err(JobError::permanent(anyhow!(

@@ -59,13 +59,16 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
     // Paid: whatever failed before it is made good, whichever job applies the payment. After the
     // record, so that a failure decided meanwhile either sees the payment or is cleared here.
     dunning::clear(pool, &account.slug, lead_id, received.order(), job.id).await.map_err(db_failed)?;
+    fail::fail_point!("payment.recorded");
     match application {
         // Another announcement of the same payment is being applied right now; look again later.
         Application::Busy => Err(JobError::retryable(anyhow!("payment {} is being applied by another job", payment.id))),
         Application::Done => Ok(()),
         Application::Yours { resumed } => {
             write_payment_state(context, clients, lead_id, won_stage, job.attempt > 0 || resumed).await?;
+            fail::fail_point!("payment.card_written");
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
+            fail::fail_point!("payment.note_added");
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
             tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())

@@ -76,6 +76,7 @@ async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, le
     let account = &clients.account.slug;
     for link in payment_links::active_ids(pool, account, lead_id).await.map_err(db_failed)? {
         clients.stripe()?.deactivate_payment_link(&link, &format!("kommo-pay:deactivate:{link}")).await.map_err(stripe_failed)?;
+        fail::fail_point!("payment.link_deactivated");
         payment_links::set_status(pool, account, lead_id, job_id, &link, "paid").await.map_err(db_failed)?;
     }
     Ok(())

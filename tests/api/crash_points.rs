@@ -1,0 +1,157 @@
+//! Deterministic crash tests (ADR 16): for each step boundary of the flows, the job crashes
+//! there (a fault point panics once, inside the running handler), the retry runs it again, and
+//! the fakes are asked whether every effect happened exactly once: one link, one PATCH of each
+//! set of field values, one note, one task, one Salesbot launch.
+//!
+//! Fault points are compiled in only for the tests (the worker's `failpoints` feature) and their
+//! configuration is per process: the test runner (cargo-nextest) runs every test in a process
+//! of its own.
+
+use std::collections::BTreeSet;
+
+use axum::http::Method;
+use serde_json::{Value, json};
+
+use crate::stripe_flow::*;
+
+/// What a deal's story left at the fakes.
+#[derive(Debug, PartialEq)]
+struct Effects {
+    /// Distinct Stripe Payment Links created (the same idempotency key is the same link).
+    links_created: usize,
+    link_patches: usize,
+    link_notes: usize,
+    salesbot_launches: usize,
+    payment_patches: usize,
+    payment_notes: usize,
+    links_deactivated: usize,
+    status: Value,
+    stage: Value,
+}
+
+fn effects(f: &Flow) -> Effects {
+    let kommo = f.kommo.requests();
+    let patches_writing = |field: i64| {
+        kommo
+            .iter()
+            .filter(|r| r.method == Method::PATCH && r.path.starts_with("/api/v4/leads"))
+            .filter(|r| {
+                r.body.as_array().into_iter().flatten().any(|u| u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(|f| f["field_id"] == field)))
+            })
+            .count()
+    };
+    let keys = |path: &str| -> usize {
+        f.stripe.requests().iter().filter(|r| r.path == path).filter_map(|r| r.idempotency_key.clone()).collect::<BTreeSet<_>>().len()
+    };
+    let notes = |prefix: &str| f.note_texts().iter().filter(|t| t.starts_with(prefix)).count();
+    Effects {
+        links_created: keys("/v1/payment_links"),
+        link_patches: patches_writing(LINK_FIELD),
+        link_notes: notes("Payment link for"),
+        salesbot_launches: kommo.iter().filter(|r| r.method == Method::POST && r.path == "/api/v4/bots/77/run").count(),
+        payment_patches: patches_writing(PAYMENT_ID_FIELD),
+        payment_notes: notes("Payment received"),
+        links_deactivated: keys("/v1/payment_links/plink_fake1"),
+        status: f.field(STATUS_FIELD).map(|v| v["enum_id"].clone()).unwrap_or_default(),
+        stage: f.kommo.lead(LEAD).unwrap()["status_id"].clone(),
+    }
+}
+
+/// A deal enters the trigger stage and gets its link (a note, a Salesbot launch, a stage move),
+/// then the client pays it (the card Paid and won, a note, the link deactivated), with the fault
+/// point `point` panicking once. Returns what the fakes saw.
+async fn link_then_payment_crashing_at(point: &str) -> Effects {
+    let f = flow().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.deal_enters_stage().await;
+    f.drain_with_retries().await;
+    f.stripe_sends(checkout_completed("evt_paid_crash", "plink_fake1", "pi_test_crash", 200000)).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    let crashed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").fetch_one(&f.app.db.pool).await.unwrap();
+    assert_eq!(crashed, 1, "the job crashed at {point} once");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0, "every job completed after the crash at {point}");
+    effects(&f)
+}
+
+fn once() -> Effects {
+    Effects {
+        links_created: 1,
+        link_patches: 1,
+        link_notes: 1,
+        salesbot_launches: 1,
+        payment_patches: 1,
+        payment_notes: 1,
+        links_deactivated: 1,
+        status: PAID.into(),
+        stage: 142.into(),
+    }
+}
+
+macro_rules! crash_at {
+    ($($test:ident: $point:literal,)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            assert_eq!(link_then_payment_crashing_at($point).await, once(), "crashed at {}", $point);
+        }
+    )*};
+}
+
+crash_at! {
+    crash_after_the_link_was_created_at_the_provider: "payment_link.created",
+    crash_after_the_link_was_recorded: "payment_link.recorded",
+    crash_after_the_link_was_written_to_the_card: "payment_link.card_written",
+    crash_after_the_links_note_was_added: "payment_link.note_added",
+    crash_after_the_links_note_was_recorded: "payment_link.note_recorded",
+    crash_after_the_payment_was_recorded: "payment.recorded",
+    crash_after_the_payment_was_written_to_the_card: "payment.card_written",
+    crash_after_the_payments_note_was_added: "payment.note_added",
+    crash_after_the_paid_link_was_deactivated: "payment.link_deactivated",
+}
+
+/// The one step that is at least once (ADR 16): Kommo cannot be asked whether a Salesbot ran, so
+/// a crash between the launch and its record launches it again: a second message rather than a
+/// link the client never gets. Everything else still happens once.
+#[tokio::test]
+async fn crash_after_the_salesbot_was_launched_launches_it_again_and_does_everything_else_once() {
+    let effects = link_then_payment_crashing_at("payment_link.salesbot_launched").await;
+    assert_eq!(effects, Effects { salesbot_launches: 2, ..once() });
+}
+
+/// A task for the manager (a failed bank payment), crashing after Kommo took it and before the
+/// log says so: the retry reads the deal's tasks and adds none.
+#[tokio::test]
+async fn crash_after_a_managers_task_was_added() {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain_with_retries().await;
+    fail::cfg("deal.task_added", "1*panic").unwrap();
+    let failed = json!({
+        "id": "evt_async_failed", "object": "event", "type": "checkout.session.async_payment_failed", "created": 1764170500, "livemode": false,
+        "data": { "object": {
+            "id": "cs_test_async", "object": "checkout.session", "mode": "payment", "status": "complete", "payment_status": "unpaid",
+            "payment_link": "plink_fake1", "amount_total": 200000, "currency": "usd",
+            "metadata": { "kommo_account_id": crate::helpers::KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": LEAD.to_string() }
+        }}
+    });
+    f.stripe_sends(failed).await;
+    f.drain_with_retries().await;
+    fail::remove("deal.task_added");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1);
+    assert_eq!(f.kommo.tasks().len(), 1, "{:?}", f.kommo.tasks());
+}
+
+/// A note in the deal's feed (a failed subscription charge), crashing after Kommo took it.
+#[tokio::test]
+async fn crash_after_a_deals_note_was_added() {
+    let f = flow().await;
+    f.stripe_sends(invoice("evt_in1_paid", "invoice.paid", "in_1", 4990)).await;
+    f.drain_with_retries().await;
+    fail::cfg("deal.note_added", "1*panic").unwrap();
+    f.stripe_sends(invoice("evt_in2_failed", "invoice.payment_failed", "in_2", 0)).await;
+    f.drain_with_retries().await;
+    fail::remove("deal.note_added");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1);
+    let failures = f.note_texts().into_iter().filter(|t| t.starts_with("The subscription payment")).count();
+    assert_eq!(failures, 1, "{:?}", f.note_texts());
+}
