@@ -135,7 +135,8 @@ pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str
 
 /// Records a refund of payment `payment_id` (the running total Stripe reports): creates the
 /// payment when its own events have not arrived yet, and never lowers the refunded amount.
-/// Returns whether the total grew (a refund the deal has not been told about).
+/// Returns whether this job's refund is new to the deal: the total grew now, or it grew when an
+/// earlier attempt of the same job recorded it (which then crashed before telling the deal).
 pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_total: i64) -> Result<bool, sqlx::Error> {
     let change = Change::RefundRecorded {
         provider: received.provider.to_owned(),
@@ -145,7 +146,10 @@ pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_tota
         paid_at: received.paid_at,
         refunded_minor: refunded_total,
     };
-    Ok(projections::record_alone(pool, received.meta(), &change).await?.changed > 0)
+    if projections::record_alone(pool, received.meta(), &change).await?.changed > 0 {
+        return Ok(true);
+    }
+    projections::recorded_by_job(pool, received.account, received.lead_id, &change, received.job_id).await
 }
 
 /// The deal was updated for this payment.

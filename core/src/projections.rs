@@ -198,6 +198,18 @@ pub async fn lock_deal(conn: &mut PgConnection, account: &str, lead_id: i64) -> 
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(account).bind(lead_id).execute(&mut *conn).await.map(drop)
 }
 
+/// Whether job `job_id` recorded `change` for the deal: what a retry of that job asks to learn
+/// that its decision was made (the change recorded) even though recording it again changes
+/// nothing now.
+pub async fn recorded_by_job(pool: &PgPool, account: &str, lead_id: i64, change: &Change, job_id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2 AND caused_by_job = $3)")
+        .bind(account)
+        .bind(change.key(lead_id))
+        .bind(job_id)
+        .fetch_one(pool)
+        .await
+}
+
 /// [`record`] in a transaction of its own.
 pub async fn record_alone(pool: &PgPool, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
     let mut tx = pool.begin().await?;

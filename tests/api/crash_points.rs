@@ -155,3 +155,109 @@ async fn crash_after_a_deals_note_was_added() {
     let failures = f.note_texts().into_iter().filter(|t| t.starts_with("The subscription payment")).count();
     assert_eq!(failures, 1, "{:?}", f.note_texts());
 }
+
+/// A paid deal refunded in part, crashing at `point` once: one PATCH with the refunded amount,
+/// one refund note, the card Partially refunded.
+async fn refund_crashing_at(point: &str) {
+    let f = flow().await;
+    f.deal_enters_stage().await;
+    f.drain_with_retries().await;
+    f.stripe_sends(checkout_completed("evt_paid_r", "plink_fake1", "pi_r", 200000)).await;
+    f.drain_with_retries().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.stripe_sends(charge_refunded("evt_refund_crash", "pi_r", 200000, 50000)).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1, "crashed at {point}");
+    let refund_patches = f
+        .kommo
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::PATCH)
+        .filter(|r| {
+            r.body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|u| u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(|f| f["field_id"] == REFUNDED_FIELD)))
+        })
+        .count();
+    assert_eq!(refund_patches, 1, "crashed at {point}");
+    let notes: Vec<String> = f.note_texts().into_iter().filter(|t| t.starts_with("Refunded")).collect();
+    assert_eq!(notes, ["Refunded partly: 500.00 USD of 2,000.00 USD via Stripe"], "crashed at {point}");
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
+}
+
+#[tokio::test]
+async fn crash_after_a_refund_was_recorded() {
+    refund_crashing_at("refund.recorded").await;
+}
+
+#[tokio::test]
+async fn crash_after_a_refund_was_written_to_the_card() {
+    refund_crashing_at("refund.card_written").await;
+}
+
+#[tokio::test]
+async fn crash_after_the_refunds_note_was_added() {
+    refund_crashing_at("deal.note_added").await;
+}
+
+/// A self-serve buyer's paid order, crashing at `point` once: one deal created in Kommo, paid
+/// once.
+async fn self_serve_crashing_at(point: &str) {
+    let f = flow().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.lemonsqueezy_sends(&self_serve_order(2001, 67890)).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1, "crashed at {point}");
+    let created = f.kommo.requests().into_iter().filter(|r| r.path == "/api/v4/leads/complex").count();
+    assert_eq!(created, 1, "one deal for one order, crashed at {point}");
+    let id: i64 = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders").fetch_one(&f.app.db.pool).await.unwrap();
+    assert_eq!(f.kommo.lead(id).unwrap()["status_id"], 142);
+    let paid = f.kommo.notes().iter().filter(|n| n["entity_id"] == id && n["params"]["text"].as_str().unwrap().starts_with("Payment received")).count();
+    assert_eq!(paid, 1);
+}
+
+#[tokio::test]
+async fn crash_after_a_self_serve_deal_was_created_in_kommo() {
+    self_serve_crashing_at("self_serve.deal_created").await;
+}
+
+#[tokio::test]
+async fn crash_after_a_self_serve_deal_was_recorded() {
+    self_serve_crashing_at("self_serve.deal_recorded").await;
+}
+
+/// A subscription overdue after its grace period, crashing after the card shows Overdue and
+/// before the manager's task: one PATCH to Overdue, one task.
+#[tokio::test]
+async fn crash_after_an_overdue_deals_status_was_written() {
+    let f = flow().await;
+    f.stripe_sends(invoice("evt_in1_paid", "invoice.paid", "in_1", 4990)).await;
+    f.stripe_sends(invoice("evt_in2_failed", "invoice.payment_failed", "in_2", 0)).await;
+    f.drain_with_retries().await;
+    fail::cfg("deal.status_written", "1*panic").unwrap();
+    let failed_at = chrono::DateTime::from_timestamp(1764180000, 0).unwrap();
+    assert_eq!(f.overdue().run_once(failed_at + chrono::Duration::days(4)).await.unwrap(), 1);
+    f.drain_with_retries().await;
+    fail::remove("deal.status_written");
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1);
+    let overdue_patches = f
+        .kommo
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::PATCH)
+        .filter(|r| {
+            r.body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|u| u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(|f| f["values"][0]["enum_id"] == OVERDUE)))
+        })
+        .count();
+    assert_eq!(overdue_patches, 1);
+    assert_eq!(f.kommo.tasks().len(), 1);
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
+}

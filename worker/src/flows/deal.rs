@@ -200,6 +200,7 @@ pub(super) async fn mark_and_tell(
     if !deal.shows(&changes) {
         kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
     }
+    fail::fail_point!("deal.status_written");
     tell_manager(&context.pool, kommo, &clients.account.slug, &deal, job.id, kind, text).await
 }
 

@@ -16,7 +16,7 @@ use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::self_serve::{self, Claim};
 use serde_json::{Value, json};
 
-use super::deal::{Deal, tell_manager};
+use super::deal::{Deal, tell_manager, update_lead_once};
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, causing_event, db_failed, kommo_failed};
 use crate::JobError;
@@ -88,7 +88,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             };
             let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
             if let Some(stage) = account.lemonsqueezy.as_ref().and_then(|l| l.refund_status_id) {
-                clients.kommo.update_lead(lead_id, &json!({ "status_id": stage })).await.map_err(kommo_failed)?;
+                update_lead_once(&clients.kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
             }
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let whole = if refunded_total >= total.minor() { "in full" } else { "partly" };
@@ -166,7 +166,9 @@ async fn self_serve_deal(
         }
     });
     let lead_id = clients.kommo.create_lead_with_contact(&lead).await.map_err(kommo_failed)?;
+    fail::fail_point!("self_serve.deal_created");
     self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id, job.id).await.map_err(db_failed)?;
+    fail::fail_point!("self_serve.deal_recorded");
     // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
     if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {
         let pairs: Vec<String> = custom.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();

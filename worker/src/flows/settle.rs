@@ -132,11 +132,13 @@ pub(super) async fn record_refund(
     received: &Received<'_>,
     refunded_total: i64,
 ) -> Result<Option<Money>, JobError> {
-    let grew = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
-    // A total recorded before means a repeat or a retry: its status may be on the card already.
-    write_payment_state(context, clients, received.lead_id, None, !grew).await?;
-    if !grew {
-        tracing::info!(payment = received.payment_id, "no new refund: this total was recorded before");
+    let new = payments::record_refund(&context.pool, received, refunded_total).await.map_err(db_failed)?;
+    fail::fail_point!("refund.recorded");
+    // Written whatever: a repeat or a retry finds the card read first, and a PATCH it shows skipped.
+    write_payment_state(context, clients, received.lead_id, None, true).await?;
+    fail::fail_point!("refund.card_written");
+    if !new {
+        tracing::info!(payment = received.payment_id, "no new refund: another job recorded this total");
         return Ok(None);
     }
     Ok(Some(Money::from_minor(refunded_total, received.amount.currency())))

@@ -18,7 +18,7 @@ use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::Value;
 
-use super::deal::{Deal, mark_and_tell, tell_manager};
+use super::deal::{Deal, mark_and_tell, note_once, tell_manager};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, RequiredClients, causing_event, db_failed, kommo_failed, stripe_failed};
@@ -203,8 +203,7 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let kommo = &clients.kommo;
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let text = format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount);
-    kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
-    Ok(())
+    note_once(pool, kommo, &account.slug, lead_id, job.id, "refund.noted", &text).await
 }
 
 fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str, event: &Value) -> Result<Payment, JobError> {
