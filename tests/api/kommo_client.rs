@@ -112,8 +112,12 @@ async fn errors_are_classified() {
     assert!(matches!(refused, KommoError::Refused { status: 400, .. }) && !refused.is_retryable());
     assert!(refused.to_string().contains("NotSupportedChoice"), "{refused}");
 
+    assert!(refused.to_string().contains("PATCH api/v4/leads"), "the error names the call: {refused}");
+
     kommo.answer_next(500, "application/problem+json", r#"{"title":"Internal Server Error","status":500,"trace_id":"abc"}"#);
-    assert!(client.lead(1).await.unwrap_err().is_retryable());
+    let failed = client.lead(1).await.unwrap_err();
+    assert!(failed.is_retryable());
+    assert!(failed.to_string().starts_with("Kommo is unavailable: 500 from GET api/v4/leads/:id"), "{failed}");
 
     let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
     let unauthorized = wrong_token.lead(1).await.unwrap_err();
@@ -123,7 +127,7 @@ async fn errors_are_classified() {
     kommo.delay(Duration::from_secs(3));
     let slow = client.lead(1).await.unwrap_err();
     assert!(matches!(slow, KommoError::Unavailable(_)) && slow.is_retryable(), "a timeout is retryable: {slow:?}");
-    assert!(slow.to_string().contains("timed out"), "{slow}");
+    assert!(slow.to_string().contains("GET api/v4/leads/:id: timed out"), "{slow}");
 }
 
 #[tokio::test]

@@ -291,28 +291,30 @@ impl KommoClient {
 
 impl Api {
     pub(super) async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
+        // Every error names the call, as Stripe's and Lemon Squeezy's do (`http::Failed`).
+        let call = format!("{method} {}", crate::http::endpoint_class(path));
         let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None).await?;
         if status == 401 && matches!(self.credentials, Credentials::Oauth { .. }) {
             // Revoked or expired early: refresh (unless another process already did), try once more.
             (status, bytes, _) = self.send(method, path, body, Some(&used)).await?;
         }
-        let detail = || problem_detail(&bytes);
+        let detail = || format!("{call}: {}", problem_detail(&bytes));
         match status {
             204 => Ok(None),
             200..=299 if bytes.is_empty() => Ok(None),
-            200..=299 => serde_json::from_slice(&bytes).map(Some).map_err(|e| KommoError::Unavailable(format!("unreadable answer: {e}"))),
+            200..=299 => serde_json::from_slice(&bytes).map(Some).map_err(|e| KommoError::Unavailable(format!("{call}: unreadable answer {status}: {e}"))),
             429 => {
                 let retry_after = retry_after(&bytes).unwrap_or(DEFAULT_PAUSE);
                 self.pause(retry_after).await?;
                 Err(KommoError::RateLimited { account: self.account.clone(), retry_after })
             }
             403 => {
-                let reason = format!("403 from {path}: {}", detail());
+                let reason = format!("403 from {}", detail());
                 let since = self.block(&reason).await?;
                 Err(KommoError::Blocked { account: self.account.clone(), since, reason })
             }
             401 | 402 => Err(KommoError::Unauthorized { account: self.account.clone(), status, detail: detail() }),
-            500.. => Err(KommoError::Unavailable(format!("{status}: {}", detail()))),
+            500.. => Err(KommoError::Unavailable(format!("{status} from {}", detail()))),
             _ => Err(KommoError::Refused { status, detail: detail() }),
         }
     }
@@ -328,11 +330,13 @@ impl Api {
         let token = self.access_token(refused).await?;
         self.wait_for_slot().await?;
         let url = self.base.join(path).expect("API paths join onto the base URL");
+        let call = format!("{method} {}", crate::http::endpoint_class(path));
         let mut request = self.http.request(method, url).bearer_auth(token.expose_secret());
         if let Some(body) = body {
             request = request.json(body);
         }
-        let (status, bytes) = crate::http::send("kommo", path, request).await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
+        let (status, bytes) =
+            crate::http::send("kommo", path, request).await.map_err(|e| KommoError::Unavailable(format!("{call}: {}", crate::http::describe(e))))?;
         Ok((status, bytes, token))
     }
 
