@@ -53,12 +53,19 @@ pub enum Run {
 pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -> Result<Run, sqlx::Error> {
     let mut tx = pool.begin().await?;
     projections::lock_deal(&mut tx, failure.account, failure.lead_id).await?;
+    let run = record_failure_in(&mut tx, failure, job_id).await?;
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// [`record_failure`] in the caller's transaction, which holds the deal's lock.
+pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure<'_>, job_id: i64) -> Result<Run, sqlx::Error> {
     let overtaken: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE account = $1 AND lead_id = $2 AND coalesce(billed_for, paid_at) >= $3)")
             .bind(failure.account)
             .bind(failure.lead_id)
             .bind(failure.order())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
     if overtaken {
         return Ok(Run::Overtaken);
@@ -72,8 +79,7 @@ pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -
         billed_for: failure.billed_for,
     };
     let meta = Meta { account: failure.account, lead_id: failure.lead_id, job_id: Some(job_id), at: Utc::now() };
-    let opened = projections::record(&mut tx, meta, &change).await?.changed > 0;
-    tx.commit().await?;
+    let opened = projections::record(conn, meta, &change).await?.changed > 0;
     Ok(if opened { Run::Opened } else { Run::Continued })
 }
 

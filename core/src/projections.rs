@@ -85,6 +85,13 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         billed_for: Option<DateTime<Utc>>,
     },
+    /// The provider says the subscription is being paid again (a newer snapshot saying so): its
+    /// runs that began no later than `at` end. (ADR 14)
+    FailureRunEnded {
+        provider: String,
+        subscription_id: String,
+        at: DateTime<Utc>,
+    },
     /// The run outlasted the grace period. (`what` failed, for the log's reader.)
     FailureRunOverdue {
         run_id: Uuid,
@@ -116,6 +123,7 @@ impl Change {
             Change::SubscriptionSnapshot { .. } => "subscription.snapshot",
             Change::FailureRunOpened { .. } => "payment.failure_run_opened",
             Change::FailureRunOverdue { .. } => "subscription.overdue",
+            Change::FailureRunEnded { .. } => "payment.failure_run_ended",
             Change::FailureRunsCleared { .. } => "payment.failure_runs_cleared",
             Change::SelfServeDealCreated { .. } => "self_serve.deal_created",
         }
@@ -141,6 +149,7 @@ impl Change {
             Change::FailureRunOpened { run_id, .. } => format!("{kind}:{run_id}"),
             Change::FailureRunsCleared { paid_at } => format!("{kind}:{lead_id}:{}:{}", paid_at.timestamp_micros(), Uuid::now_v7()),
             Change::FailureRunOverdue { run_id, .. } => format!("overdue:{run_id}"),
+            Change::FailureRunEnded { provider, subscription_id, at } => format!("{kind}:{provider}:{subscription_id}:{}", at.timestamp_micros()),
             Change::SelfServeDealCreated { provider, order_id } => format!("{kind}:{provider}:{order_id}"),
         }
     }
@@ -362,6 +371,15 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
             sqlx::query("UPDATE dunning SET overdue_at = $3 WHERE account = $1 AND run_id = $2 AND overdue_at IS NULL")
                 .bind(account)
                 .bind(run_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+        }
+        Change::FailureRunEnded { provider, subscription_id, at } => {
+            sqlx::query("DELETE FROM dunning WHERE account = $1 AND provider = $2 AND subscription_id = $3 AND failed_at <= $4")
+                .bind(account)
+                .bind(provider)
+                .bind(subscription_id)
                 .bind(at)
                 .execute(&mut *conn)
                 .await?

@@ -98,3 +98,39 @@ async fn a_subscriptions_events_in_every_order_each_delivered_twice_end_in_one_s
 fn ids(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
 }
+
+/// A subscription's snapshots say past due, then active again (and its first month was paid):
+/// whatever order they arrive in, and whether their jobs run one after another or together, the
+/// deal ends with nothing unpaid and no overdue task.
+#[tokio::test]
+async fn a_subscriptions_snapshots_in_every_order_end_with_nothing_unpaid() {
+    let events = [
+        invoice("evt_in1_paid", "invoice.paid", "in_1", 4990),
+        subscription_updated("evt_sub_past_due", "past_due", 1764183000),
+        subscription_updated("evt_sub_active", "active", 1764185000),
+    ];
+    let later = chrono::DateTime::from_timestamp(1764190000, 0).unwrap() + chrono::Duration::days(30);
+    let mut differing = Vec::new();
+    for (round, order) in permutations(&events).into_iter().enumerate() {
+        for together in [false, true] {
+            let f = flow().await;
+            for event in &order {
+                f.stripe_sends(event.clone()).await;
+                f.stripe_sends(event.clone()).await;
+                if !together {
+                    f.drain().await;
+                }
+            }
+            f.drain_with_retries().await;
+            f.overdue().run_once(later).await.unwrap();
+            f.drain_with_retries().await;
+            let open_runs = f.app.db.count("SELECT count(*) FROM dunning").await;
+            let tasks = f.kommo.tasks().len();
+            let status = f.field(STATUS_FIELD).unwrap()["enum_id"].clone();
+            if (open_runs, tasks, &status) != (0, 0, &Value::from(PAID)) {
+                differing.push((round, together, ids(&order), open_runs, tasks, status));
+            }
+        }
+    }
+    assert!(differing.is_empty(), "orders that ended otherwise (round, together, order, open runs, tasks, status): {differing:#?}");
+}

@@ -617,16 +617,16 @@ async fn a_past_due_subscription_alone_makes_the_deal_overdue_and_a_stale_one_ch
     f.stripe_sends(invoice("evt_in1_paid", "invoice.paid", "in_1", 4990)).await;
     f.drain_with_retries().await;
     // A past_due snapshot older than that payment, an active one, and a past_due one delivered
-    // after the active one though older than it: nothing unpaid.
-    // (Each handled before the next arrives: the worker runs a deal's jobs concurrently.)
+    // after the active one though older than it, all at once (their jobs run together): nothing
+    // unpaid.
     for event in [
         subscription_updated("evt_sub_stale", "past_due", 1764170000),
         subscription_updated("evt_sub_active", "active", 1764185000),
         subscription_updated("evt_sub_overtaken", "past_due", 1764183000),
     ] {
         f.stripe_sends(event).await;
-        f.drain_with_retries().await;
     }
+    f.drain_with_retries().await;
     assert_eq!(f.app.db.count("SELECT count(*) FROM subscriptions WHERE provider = 'stripe' AND status = 'active'").await, 1);
     let overdue = f.overdue();
     let snapshot_at = chrono::DateTime::from_timestamp(1764190000, 0).unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use kommo_pay_core::dunning::{self, Failure};
+use kommo_pay_core::dunning::Failure;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::queue::ClaimedJob;
@@ -106,7 +106,11 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         status: &text("status"),
         updated_at: time("updated_at"),
     };
-    let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
+    // A snapshot saying the subscription is not being paid opens a run of failures, in case the
+    // payment event was lost; one saying it is paid ends them (decided where it is stored).
+    let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
+    let stored = subscriptions::store(pool, &snapshot, job.id, &what).await.map_err(db_failed)?;
+    let newest = stored.newest;
     match name.as_str() {
         "subscription_cancelled" => {
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
@@ -124,23 +128,8 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         }
         "subscription_expired" if newest => set_payment_status(clients, lead_id, fields.statuses.cancelled).await,
         "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, lead_id, fields.statuses.paid).await,
-        // A snapshot saying the subscription is not being paid opens a run of failures, in case
-        // the payment event was lost.
-        _ if newest && matches!(snapshot.status, "past_due" | "unpaid") => {
-            let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
-            let failure = Failure {
-                account: &account.slug,
-                provider: "lemonsqueezy",
-                subscription_id: &subscription_id,
-                lead_id,
-                failed_at: snapshot.updated_at,
-                what: &what,
-                billed_for: None,
-            };
-            dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed).map(drop)
-        }
         _ => {
-            tracing::info!(name, subscription = %subscription_id, newest, "subscription snapshot stored");
+            tracing::info!(name, subscription = %subscription_id, newest, run = ?stored.run, "subscription snapshot stored");
             Ok(())
         }
     }

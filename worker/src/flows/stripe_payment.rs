@@ -158,17 +158,11 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
         status: subscription["status"].as_str().ok_or_else(|| JobError::permanent(anyhow!("subscription {id}'s snapshot has no status")))?,
         updated_at: created_at(&event),
     };
-    let newest = subscriptions::store(pool, &snapshot, job.id).await.map_err(db_failed)?;
-    let unpaid = matches!(snapshot.status, "past_due" | "unpaid");
-    if !(newest && unpaid) {
-        tracing::info!(subscription = id, status = snapshot.status, newest, "subscription snapshot stored; nothing unpaid to act on");
-        return Ok(());
-    }
     let what = format!("Stripe subscription {id} ({})", snapshot.status);
-    let failure = Failure { account, provider: "stripe", subscription_id: id, lead_id, failed_at: snapshot.updated_at, what: &what, billed_for: None };
-    // A payment at or after the snapshot overtakes it (a late delivery changes nothing).
-    let run = kommo_pay_core::dunning::record_failure(pool, &failure, job.id).await.map_err(db_failed)?;
-    tracing::info!(subscription = id, status = snapshot.status, ?run, "unpaid subscription snapshot");
+    // Decided where it is stored, under the deal's lock: the newest unpaid one opens a run unless
+    // a payment overtook it, the newest paid one ends the subscription's runs.
+    let stored = subscriptions::store(pool, &snapshot, job.id, &what).await.map_err(db_failed)?;
+    tracing::info!(subscription = id, status = snapshot.status, newest = stored.newest, run = ?stored.run, "subscription snapshot stored");
     Ok(())
 }
 
