@@ -46,11 +46,15 @@ fn method_name(method: &reqwest::Method) -> String {
 
 /// Panics unless `body`, answered `status` to `method path`, is what `schemas/ops-api.openapi.json`
 /// says that operation answers.
-fn conforms(method: String, path: &str, status: u16, body: &Value) {
-    let document: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
-    let path = path.split('?').next().unwrap();
+/// The committed OpenAPI document.
+fn document() -> Value {
+    serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap()
+}
+
+/// The document's path template that `path` (no query) matches, and its operations.
+fn path_of<'d>(document: &'d Value, path: &str) -> (&'d String, &'d Value) {
     let segments: Vec<&str> = path.split('/').collect();
-    let (_, operations) = document["paths"]
+    document["paths"]
         .as_object()
         .unwrap()
         .iter()
@@ -58,7 +62,13 @@ fn conforms(method: String, path: &str, status: u16, body: &Value) {
             let parts: Vec<&str> = template.split('/').collect();
             parts.len() == segments.len() && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
         })
-        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"))
+}
+
+fn conforms(method: String, path: &str, status: u16, body: &Value) {
+    let document = document();
+    let path = path.split('?').next().unwrap();
+    let (_, operations) = path_of(&document, path);
     let answer = &operations[&method]["responses"][status.to_string()];
     let schema =
         answer.pointer("/content/application~1json/schema").unwrap_or_else(|| panic!("{method} {path} answering {status} is not in the OpenAPI document"));
@@ -107,7 +117,7 @@ async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i6
 
 #[test]
 fn the_committed_openapi_document_is_the_generated_one() {
-    let committed: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
+    let committed = document();
     assert!(
         committed == kommo_pay_core::ops::openapi::document(),
         "schemas/ops-api.openapi.json is stale: run `cargo run -- openapi > schemas/ops-api.openapi.json`"
@@ -555,18 +565,10 @@ async fn a_kommo_block_is_lifted_by_an_operator_with_a_reason_in_the_log() {
 /// Whether the OpenAPI document allows the request: its path and query parameters against their
 /// schemas (formats asserted), and its body against the operation's request body.
 fn document_allows(method: &str, path_and_query: &str, body: Option<&Value>) -> bool {
-    let document: Value = serde_json::from_str(include_str!("../../schemas/ops-api.openapi.json")).unwrap();
+    let document = document();
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     let segments: Vec<&str> = path.split('/').collect();
-    let (template, operations) = document["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(template, _)| {
-            let parts: Vec<&str> = template.split('/').collect();
-            parts.len() == segments.len() && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
-        })
-        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let (template, operations) = path_of(&document, path);
     let operation = &operations[method];
     let valid = |schema: &Value, instance: &Value| {
         let root = json!({ "$schema": "https://json-schema.org/draft/2020-12/schema", "allOf": [schema], "components": document["components"] });
