@@ -107,7 +107,7 @@ pub struct WorkerSection {
     /// How often an idle worker looks for work when no wake-up arrives, in milliseconds.
     pub poll_interval_ms: u64,
     /// How often a worker marks its running jobs alive, in milliseconds. A job whose worker
-    /// died runs again within two intervals.
+    /// died is taken back within two intervals and runs again after its kind's backoff.
     pub heartbeat_interval_ms: u64,
     /// The longest one attempt may run, in seconds; past it the attempt fails and is retried.
     pub job_timeout_secs: u64,
