@@ -88,13 +88,10 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
             field_enum(fields.payment_status, fields.statuses.awaiting),
         ]
     });
-    if let Some(status_id) = trigger.move_to_status_id {
-        changes["status_id"] = json!(status_id);
-    }
     // The stage move belongs to the decision only while the deal is where it was decided: a deal
     // that moved on (paid, or moved by its manager) keeps its stage.
-    if !in_trigger_stage {
-        changes.as_object_mut().expect("an object").remove("status_id");
+    if let Some(status_id) = trigger.move_to_status_id.filter(|_| in_trigger_stage) {
+        changes["status_id"] = json!(status_id);
     }
     if !offered {
         tracing::info!(lead_id, status = %link.status, "the link is no longer active; the card keeps what it shows");
