@@ -60,6 +60,14 @@ async fn effects_once(setup: &ProcessSetup) {
     }
     assert!(notes.values().all(|n| *n == 1), "one note per deal: {notes:?}");
     assert_eq!(setup.app.db.count("SELECT count(*) FROM payment_links").await, DEALS + 1);
+    // One PATCH of the card per deal: a retry finds its link on the card and writes it no more.
+    let mut patches: HashMap<i64, usize> = HashMap::new();
+    for request in setup.kommo.requests().iter().filter(|r| r.method == axum::http::Method::PATCH) {
+        for update in request.body.as_array().into_iter().flatten() {
+            *patches.entry(update["id"].as_i64().unwrap()).or_default() += 1;
+        }
+    }
+    assert!(patches.len() as i64 == DEALS + 1 && patches.values().all(|n| *n == 1), "one PATCH per deal: {patches:?}");
 }
 
 #[tokio::test]
