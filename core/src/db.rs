@@ -30,6 +30,21 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Runs `write` again a few times when it fails (0.1 s doubling, five tries, about 1.5 s in all)
+/// while the database blinks: for writes whose loss costs more than the wait, such as a job's
+/// outcome (otherwise the rescuer must take the job back and run it again). Durable retry delays
+/// are stored in the job row instead; this is only for the short, in-process kind.
+pub async fn retry_briefly<T, F, Fut>(what: &str, write: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    write
+        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_times(4))
+        .notify(|error, delay| tracing::warn!(%error, ?delay, "{what} failed; retrying"))
+        .await
+}
+
 /// Applies the migrations that are not applied yet.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))

@@ -1,6 +1,7 @@
 //! The kommo-pay domain: configuration, the event log, the job queue and the providers' webhook
 //! formats. The ingest, worker and scheduler roles are built on it.
 
+pub mod batching;
 pub mod clients;
 pub mod config;
 pub mod db;

@@ -2,8 +2,6 @@
 //! Each job task waits for its own row to be committed before its slot frees, so a crash loses
 //! no completion that a handler was told about.
 
-use std::time::Duration;
-
 use kommo_pay_core::queue;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -20,12 +18,7 @@ impl Completer {
     pub(crate) fn spawn(pool: PgPool, owner: String) -> Completer {
         let (requests, mut incoming) = mpsc::channel::<(i64, oneshot::Sender<bool>)>(4 * MAX_BATCH);
         tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    let Ok(next) = incoming.try_recv() else { break };
-                    batch.push(next);
-                }
+            while let Some(batch) = kommo_pay_core::batching::next_batch(&mut incoming, MAX_BATCH).await {
                 let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
                 let completed = complete_with_retries(&pool, &owner, &ids).await;
                 for (id, reply) in batch {
@@ -48,16 +41,5 @@ impl Completer {
 }
 
 async fn complete_with_retries(pool: &PgPool, owner: &str, ids: &[i64]) -> Vec<i64> {
-    let mut pause = Duration::from_millis(100);
-    for _ in 0..5 {
-        match queue::complete(pool, owner, ids).await {
-            Ok(completed) => return completed,
-            Err(error) => {
-                tracing::warn!(%error, jobs = ids.len(), "recording completions failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-        }
-    }
-    Vec::new()
+    kommo_pay_core::db::retry_briefly("recording completions", || queue::complete(pool, owner, ids)).await.unwrap_or_default()
 }

@@ -259,18 +259,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
 pub(crate) async fn record_failure(pool: &PgPool, owner: &str, policies: &JobPolicies, job: &ClaimedJob, message: &str, fate: Fate) -> bool {
     // The alert a dead letter raises has its kind's attempts, like any job.
     let alert_attempts = policies.policy(kommo_pay_core::jobs::JobKind::AlertManager.as_str()).max_attempts;
-    let mut pause = Duration::from_millis(100);
-    for _ in 0..5 {
-        match queue::fail(pool, owner, job.id, message, fate, alert_attempts).await {
-            Ok(written) => return written,
-            Err(error) => {
-                tracing::warn!(%error, "recording the failure failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-        }
-    }
-    false
+    kommo_pay_core::db::retry_briefly("recording the failure", || queue::fail(pool, owner, job.id, message, fate, alert_attempts)).await.unwrap_or(false)
 }
 
 async fn heartbeat(pool: PgPool, owner: String, every: Duration) {

@@ -26,12 +26,7 @@ impl Batcher {
     pub(super) fn spawn(api: Arc<Api>, method: reqwest::Method, path: &'static str) -> Batcher {
         let (queue, mut incoming) = mpsc::channel::<Submitted>(1024);
         tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    let Ok(next) = incoming.try_recv() else { break };
-                    batch.push(next);
-                }
+            while let Some(batch) = crate::batching::next_batch(&mut incoming, MAX_BATCH).await {
                 let items = Value::Array(batch.iter().map(|(item, _, _)| item.clone()).collect());
                 // The request belongs to the first item's trace (a batch can serve several jobs).
                 let span = batch[0].2.clone();
