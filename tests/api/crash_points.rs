@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::Method;
 use serde_json::{Value, json};
 
 use crate::stripe_flow::*;
@@ -29,19 +28,8 @@ struct Effects {
     stage: Value,
 }
 
-/// The PATCHes of leads that wrote a custom field value for which `wrote` holds.
-fn patches(f: &Flow, wrote: impl Fn(&Value) -> bool) -> usize {
-    f.kommo
-        .requests()
-        .iter()
-        .filter(|r| r.method == Method::PATCH && r.path.starts_with("/api/v4/leads"))
-        .filter(|r| r.body.as_array().into_iter().flatten().any(|u| u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(&wrote))))
-        .count()
-}
-
 fn effects(f: &Flow) -> Effects {
-    let kommo = f.kommo.requests();
-    let patches_writing = |field: i64| patches(f, |value| value["field_id"] == field);
+    let patches_writing = |field: i64| f.patches(|value| value["field_id"] == field);
     let keys = |path: &str| -> usize {
         f.stripe.requests().iter().filter(|r| r.path == path).filter_map(|r| r.idempotency_key.clone()).collect::<BTreeSet<_>>().len()
     };
@@ -50,7 +38,7 @@ fn effects(f: &Flow) -> Effects {
         links_created: keys("/v1/payment_links"),
         link_patches: patches_writing(LINK_FIELD),
         link_notes: notes("Payment link for"),
-        salesbot_launches: kommo.iter().filter(|r| r.method == Method::POST && r.path == "/api/v4/bots/77/run").count(),
+        salesbot_launches: f.bot_runs(),
         payment_patches: patches_writing(PAYMENT_ID_FIELD),
         payment_notes: notes("Payment received"),
         links_deactivated: keys("/v1/payment_links/plink_fake1"),
@@ -171,7 +159,7 @@ async fn refund_crashing_at(point: &str) {
     f.drain_with_retries().await;
     fail::remove(point);
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1, "crashed at {point}");
-    let refund_patches = patches(&f, |value| value["field_id"] == REFUNDED_FIELD);
+    let refund_patches = f.patches(|value| value["field_id"] == REFUNDED_FIELD);
     assert_eq!(refund_patches, 1, "crashed at {point}");
     let notes: Vec<String> = f.note_texts().into_iter().filter(|t| t.starts_with("Refunded")).collect();
     assert_eq!(notes, ["Refunded partly: 500.00 USD of 2,000.00 USD via Stripe"], "crashed at {point}");
@@ -234,7 +222,7 @@ async fn crash_after_an_overdue_deals_status_was_written() {
     f.drain_with_retries().await;
     fail::remove("deal.status_written");
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1);
-    let overdue_patches = patches(&f, |value| value["values"][0]["enum_id"] == OVERDUE);
+    let overdue_patches = f.patches(|value| value["values"][0]["enum_id"] == OVERDUE);
     assert_eq!(overdue_patches, 1);
     assert_eq!(f.kommo.tasks().len(), 1);
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);

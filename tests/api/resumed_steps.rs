@@ -7,21 +7,9 @@ use serde_json::Value;
 
 use crate::stripe_flow::*;
 
-/// The PATCHes of the deal that wrote custom field `field_id`.
+/// The PATCHes that wrote custom field `field_id` (these tests have one deal).
 fn patches_writing(f: &Flow, field_id: i64) -> usize {
-    f.kommo
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == Method::PATCH && r.path.starts_with("/api/v4/leads"))
-        .filter(|r| {
-            let updates = r.body.as_array().cloned().unwrap_or_default();
-            updates.iter().any(|u| u["id"] == LEAD && u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(|f| f["field_id"] == field_id)))
-        })
-        .count()
-}
-
-fn bot_runs(f: &Flow) -> usize {
-    f.kommo.requests().into_iter().filter(|r| r.method == Method::POST && r.path == "/api/v4/bots/77/run").count()
+    f.patches(|value| value["field_id"] == field_id)
 }
 
 fn link_notes(f: &Flow) -> Vec<String> {
@@ -41,7 +29,7 @@ async fn a_retry_after_the_links_patch_moved_the_deal_on_still_adds_the_note_and
     assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], LINK_SENT_STAGE);
     assert_eq!(f.link_creates().len(), 1);
     assert_eq!(link_notes(&f), ["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"], "the client's message is not lost");
-    assert_eq!(bot_runs(&f), 1, "the Salesbot that sends the link is launched");
+    assert_eq!(f.bot_runs(), 1, "the Salesbot that sends the link is launched");
     assert_eq!(patches_writing(&f, LINK_FIELD), 1, "the retry saw the link on the card and did not write it again");
 }
 
@@ -60,7 +48,7 @@ async fn a_retry_after_the_deal_was_paid_neither_undoes_the_payment_nor_messages
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
     f.drain_with_retries().await;
 
-    assert_eq!(bot_runs(&f), 1, "only the failed launch: no message about a paid link");
+    assert_eq!(f.bot_runs(), 1, "only the failed launch: no message about a paid link");
     assert_eq!(link_notes(&f).len(), 1);
     assert_eq!(patches_writing(&f, LINK_FIELD), 1);
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "the retry did not write Awaiting over Paid");

@@ -193,6 +193,21 @@ impl Flow {
         kommo_pay_scheduler::Overdue::new(self.app.db.pool.clone(), self.config.accounts.clone(), self.config.jobs.clone())
     }
 
+    /// The PATCHes of leads that wrote a custom field value for which `wrote` holds.
+    pub(crate) fn patches(&self, wrote: impl Fn(&Value) -> bool) -> usize {
+        self.kommo
+            .requests()
+            .iter()
+            .filter(|r| r.method == axum::http::Method::PATCH && r.path.starts_with("/api/v4/leads"))
+            .filter(|r| r.body.as_array().into_iter().flatten().any(|u| u["custom_fields_values"].as_array().is_some_and(|v| v.iter().any(&wrote))))
+            .count()
+    }
+
+    /// The launches of the trigger's Salesbot (77) that reached Kommo.
+    pub(crate) fn bot_runs(&self) -> usize {
+        self.kommo.requests().iter().filter(|r| r.method == axum::http::Method::POST && r.path == "/api/v4/bots/77/run").count()
+    }
+
     pub(crate) fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
         self.stripe.requests().into_iter().filter(|r| r.path == "/v1/payment_links").collect()
     }
