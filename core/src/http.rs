@@ -49,7 +49,8 @@ pub async fn send_with_headers(
     .instrument(call_span(provider, path))
     .await;
     let label = match &answer {
-        Ok((status @ 200..=299, _, body)) if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
+        // 202 acknowledges a queued task; Kommo answers a Salesbot launch with the text "Accepted".
+        Ok((status @ 200..=299, _, body)) if *status != 202 && !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
             tracing::warn!(provider, endpoint = %endpoint_class(path), status, "a success whose body is not JSON");
             "invalid".to_owned()
         }

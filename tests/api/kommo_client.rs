@@ -38,7 +38,7 @@ async fn reads_a_lead_and_treats_204_as_none() {
 
     let found = client.lead(15318175).await.unwrap().unwrap();
     assert_eq!(found["_embedded"]["contacts"][0]["id"], 9012345);
-    assert_eq!(kommo.requests()[0].path, "/api/v4/leads/15318175?with=contacts");
+    assert_eq!(kommo.requests()[0].path, "/api/v4/leads?limit=250&with=contacts&filter[id][]=15318175");
     assert!(client.lead(1).await.unwrap().is_none());
 }
 
@@ -59,7 +59,26 @@ async fn writes_fields_notes_tasks_and_launches_a_salesbot() {
     assert_eq!(kommo.lead(15318175).unwrap()["custom_fields_values"][0]["values"][0]["value"], "https://buy.stripe.com/test_1");
     assert_eq!(kommo.notes().len(), 1);
     assert_eq!(kommo.tasks()[0]["text"], "Call");
-    assert_eq!(kommo.requests().last().unwrap().body, json!({ "entity_id": 15318175, "entity_type": "leads" }));
+    assert_eq!(kommo.bot_launches(), vec![json!({ "bot_id": 77, "entity_id": 15318175, "entity_type": 2 })], "accepted with Kommo's plain-text 202");
+}
+
+/// Reads asked for together go to Kommo as list requests of at most 250 ids, and an id Kommo
+/// does not have is simply missing from the answer.
+#[tokio::test]
+async fn reads_many_leads_in_lists_of_250() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    for id in 1..=600 {
+        kommo.add_lead(json!({ "id": id, "name": format!("Deal {id}"), "pipeline_id": 1, "status_id": 2 }));
+    }
+    let client = client(&db, &kommo, 50.0);
+
+    let found = client.leads((1..=620).collect()).await.unwrap();
+    assert_eq!(found.len(), 600);
+    assert_eq!(found[&317]["name"], "Deal 317");
+    let lists: Vec<_> = kommo.requests().into_iter().filter(|r| r.path.starts_with("/api/v4/leads?")).collect();
+    assert_eq!(lists.len(), 3, "⌈620 / 250⌉ lists");
+    assert!(lists.iter().all(|r| r.path.matches("filter[id][]=").count() <= 250));
 }
 
 #[tokio::test]
@@ -117,7 +136,7 @@ async fn errors_are_classified() {
     kommo.answer_next(500, "application/problem+json", r#"{"title":"Internal Server Error","status":500,"trace_id":"abc"}"#);
     let failed = client.lead(1).await.unwrap_err();
     assert!(failed.is_retryable());
-    assert!(failed.to_string().starts_with("Kommo is unavailable: 500 from GET api/v4/leads/:id"), "{failed}");
+    assert!(failed.to_string().starts_with("Kommo is unavailable: 500 from GET api/v4/leads"), "{failed}");
 
     let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
     let unauthorized = wrong_token.lead(1).await.unwrap_err();
@@ -127,7 +146,7 @@ async fn errors_are_classified() {
     kommo.delay(Duration::from_secs(3));
     let slow = client.lead(1).await.unwrap_err();
     assert!(matches!(slow, KommoError::Unavailable(_)) && slow.is_retryable(), "a timeout is retryable: {slow:?}");
-    assert!(slow.to_string().contains("GET api/v4/leads/:id: timed out"), "{slow}");
+    assert!(slow.to_string().contains("GET api/v4/leads: timed out"), "{slow}");
 }
 
 #[tokio::test]
@@ -148,9 +167,10 @@ async fn two_processes_together_stay_under_the_accounts_rate() {
         Duration::from_secs(5),
     );
 
+    // (Lead reads would gather into one list: the webhooks list is one request a call.)
     let calls = (0..24).map(|i| {
         let client = if i % 2 == 0 { &a } else { &b };
-        async move { client.lead(15318175).await.unwrap() }
+        async move { client.webhooks().await.unwrap() }
     });
     futures_util::future::join_all(calls).await;
 

@@ -40,7 +40,7 @@ async fn a_worker_process_serves_its_job_and_provider_metrics_where_configured()
         r#"kommo_pay_jobs_total{kind="payment_link.issue",outcome="completed"} 1"#,
         r#"kommo_pay_job_seconds_count{kind="payment_link.issue",outcome="completed"} 1"#,
         r#"kommo_pay_provider_requests_total{provider="stripe",endpoint="v1/payment_links",status="200"} 1"#,
-        r#"kommo_pay_provider_requests_total{provider="kommo",endpoint="api/v4/leads/:id",status="200"}"#,
+        r#"kommo_pay_provider_requests_total{provider="kommo",endpoint="api/v4/leads",status="200"}"#,
         r#"kommo_pay_provider_request_seconds_count{provider="kommo",endpoint="api/v4/leads"}"#,
         r#"kommo_pay_jobs{state="completed"} 1"#,
     ] {

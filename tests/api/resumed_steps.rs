@@ -38,7 +38,7 @@ async fn a_retry_after_the_links_patch_moved_the_deal_on_still_adds_the_note_and
 #[tokio::test]
 async fn a_retry_after_the_deal_was_paid_neither_undoes_the_payment_nor_messages_the_client() {
     let f = flow().await;
-    f.kommo.answer_next_at(Method::POST, "/api/v4/bots/77/run", 500, r#"{"title":"Internal Server Error","status":500}"#);
+    f.kommo.answer_next_at(Method::POST, "/api/v2/salesbot/run", 500, r#"{"title":"Internal Server Error","status":500}"#);
     f.deal_enters_stage().await;
     f.drain().await;
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE kind = 'payment_link.issue' AND state = 'retryable'").await, 1);

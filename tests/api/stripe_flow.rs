@@ -205,7 +205,7 @@ impl Flow {
 
     /// The launches of the trigger's Salesbot (77) that reached Kommo.
     pub(crate) fn bot_runs(&self) -> usize {
-        self.kommo.requests().iter().filter(|r| r.method == axum::http::Method::POST && r.path == "/api/v4/bots/77/run").count()
+        self.kommo.bot_launches().iter().filter(|launch| launch["bot_id"] == 77).count()
     }
 
     pub(crate) fn link_creates(&self) -> Vec<crate::fakes::stripe::Recorded> {
@@ -254,9 +254,7 @@ async fn a_deal_entering_the_stage_gets_a_link_and_paying_it_closes_the_deal() {
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
     assert_eq!(f.note_texts(), vec!["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"]);
     assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], LINK_SENT_STAGE, "moved on once the link is in the card");
-    let bot_runs: Vec<_> = f.kommo.requests().into_iter().filter(|r| r.path == "/api/v4/bots/77/run").collect();
-    assert_eq!(bot_runs.len(), 1, "the Salesbot that sends the link is launched once");
-    assert_eq!(bot_runs[0].body, json!({ "entity_id": LEAD, "entity_type": "leads" }));
+    assert_eq!(f.kommo.bot_launches(), vec![json!({ "bot_id": 77, "entity_id": LEAD, "entity_type": 2 })], "the Salesbot that sends the link is launched once");
 
     f.stripe_sends(checkout_completed("evt_paid_1", "plink_fake1", "pi_test_1", 200000)).await;
     f.drain().await;

@@ -1,8 +1,11 @@
-//! Batched writes: Kommo takes leads, notes and tasks in arrays (the vendor recommends at most 50
-//! per request). One sender per account and endpoint sends whatever has gathered while its
-//! previous request waited for a rate-limit slot or an answer, so there is no added delay when
-//! writes are rare, and a bulk move of many deals costs a fraction of the requests.
+//! Batched requests: Kommo takes leads, notes and tasks in arrays, Salesbot launches in arrays
+//! of up to 100, and reads leads and contacts by id in lists of up to 250. One sender per
+//! account and endpoint sends whatever has gathered while its previous request waited for its
+//! rate-limit slot, so there is no added delay when work is rare, and a bulk move of many deals
+//! costs a fraction of the requests. A request that has its slot goes out on its own task: a
+//! slow answer does not hold up the next batch.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -11,37 +14,31 @@ use tracing::Instrument;
 
 use super::client::{Api, KommoError};
 
-const MAX_BATCH: usize = 50;
+/// The most items of one write (the vendor recommends at most 50 leads, notes or tasks).
+pub(super) const MOST_WRITES: usize = 50;
+/// The most Salesbot launches in one `POST /api/v2/salesbot/run`.
+pub(super) const MOST_LAUNCHES: usize = 100;
+/// The most entities one list request returns (`limit=250`, Kommo's page size).
+pub(super) const MOST_READS: usize = 250;
 
-type Reply = oneshot::Sender<Result<(), KommoError>>;
+type Reply<T> = oneshot::Sender<Result<T, KommoError>>;
 
 /// An item, who waits for its answer, and the span it was submitted in.
-type Submitted = (Value, Reply, tracing::Span);
+type Submitted = (Value, Reply<()>, tracing::Span);
 
+/// Writes of one endpoint, sent as arrays.
 pub(super) struct Batcher {
     queue: mpsc::Sender<Submitted>,
 }
 
 impl Batcher {
-    pub(super) fn spawn(api: Arc<Api>, method: reqwest::Method, path: &'static str) -> Batcher {
+    pub(super) fn spawn(api: Arc<Api>, method: reqwest::Method, path: &'static str, most: usize) -> Batcher {
         let (queue, mut incoming) = mpsc::channel::<Submitted>(1024);
         tokio::spawn(async move {
-            while let Some(batch) = crate::batching::next_batch(&mut incoming, MAX_BATCH).await {
-                let items = Value::Array(batch.iter().map(|(item, _, _)| item.clone()).collect());
-                // The request belongs to the first item's trace (a batch can serve several jobs).
-                let span = batch[0].2.clone();
-                match api.call::<Value>(method.clone(), path, Some(&items)).instrument(span).await {
-                    Ok(_) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Ok(())))),
-                    // Kommo refuses the whole array for one bad item: send each on its own, so
-                    // only the bad one fails.
-                    Err(KommoError::Refused { .. }) if batch.len() > 1 => {
-                        for (item, reply, span) in batch {
-                            let alone = api.call::<Value>(method.clone(), path, Some(&Value::Array(vec![item]))).instrument(span).await.map(drop);
-                            let _ = reply.send(alone);
-                        }
-                    }
-                    Err(error) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
-                }
+            while let Some(batch) = crate::batching::next_batch(&mut incoming, most).await {
+                let (on_its_way, sent) = oneshot::channel();
+                tokio::spawn(send_writes(api.clone(), method.clone(), path, batch, on_its_way));
+                let _ = sent.await;
             }
         });
         Batcher { queue }
@@ -50,8 +47,103 @@ impl Batcher {
     /// Sends `item` with the next batch; returns when Kommo has answered for it.
     pub(super) async fn submit(&self, item: Value) -> Result<(), KommoError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || KommoError::Unavailable("the Kommo client is shutting down".into());
         self.queue.send((item, reply, tracing::Span::current())).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+async fn send_writes(api: Arc<Api>, method: reqwest::Method, path: &'static str, batch: Vec<Submitted>, on_its_way: oneshot::Sender<()>) {
+    let items = Value::Array(batch.iter().map(|(item, _, _)| item.clone()).collect());
+    // The request belongs to the first item's trace (a batch can serve several jobs).
+    let span = batch[0].2.clone();
+    match api.call_telling::<Value>(method.clone(), path, Some(&items), Some(on_its_way)).instrument(span).await {
+        Ok(_) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Ok(())))),
+        // Kommo refuses the whole array for one bad item: send each on its own, so only the bad
+        // one fails.
+        Err(KommoError::Refused { .. }) if batch.len() > 1 => {
+            for (item, reply, span) in batch {
+                let alone = api.call::<Value>(method.clone(), path, Some(&Value::Array(vec![item]))).instrument(span).await.map(drop);
+                let _ = reply.send(alone);
+            }
+        }
+        Err(error) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
+    }
+}
+
+/// Ids to read, who waits for them, and the span they were asked for in.
+type Asked = (Vec<i64>, Reply<HashMap<i64, Value>>, tracing::Span);
+
+/// Reads of one entity by id, as list requests (`GET {path}?filter[id][]=…&limit=250`): the ids
+/// asked for while the previous list waited for its slot go out together.
+pub(super) struct Reader {
+    queue: mpsc::Sender<Asked>,
+}
+
+impl Reader {
+    /// Reads `path`'s entities (e.g. `api/v4/leads`, answered under `_embedded.leads`), with
+    /// `with` (e.g. `contacts`) when given.
+    pub(super) fn spawn(api: Arc<Api>, path: &'static str, with: Option<&'static str>) -> Reader {
+        let (queue, mut incoming) = mpsc::channel::<Asked>(1024);
+        tokio::spawn(async move {
+            while let Some(asked) = crate::batching::next_batch(&mut incoming, MOST_READS).await {
+                let (on_its_way, sent) = oneshot::channel();
+                tokio::spawn(send_reads(api.clone(), path, with, asked, on_its_way));
+                let _ = sent.await;
+            }
+        });
+        Reader { queue }
+    }
+
+    /// The entities with `ids` that Kommo has (an id it has not is missing from the map).
+    pub(super) async fn read(&self, ids: Vec<i64>) -> Result<HashMap<i64, Value>, KommoError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue.send((ids, reply, tracing::Span::current())).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Reads every id `asked` for, in lists of up to 250, and answers each asker with its own.
+async fn send_reads(api: Arc<Api>, path: &'static str, with: Option<&'static str>, asked: Vec<Asked>, on_its_way: oneshot::Sender<()>) {
+    let embedded = path.rsplit('/').next().expect("a path has a last segment");
+    let ids: Vec<i64> = asked.iter().flat_map(|(ids, _, _)| ids.iter().copied()).collect::<BTreeSet<_>>().into_iter().collect();
+    let span = asked[0].2.clone();
+    let mut found = HashMap::new();
+    let mut failed = None;
+    // The next batch may gather once the first list is on its way; the others follow it.
+    let mut on_its_way = Some(on_its_way);
+    for chunk in ids.chunks(MOST_READS) {
+        let mut list = format!("{path}?limit={MOST_READS}");
+        if let Some(with) = with {
+            list.push_str(&format!("&with={with}"));
+        }
+        chunk.iter().for_each(|id| list.push_str(&format!("&filter[id][]={id}")));
+        match api.call_telling::<Value>(reqwest::Method::GET, &list, None, on_its_way.take()).instrument(span.clone()).await {
+            Ok(answer) => {
+                let entities = answer.as_ref().and_then(|a| a.pointer(&format!("/_embedded/{embedded}"))).and_then(Value::as_array);
+                for entity in entities.into_iter().flatten() {
+                    if let Some(id) = entity.get("id").and_then(super::lenient_id) {
+                        found.insert(id, entity.clone());
+                    }
+                }
+            }
+            Err(error) => {
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    for (ids, reply, _) in asked {
+        let answer = match &failed {
+            Some(error) => Err(error.replicate()),
+            None => Ok(ids.iter().filter_map(|id| found.get(id).map(|entity| (*id, entity.clone()))).collect()),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+fn stopped() -> KommoError {
+    KommoError::Unavailable("the Kommo client is shutting down".into())
 }

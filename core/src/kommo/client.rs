@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, MOST_LAUNCHES, MOST_WRITES, Reader};
 use crate::rate_limit::{RateLimiter, Slot};
 
 /// The pause after a 429 that names no `retry_after`.
@@ -36,6 +36,38 @@ pub struct KommoClient {
     lead_updates: Batcher,
     lead_notes: Batcher,
     tasks: Batcher,
+    salesbot_launches: Batcher,
+    /// Reads by id go out as lists of up to 250, gathered the same way.
+    lead_reads: Reader,
+    contact_reads: Reader,
+}
+
+tokio::task_local! {
+    /// A lead read for the running job together with its group's (one list request for many
+    /// jobs, `worker::executor`): the job's first read of that lead is answered from here.
+    /// Scoped to the job's own task, so no other job ever sees it.
+    static READ_AHEAD: std::cell::Cell<Option<(i64, Option<Value>)>>;
+}
+
+/// Runs `job` with `lead` as the answer to its first [`KommoClient::lead`] of lead `id` (`None`:
+/// Kommo has no such lead). The read was made for the job a moment before it started, in one
+/// list request with the rest of its group; any later read of the lead goes to Kommo.
+pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Option<Value>, job: F) -> F::Output {
+    READ_AHEAD.scope(std::cell::Cell::new(Some((id, lead))), job).await
+}
+
+/// The running job's read-ahead of lead `id`, taken (once).
+fn read_ahead(id: i64) -> Option<Option<Value>> {
+    READ_AHEAD
+        .try_with(|ahead| match ahead.take() {
+            Some((read, lead)) if read == id => Some(lead),
+            other => {
+                ahead.set(other);
+                None
+            }
+        })
+        .ok()
+        .flatten()
 }
 
 /// One request to Kommo at a time, within the account's limits.
@@ -146,21 +178,34 @@ impl KommoClient {
         let limiter = RateLimiter::new(pool.clone(), "kommo", account, requests_per_second);
         let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, limiter });
         KommoClient {
-            lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads"),
-            lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes"),
-            tasks: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/tasks"),
+            lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads", MOST_WRITES),
+            lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes", MOST_WRITES),
+            tasks: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/tasks", MOST_WRITES),
+            salesbot_launches: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v2/salesbot/run", MOST_LAUNCHES),
+            lead_reads: Reader::spawn(api.clone(), "api/v4/leads", Some("contacts")),
+            contact_reads: Reader::spawn(api.clone(), "api/v4/contacts", None),
             api,
         }
     }
 
-    /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead.
+    /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead. Read in
+    /// one list request with the other reads waiting meanwhile (or read ahead with the job's
+    /// group, [`with_lead_read`]).
     pub async fn lead(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        self.api.call(reqwest::Method::GET, &format!("api/v4/leads/{id}?with=contacts"), None).await
+        if let Some(lead) = read_ahead(id) {
+            return Ok(lead);
+        }
+        Ok(self.lead_reads.read(vec![id]).await?.remove(&id))
+    }
+
+    /// The leads with `ids` that Kommo has, with their contact ids, in ⌈n / 250⌉ list requests.
+    pub async fn leads(&self, ids: Vec<i64>) -> Result<std::collections::HashMap<i64, Value>, KommoError> {
+        self.lead_reads.read(ids).await
     }
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
     pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        self.api.call(reqwest::Method::GET, &format!("api/v4/contacts/{id}"), None).await
+        Ok(self.contact_reads.read(vec![id]).await?.remove(&id))
     }
 
     /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.
@@ -282,26 +327,40 @@ impl KommoClient {
         Ok(answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
-    /// Launches Salesbot `bot_id` for lead `lead_id` (Kommo answers 202).
+    /// Launches Salesbot `bot_id` for lead `lead_id` (entity type 2), with the other launches
+    /// waiting meanwhile in one `POST /api/v2/salesbot/run` of up to 100 (Kommo answers 202).
     pub async fn run_salesbot(&self, bot_id: i64, lead_id: i64) -> Result<(), KommoError> {
-        let body = serde_json::json!({ "entity_id": lead_id, "entity_type": "leads" });
-        self.api.call::<Value>(reqwest::Method::POST, &format!("api/v4/bots/{bot_id}/run"), Some(&body)).await.map(drop)
+        self.salesbot_launches.submit(serde_json::json!({ "bot_id": bot_id, "entity_id": lead_id, "entity_type": 2 })).await
     }
 }
 
 impl Api {
     pub(super) async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
+        self.call_telling(method, path, body, None).await
+    }
+
+    /// [`Api::call`], telling `on_its_way` once the request has its rate-limit slot and goes out
+    /// (dropping it unsent when it never does): a batcher gathers its next batch until then.
+    pub(super) async fn call_telling<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        on_its_way: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Option<T>, KommoError> {
         // Every error names the call, as Stripe's and Lemon Squeezy's do (`http::Failed`).
         let call = format!("{method} {}", crate::http::endpoint_class(path));
-        let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None).await?;
+        let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None, on_its_way).await?;
         if status == 401 && matches!(self.credentials, Credentials::Oauth { .. }) {
             // Revoked or expired early: refresh (unless another process already did), try once more.
-            (status, bytes, _) = self.send(method, path, body, Some(&used)).await?;
+            (status, bytes, _) = self.send(method, path, body, Some(&used), None).await?;
         }
         let detail = || format!("{call}: {}", problem_detail(&bytes));
         match status {
             204 => Ok(None),
             200..=299 if bytes.is_empty() => Ok(None),
+            // Accepted: a task was queued (a Salesbot launch); Kommo's body says only that.
+            202 => Ok(serde_json::from_slice(&bytes).ok()),
             200..=299 => serde_json::from_slice(&bytes).map(Some).map_err(|e| KommoError::Unavailable(format!("{call}: unreadable answer {status}: {e}"))),
             429 => {
                 let retry_after = retry_after(&bytes).unwrap_or(DEFAULT_PAUSE);
@@ -326,9 +385,13 @@ impl Api {
         path: &str,
         body: Option<&Value>,
         refused: Option<&SecretString>,
+        on_its_way: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(u16, bytes::Bytes, SecretString), KommoError> {
         let token = self.access_token(refused).await?;
         self.wait_for_slot().await?;
+        if let Some(on_its_way) = on_its_way {
+            let _ = on_its_way.send(());
+        }
         let url = self.base.join(path).expect("API paths join onto the base URL");
         let call = format!("{method} {}", crate::http::endpoint_class(path));
         let mut request = self.http.request(method, url).bearer_auth(token.expose_secret());

@@ -42,6 +42,9 @@ struct Fake {
     /// The events API's `lead_status_changed` entries.
     stage_changes: Vec<Value>,
     webhooks: Vec<Value>,
+    /// Kommo's per-integration limit, when enforced: requests in any one second above it get 429.
+    rate_limit: Option<usize>,
+    too_many: usize,
 }
 
 /// The integration's OAuth state at Kommo: the one valid refresh token and access token.
@@ -69,10 +72,11 @@ impl FakeKommo {
             .route("/api/v4/leads", get(search_leads).patch(patch_leads))
             .route("/api/v4/leads/complex", post(add_complex))
             .route("/api/v4/contacts/{id}", get(get_contact))
+            .route("/api/v4/contacts", get(list_contacts))
+            .route("/api/v2/salesbot/run", post(launch_bots))
             .route("/api/v4/leads/notes", post(add_notes))
             .route("/api/v4/tasks", get(list_tasks).post(add_tasks))
             .route("/api/v4/leads/{id}/notes", get(list_lead_notes))
-            .route("/api/v4/bots/{id}/run", post(run_bot))
             .route("/oauth2/access_token", post(access_token))
             .route("/api/v4/leads/custom_fields", get(list_fields).post(add_fields))
             .route("/api/v4/events", get(list_events))
@@ -109,6 +113,23 @@ impl FakeKommo {
     /// Every request waits this long before it is answered.
     pub fn delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = Some(delay);
+    }
+
+    /// Enforces Kommo's limit as Kommo does: a request with `per_second` others in the second
+    /// before it is answered 429 (and counted), not served.
+    pub fn limit_rate(&self, per_second: usize) {
+        self.state.lock().unwrap().rate_limit = Some(per_second);
+    }
+
+    /// The requests answered 429 by [`FakeKommo::limit_rate`].
+    pub fn too_many(&self) -> usize {
+        self.state.lock().unwrap().too_many
+    }
+
+    /// The Salesbot launches that reached Kommo, one per item of the batch launches.
+    pub fn bot_launches(&self) -> Vec<Value> {
+        let requests = self.requests();
+        requests.into_iter().filter(|r| r.path == "/api/v2/salesbot/run").flat_map(|r| r.body.as_array().cloned().unwrap_or_default()).collect()
     }
 
     /// Accepts OAuth: `refresh_token` is the one valid refresh token; access tokens last
@@ -190,7 +211,15 @@ async fn intake(state: &Arc<Mutex<Fake>>, method: Method, uri: &Uri, headers: &H
     let delay = {
         let mut fake = state.lock().unwrap();
         let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).expect("the client sends JSON") };
-        fake.requests.push(Recorded { method: method.clone(), path: uri.to_string(), body, at: Instant::now() });
+        let now = Instant::now();
+        if let Some(limit) = fake.rate_limit {
+            let last_second = fake.requests.iter().rev().take_while(|r| now.duration_since(r.at) < Duration::from_secs(1)).count();
+            if last_second >= limit {
+                fake.too_many += 1;
+                return Some(problem(429, "Too Many Requests", "Too many requests"));
+            }
+        }
+        fake.requests.push(Recorded { method: method.clone(), path: uri.to_string(), body, at: now });
         fake.delay
     };
     if let Some(delay) = delay {
@@ -236,6 +265,9 @@ async fn patch_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
         return answer;
     }
     let updates: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    if updates.len() > 250 {
+        return problem(422, "Unprocessable Entity", "Limit 250 per page");
+    }
     let mut fake = state.lock().unwrap();
     for (i, update) in updates.iter().enumerate() {
         if !fake.leads.contains_key(&update["id"].as_i64().unwrap_or_default()) {
@@ -298,11 +330,17 @@ async fn add_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: U
     hal(200, json!({ "_embedded": { "tasks": ids } }))
 }
 
-async fn run_bot(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /api/v2/salesbot/run`: `[{bot_id, entity_id, entity_type}]`, at most 100; Kommo
+/// answers 202 with the text "Accepted".
+async fn launch_bots(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    hal(202, json!({ "success": true }))
+    let launches: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    if launches.len() > 100 || launches.iter().any(|l| l["bot_id"].as_i64().is_none() || l["entity_type"] != 2) {
+        return problem(400, "Bad Request", "at most 100 launches of {bot_id, entity_id, entity_type: 2}");
+    }
+    (StatusCode::ACCEPTED, [("content-type", "text/html")], "Accepted").into_response()
 }
 
 /// `POST /oauth2/access_token` (JSON): a refresh rotates both tokens; the old refresh token dies.
@@ -370,15 +408,51 @@ async fn add_complex(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
     hal(200, Value::Array(created))
 }
 
-/// `GET /api/v4/leads?query=…`: leads whose name contains the query; 204 when none does.
+/// `GET /api/v4/leads?filter[id][]=…&limit=…` (the leads with those ids) or `?query=…` (leads
+/// whose name contains the query); 204 when none.
 async fn search_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
     let query: String =
         uri.query().and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "query").map(|(_, v)| v.into_owned())).unwrap_or_default();
-    let found: Vec<Value> = state.lock().unwrap().leads.values().filter(|l| l["name"].as_str().is_some_and(|n| n.contains(&query))).cloned().collect();
+    let found: Vec<Value> = match by_ids(&uri) {
+        Err(refused) => return refused,
+        Ok(Some(ids)) => {
+            let fake = state.lock().unwrap();
+            ids.iter().filter_map(|id| fake.leads.get(id).cloned()).collect()
+        }
+        Ok(None) => state.lock().unwrap().leads.values().filter(|l| l["name"].as_str().is_some_and(|n| n.contains(&query))).cloned().collect(),
+    };
     if found.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "leads": found } })) }
+}
+
+/// `GET /api/v4/contacts?filter[id][]=…`: the contacts with those ids; 204 when none.
+async fn list_contacts(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
+        return answer;
+    }
+    let ids = match by_ids(&uri) {
+        Err(refused) => return refused,
+        Ok(ids) => ids.unwrap_or_default(),
+    };
+    let found: Vec<Value> = {
+        let fake = state.lock().unwrap();
+        ids.iter().filter_map(|id| fake.contacts.get(id).cloned()).collect()
+    };
+    if found.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "contacts": found } })) }
+}
+
+/// The ids a list request filters on (`filter[id][]`), if any; Kommo's page holds at most 250
+/// (`limit`, default 50), and a request for more is refused with 422.
+fn by_ids(uri: &Uri) -> Result<Option<Vec<i64>>, Response> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let limit: usize = pairs.iter().find(|(k, _)| k == "limit").map_or(50, |(_, v)| v.parse().expect("a number"));
+    let ids: Vec<i64> = pairs.iter().filter(|(k, _)| k == "filter[id][]").map(|(_, v)| v.parse().expect("an id")).collect();
+    if limit > 250 || ids.len() > limit {
+        return Err(problem(422, "Unprocessable Entity", "Limit 250 per page"));
+    }
+    Ok((!ids.is_empty()).then_some(ids))
 }
 
 /// `GET /api/v4/events?filter[type]=…&filter[created_at][from]=…&limit=…&page=…`: HAL pages, 204
