@@ -28,7 +28,7 @@ impl AccountClients {
         AccountClients {
             account: account.clone(),
             kommo: KommoClient::for_account(pool.clone(), account),
-            stripe: account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone())),
+            stripe: account.stripe.as_ref().map(|s| StripeClient::new(s.api_base_url.clone(), s.secret_key.clone()).paced(s.requests_per_second)),
             lemonsqueezy: account
                 .lemonsqueezy
                 .as_ref()

@@ -1,6 +1,9 @@
-//! Request pacing per provider and account, shared by every process through PostgreSQL
-//! (`api_limits`, docs/adr/0006): each request reserves the next send slot with one upsert and
-//! waits for it; a 429 pauses the account for everyone; a block stops it until an operator acts.
+//! Request pacing per provider and account. Kommo's and Lemon Squeezy's budgets are shared by
+//! every process through PostgreSQL (`api_limits`, docs/adr/0006): each request reserves the
+//! next send slot with one upsert and waits for it; a 429 pauses the account for everyone; a
+//! block stops it until an operator acts. Stripe's far larger budget is paced in the process
+//! ([`Pacer`]): a slot per request in PostgreSQL would cost more than Stripe's 429, which its
+//! client retries.
 
 use std::time::Duration;
 
@@ -99,5 +102,43 @@ impl RateLimiter {
         .bind(reason)
         .fetch_one(&self.pool)
         .await
+    }
+}
+
+/// In-process pacing: requests go out at most `requests_per_second`, each waiting for its turn.
+pub struct Pacer {
+    spacing: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(requests_per_second: f64) -> Pacer {
+        Pacer { spacing: Duration::from_secs_f64(1.0 / requests_per_second), next: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    /// Waits for the next free slot and takes it.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.spacing;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_spaces_requests_by_its_rate() {
+        let pacer = Pacer::new(100.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..101 {
+            pacer.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "101 requests: the first at once, then one each 10 ms");
     }
 }

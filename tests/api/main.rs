@@ -10,6 +10,7 @@ mod deploy;
 mod event_log;
 mod fairness;
 mod fakes;
+mod groups;
 mod health;
 mod helpers;
 mod kommo;

@@ -43,6 +43,11 @@ pub(crate) struct Flow {
 }
 
 pub(crate) async fn flow() -> Flow {
+    flow_at(50).await
+}
+
+/// [`flow`], with the account's Kommo budget at `requests_per_second`.
+pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
     let kommo = FakeKommo::start().await;
     let stripe = FakeStripe::start().await;
     let lemonsqueezy = FakeLemonSqueezy::start().await;
@@ -61,7 +66,7 @@ pub(crate) async fn flow() -> Flow {
         base_url = "{kommo_url}"
         webhook_secret_env = "KOMMO_SECRET"
         auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        requests_per_second = 50
+        requests_per_second = {requests_per_second}
         [accounts.kommo.fields]
         payment_link = {LINK_FIELD}
         payment_status = {STATUS_FIELD}
@@ -74,6 +79,7 @@ pub(crate) async fn flow() -> Flow {
         api_base_url = "{stripe_url}"
         secret_key_env = "STRIPE_KEY"
         webhook_secret_envs = ["STRIPE_WHSEC"]
+        requests_per_second = 100
         [[accounts.triggers]]
         name = "invoice"
         pipeline_id = {PIPELINE}

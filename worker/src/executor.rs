@@ -9,6 +9,7 @@
 //!    └── rescuer: running rows whose owner stopped heartbeating, or that outlived the timeout
 //! ```
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use futures_util::future::{self, BoxFuture};
 use kommo_pay_core::config::{JobPolicies, WorkerConfig};
+use kommo_pay_core::kommo::client::with_lead_read;
 use kommo_pay_core::queue::{self, ClaimedJob, Fate};
 use kommo_pay_core::retry_policy::RetryPolicy;
 use sqlx::PgPool;
@@ -25,7 +28,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::completer::Completer;
-use crate::handler::{Handlers, JobError};
+use crate::handler::{GroupDeals, Handlers, JobError};
 use crate::rescuer::Rescuer;
 use crate::wake;
 
@@ -118,9 +121,7 @@ impl Worker {
         let jobs = queue::claim(&self.shared.pool, &self.shared.owner, &kinds, self.config.claim_batch as i64, self.config.max_per_account as i64).await?;
         let mut ran = Ran { claimed: jobs.len(), ..Ran::default() };
         let mut running = JoinSet::new();
-        for job in jobs {
-            running.spawn(execute(self.shared.clone(), job));
-        }
+        start(&self.shared, jobs, &mut running);
         while let Some(outcome) = running.join_next().await {
             ran.count(outcome.expect("job tasks catch their panics"));
         }
@@ -158,9 +159,7 @@ impl Worker {
                 match queue::claim(&pool, &owner, &kinds, limit as i64, self.config.max_per_account as i64).await {
                     Ok(jobs) => {
                         more_waiting = jobs.len() == limit;
-                        for job in jobs {
-                            running.spawn(execute(self.shared.clone(), job));
-                        }
+                        start(&self.shared, jobs, &mut running);
                     }
                     Err(error) => tracing::warn!(%error, "claiming jobs failed; trying again after the poll interval"),
                 }
@@ -190,8 +189,36 @@ impl Worker {
     }
 }
 
-/// Runs one attempt of `job` and records its outcome.
-async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
+/// A group's deals, read once for all its jobs (ADR 17).
+type GroupRead = future::Shared<BoxFuture<'static, Option<GroupDeals>>>;
+
+/// Starts the claimed `jobs`, each on its own task. The jobs of one account and kind claimed
+/// together are a group: when their kind reads its deal first, the group reads all its deals in
+/// one list request per 250, and each job's first read is answered from it. Each job still runs
+/// and records its outcome alone, so one job's failure never fails the others.
+fn start(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, running: &mut JoinSet<Outcome>) {
+    let mut groups: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    for job in &jobs {
+        if let Some(lead_id) = job.lead_id.filter(|_| shared.handlers.read_ahead(&job.kind).is_some()) {
+            groups.entry((job.account.clone(), job.kind.clone())).or_default().push(lead_id);
+        }
+    }
+    let reads: HashMap<(String, String), GroupRead> = groups
+        .into_iter()
+        .map(|((account, kind), leads)| {
+            let read = shared.handlers.read_ahead(&kind).expect("grouped kinds read ahead");
+            let future = read(account.clone(), leads);
+            ((account, kind), future.shared())
+        })
+        .collect();
+    for job in jobs {
+        let read = reads.get(&(job.account.clone(), job.kind.clone())).cloned();
+        running.spawn(execute(shared.clone(), job, read));
+    }
+}
+
+/// Runs one attempt of `job` (with its group's read of its deal, if any) and records its outcome.
+async fn execute(shared: Arc<Shared>, job: ClaimedJob, group_read: Option<GroupRead>) -> Outcome {
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt + 1, account = %job.account, lead_id = job.lead_id);
     if let Some(traceparent) = &job.traceparent {
         kommo_pay_core::telemetry::continue_trace(&span, traceparent);
@@ -199,7 +226,23 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob) -> Outcome {
     async move {
         let started = std::time::Instant::now();
         let handler = shared.handlers.get(&job.kind).expect("only kinds with a handler are claimed").clone();
-        let attempt = AssertUnwindSafe(handler(job.clone())).catch_unwind();
+        let (lead_id, run) = (job.lead_id, handler(job.clone()));
+        let attempt = AssertUnwindSafe(async move {
+            match (group_read, lead_id) {
+                (Some(read), Some(lead_id)) => match read.await {
+                    Some(deals) => {
+                        let lead = match &*deals {
+                            Ok(leads) => Ok(leads.get(&lead_id).cloned()),
+                            Err(error) => Err(error.replicate()),
+                        };
+                        with_lead_read(lead_id, lead, run).await
+                    }
+                    None => run.await,
+                },
+                _ => run.await,
+            }
+        })
+        .catch_unwind();
         let result = match tokio::time::timeout(shared.job_timeout, attempt).await {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => Err(JobError::Retryable(anyhow!("the handler panicked: {}", panic_message(&panic)))),

@@ -119,9 +119,9 @@ pub struct WorkerSection {
 impl Default for WorkerSection {
     fn default() -> Self {
         Self {
-            concurrency: 16,
-            claim_batch: 16,
-            max_per_account: 8,
+            concurrency: 1000,
+            claim_batch: 1000,
+            max_per_account: 250,
             poll_interval_ms: 1000,
             heartbeat_interval_ms: 5000,
             job_timeout_secs: 60,
@@ -429,6 +429,10 @@ pub struct StripeSection {
     /// Oldest accepted signature timestamp, in seconds (Stripe's libraries use 300).
     #[serde(default = "default_tolerance")]
     pub signature_tolerance_secs: u64,
+    /// Requests per second to Stripe's API from one process for this account. Stripe allows
+    /// 100 in live mode and 25 in test mode, the defaults by the key's mode (`sk_test_`,
+    /// `rk_test_`); a 429 beyond it is retried after a pause.
+    pub requests_per_second: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -205,6 +205,7 @@ pub struct StripeAccount {
     pub secret_key: SecretString,
     pub webhook_secrets: Vec<SecretString>,
     pub signature_tolerance: Duration,
+    pub requests_per_second: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -299,9 +299,16 @@ impl Validator<'_> {
             if s.signature_tolerance_secs == 0 {
                 self.problem(&format!("{key}.stripe.signature_tolerance_secs"), "must be positive");
             }
+            if s.requests_per_second.is_some_and(|rate| !(rate > 0.0 && rate <= 100.0)) {
+                self.problem(&format!("{key}.stripe.requests_per_second"), "must be above 0 and at most 100 (Stripe's limit in live mode)");
+            }
+            let secret_key = secret_key?;
+            // Stripe's own limits: 25 a second in test mode, 100 in live mode.
+            let test_mode = ["sk_test_", "rk_test_"].iter().any(|prefix| secret_key.expose_secret().starts_with(prefix));
             Some(StripeAccount {
                 api_base_url: api_base_url?,
-                secret_key: secret_key?,
+                requests_per_second: s.requests_per_second.unwrap_or(if test_mode { 25.0 } else { 100.0 }),
+                secret_key,
                 webhook_secrets: webhook_secrets?,
                 signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
             })

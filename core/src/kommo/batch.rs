@@ -1,9 +1,10 @@
 //! Batched requests: Kommo takes leads, notes and tasks in arrays, Salesbot launches in arrays
 //! of up to 100, and reads leads and contacts by id in lists of up to 250. One sender per
-//! account and endpoint sends whatever has gathered while its previous request waited for its
-//! rate-limit slot, so there is no added delay when work is rare, and a bulk move of many deals
-//! costs a fraction of the requests. A request that has its slot goes out on its own task: a
-//! slow answer does not hold up the next batch.
+//! account and endpoint takes the account's next rate-limit slot as soon as an item arrives, and
+//! when it has the slot sends that item with every other that arrived meanwhile: no added delay
+//! when work is rare, and a bulk move of many deals costs a fraction of the requests. The next
+//! batch also gathers while the one before is answered, but for a second at most: a request goes
+//! out on its own task, so a hung answer holds up no other.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,10 +36,11 @@ impl Batcher {
     pub(super) fn spawn(api: Arc<Api>, method: reqwest::Method, path: &'static str, most: usize) -> Batcher {
         let (queue, mut incoming) = mpsc::channel::<Submitted>(1024);
         tokio::spawn(async move {
-            while let Some(batch) = crate::batching::next_batch(&mut incoming, most).await {
-                let (on_its_way, sent) = oneshot::channel();
-                tokio::spawn(send_writes(api.clone(), method.clone(), path, batch, on_its_way));
-                let _ = sent.await;
+            while let Some((batch, slot)) = in_slot(&api, &mut incoming, most).await {
+                match slot {
+                    Ok(()) => answered_or_slow(tokio::spawn(send_writes(api.clone(), method.clone(), path, batch))).await,
+                    Err(error) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
+                }
             }
         });
         Batcher { queue }
@@ -52,11 +54,30 @@ impl Batcher {
     }
 }
 
-async fn send_writes(api: Arc<Api>, method: reqwest::Method, path: &'static str, batch: Vec<Submitted>, on_its_way: oneshot::Sender<()>) {
+/// How long the next batch waits for the answer to the one before.
+const SLOW_ANSWER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for `sending` to be answered, or [`SLOW_ANSWER`] (it then goes on alone).
+async fn answered_or_slow(sending: tokio::task::JoinHandle<()>) {
+    let _ = tokio::time::timeout(SLOW_ANSWER, sending).await;
+}
+
+/// The next batch and the slot it goes out in: waits for one item, then for the account's next
+/// slot, then takes what else has arrived, up to `most`. `None` when every sender is gone.
+async fn in_slot<T>(api: &Api, incoming: &mut mpsc::Receiver<T>, most: usize) -> Option<(Vec<T>, Result<(), KommoError>)> {
+    let first = incoming.recv().await?;
+    let slot = api.slot().await;
+    let mut batch = vec![first];
+    crate::batching::fill(&mut batch, incoming, most);
+    Some((batch, slot))
+}
+
+/// Sends `batch` in the slot its sender took.
+async fn send_writes(api: Arc<Api>, method: reqwest::Method, path: &'static str, batch: Vec<Submitted>) {
     let items = Value::Array(batch.iter().map(|(item, _, _)| item.clone()).collect());
     // The request belongs to the first item's trace (a batch can serve several jobs).
     let span = batch[0].2.clone();
-    match api.call_telling::<Value>(method.clone(), path, Some(&items), Some(on_its_way)).instrument(span).await {
+    match api.call_in_slot::<Value>(method.clone(), path, Some(&items)).instrument(span).await {
         Ok(_) => batch.into_iter().for_each(|(_, reply, _)| drop(reply.send(Ok(())))),
         // Kommo refuses the whole array for one bad item: send each on its own, so only the bad
         // one fails.
@@ -85,10 +106,11 @@ impl Reader {
     pub(super) fn spawn(api: Arc<Api>, path: &'static str, with: Option<&'static str>) -> Reader {
         let (queue, mut incoming) = mpsc::channel::<Asked>(1024);
         tokio::spawn(async move {
-            while let Some(asked) = crate::batching::next_batch(&mut incoming, MOST_READS).await {
-                let (on_its_way, sent) = oneshot::channel();
-                tokio::spawn(send_reads(api.clone(), path, with, asked, on_its_way));
-                let _ = sent.await;
+            while let Some((asked, slot)) = in_slot(&api, &mut incoming, MOST_READS).await {
+                match slot {
+                    Ok(()) => answered_or_slow(tokio::spawn(send_reads(api.clone(), path, with, asked))).await,
+                    Err(error) => asked.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
+                }
             }
         });
         Reader { queue }
@@ -105,22 +127,24 @@ impl Reader {
     }
 }
 
-/// Reads every id `asked` for, in lists of up to 250, and answers each asker with its own.
-async fn send_reads(api: Arc<Api>, path: &'static str, with: Option<&'static str>, asked: Vec<Asked>, on_its_way: oneshot::Sender<()>) {
+/// Reads every id `asked` for, in lists of up to 250 (the first in the slot its sender took),
+/// and answers each asker with its own.
+async fn send_reads(api: Arc<Api>, path: &'static str, with: Option<&'static str>, asked: Vec<Asked>) {
     let embedded = path.rsplit('/').next().expect("a path has a last segment");
     let ids: Vec<i64> = asked.iter().flat_map(|(ids, _, _)| ids.iter().copied()).collect::<BTreeSet<_>>().into_iter().collect();
     let span = asked[0].2.clone();
     let mut found = HashMap::new();
     let mut failed = None;
-    // The next batch may gather once the first list is on its way; the others follow it.
-    let mut on_its_way = Some(on_its_way);
-    for chunk in ids.chunks(MOST_READS) {
+    for (n, chunk) in ids.chunks(MOST_READS).enumerate() {
         let mut list = format!("{path}?limit={MOST_READS}");
         if let Some(with) = with {
             list.push_str(&format!("&with={with}"));
         }
         chunk.iter().for_each(|id| list.push_str(&format!("&filter[id][]={id}")));
-        match api.call_telling::<Value>(reqwest::Method::GET, &list, None, on_its_way.take()).instrument(span.clone()).await {
+        let read = async {
+            if n == 0 { api.call_in_slot::<Value>(reqwest::Method::GET, &list, None).await } else { api.call(reqwest::Method::GET, &list, None).await }
+        };
+        match read.instrument(span.clone()).await {
             Ok(answer) => {
                 let entities = answer.as_ref().and_then(|a| a.pointer(&format!("/_embedded/{embedded}"))).and_then(Value::as_array);
                 for entity in entities.into_iter().flatten() {

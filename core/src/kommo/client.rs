@@ -46,18 +46,19 @@ tokio::task_local! {
     /// A lead read for the running job together with its group's (one list request for many
     /// jobs, `worker::executor`): the job's first read of that lead is answered from here.
     /// Scoped to the job's own task, so no other job ever sees it.
-    static READ_AHEAD: std::cell::Cell<Option<(i64, Option<Value>)>>;
+    static READ_AHEAD: std::cell::Cell<Option<(i64, Result<Option<Value>, KommoError>)>>;
 }
 
 /// Runs `job` with `lead` as the answer to its first [`KommoClient::lead`] of lead `id` (`None`:
-/// Kommo has no such lead). The read was made for the job a moment before it started, in one
-/// list request with the rest of its group; any later read of the lead goes to Kommo.
-pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Option<Value>, job: F) -> F::Output {
+/// Kommo has no such lead; an error: the read failed, as the job's own read would have). The
+/// read was made for the job a moment before it started, in one list request with the rest of
+/// its group; any later read of the lead goes to Kommo.
+pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Result<Option<Value>, KommoError>, job: F) -> F::Output {
     READ_AHEAD.scope(std::cell::Cell::new(Some((id, lead))), job).await
 }
 
 /// The running job's read-ahead of lead `id`, taken (once).
-fn read_ahead(id: i64) -> Option<Option<Value>> {
+fn read_ahead(id: i64) -> Option<Result<Option<Value>, KommoError>> {
     READ_AHEAD
         .try_with(|ahead| match ahead.take() {
             Some((read, lead)) if read == id => Some(lead),
@@ -193,7 +194,7 @@ impl KommoClient {
     /// group, [`with_lead_read`]).
     pub async fn lead(&self, id: i64) -> Result<Option<Value>, KommoError> {
         if let Some(lead) = read_ahead(id) {
-            return Ok(lead);
+            return lead;
         }
         Ok(self.lead_reads.read(vec![id]).await?.remove(&id))
     }
@@ -336,24 +337,20 @@ impl KommoClient {
 
 impl Api {
     pub(super) async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
-        self.call_telling(method, path, body, None).await
+        self.slot().await?;
+        self.call_in_slot(method, path, body).await
     }
 
-    /// [`Api::call`], telling `on_its_way` once the request has its rate-limit slot and goes out
-    /// (dropping it unsent when it never does): a batcher gathers its next batch until then.
-    pub(super) async fn call_telling<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        on_its_way: Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<Option<T>, KommoError> {
+    /// [`Api::call`] for a caller that already holds a send slot ([`Api::slot`]): a batcher
+    /// takes its slot first and fills the batch when it has it.
+    pub(super) async fn call_in_slot<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Option<T>, KommoError> {
         // Every error names the call, as Stripe's and Lemon Squeezy's do (`http::Failed`).
         let call = format!("{method} {}", crate::http::endpoint_class(path));
-        let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None, on_its_way).await?;
+        let (mut status, mut bytes, used) = self.send(method.clone(), path, body, None).await?;
         if status == 401 && matches!(self.credentials, Credentials::Oauth { .. }) {
             // Revoked or expired early: refresh (unless another process already did), try once more.
-            (status, bytes, _) = self.send(method, path, body, Some(&used), None).await?;
+            self.slot().await?;
+            (status, bytes, _) = self.send(method, path, body, Some(&used)).await?;
         }
         let detail = || format!("{call}: {}", problem_detail(&bytes));
         match status {
@@ -378,20 +375,15 @@ impl Api {
         }
     }
 
-    /// Sends one request; returns its status, body and the token it used.
+    /// Sends one request in a slot already taken; returns its status, body and the token it used.
     async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
         refused: Option<&SecretString>,
-        on_its_way: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(u16, bytes::Bytes, SecretString), KommoError> {
         let token = self.access_token(refused).await?;
-        self.wait_for_slot().await?;
-        if let Some(on_its_way) = on_its_way {
-            let _ = on_its_way.send(());
-        }
         let url = self.base.join(path).expect("API paths join onto the base URL");
         let call = format!("{method} {}", crate::http::endpoint_class(path));
         let mut request = self.http.request(method, url).bearer_auth(token.expose_secret());
@@ -484,7 +476,7 @@ impl Api {
     }
 
     /// Waits for the account's next send slot (ADR 0006).
-    async fn wait_for_slot(&self) -> Result<(), KommoError> {
+    pub(super) async fn slot(&self) -> Result<(), KommoError> {
         match self.limiter.acquire().await? {
             Slot::Go => Ok(()),
             Slot::TooFar(wait) => Err(KommoError::RateLimited { account: self.account.clone(), retry_after: wait }),

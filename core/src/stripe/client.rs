@@ -30,6 +30,7 @@ pub struct StripeClient {
     secret_key: SecretString,
     /// The first pause between tries; it doubles (0.5 s, 1 s, as Stripe's libraries do).
     retry_pause: Duration,
+    pacer: Option<crate::rate_limit::Pacer>,
 }
 
 /// Why a Stripe request failed.
@@ -159,7 +160,14 @@ impl StripeClient {
     pub fn new(base: url::Url, secret_key: SecretString) -> StripeClient {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30)).build().expect("a TLS backend is available");
-        StripeClient { http, base, secret_key, retry_pause: Duration::from_millis(500) }
+        StripeClient { http, base, secret_key, retry_pause: Duration::from_millis(500), pacer: None }
+    }
+
+    /// The same client sending at most `requests_per_second` (Stripe's limit is per account,
+    /// and a bulk move's links are created concurrently).
+    pub fn paced(mut self, requests_per_second: f64) -> StripeClient {
+        self.pacer = Some(crate::rate_limit::Pacer::new(requests_per_second));
+        self
     }
 
     /// The same client with another first pause between tries (tests make it short).
@@ -216,6 +224,9 @@ impl StripeClient {
         loop {
             let request =
                 build(self.http.request(method.clone(), self.url(path))).bearer_auth(self.secret_key.expose_secret()).header("Stripe-Version", API_VERSION);
+            if let Some(pacer) = &self.pacer {
+                pacer.wait().await;
+            }
             match self.send(path, request).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) if error.is_retryable() && earlier.len() < RETRIES => {

@@ -45,6 +45,8 @@ struct Fake {
     /// Kommo's per-integration limit, when enforced: requests in any one second above it get 429.
     rate_limit: Option<usize>,
     too_many: usize,
+    /// Leads whose updates Kommo refuses (a validation error naming the item).
+    refused_updates: Vec<i64>,
 }
 
 /// The integration's OAuth state at Kommo: the one valid refresh token and access token.
@@ -124,6 +126,12 @@ impl FakeKommo {
     /// The requests answered 429 by [`FakeKommo::limit_rate`].
     pub fn too_many(&self) -> usize {
         self.state.lock().unwrap().too_many
+    }
+
+    /// Every update of lead `id` is refused with a 400 naming its item, as Kommo refuses a value
+    /// its field does not take; the whole array is refused with it.
+    pub fn refuse_updates_of(&self, id: i64) {
+        self.state.lock().unwrap().refused_updates.push(id);
     }
 
     /// The Salesbot launches that reached Kommo, one per item of the batch launches.
@@ -270,8 +278,16 @@ async fn patch_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
     }
     let mut fake = state.lock().unwrap();
     for (i, update) in updates.iter().enumerate() {
-        if !fake.leads.contains_key(&update["id"].as_i64().unwrap_or_default()) {
-            let body = json!({ "validation-errors": [{ "request_id": i.to_string(), "errors": [{ "code": "NotFound", "path": "id", "detail": "lead not found" }] }],
+        let id = update["id"].as_i64().unwrap_or_default();
+        let refusal = if !fake.leads.contains_key(&id) {
+            Some(("NotFound", "id", "lead not found"))
+        } else if fake.refused_updates.contains(&id) {
+            Some(("NotSupportedChoice", "custom_fields_values.0.field_id", "the field does not take this value"))
+        } else {
+            None
+        };
+        if let Some((code, path, detail)) = refusal {
+            let body = json!({ "validation-errors": [{ "request_id": i.to_string(), "errors": [{ "code": code, "path": path, "detail": detail }] }],
                                "title": "Bad Request", "status": 400, "detail": "Request validation failed" });
             return (StatusCode::BAD_REQUEST, [("content-type", "application/problem+json")], body.to_string()).into_response();
         }
@@ -417,7 +433,7 @@ async fn search_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri
     let query: String =
         uri.query().and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "query").map(|(_, v)| v.into_owned())).unwrap_or_default();
     let found: Vec<Value> = match by_ids(&uri) {
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
         Ok(Some(ids)) => {
             let fake = state.lock().unwrap();
             ids.iter().filter_map(|id| fake.leads.get(id).cloned()).collect()
@@ -433,7 +449,7 @@ async fn list_contacts(State(state): State<Arc<Mutex<Fake>>>, method: Method, ur
         return answer;
     }
     let ids = match by_ids(&uri) {
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
         Ok(ids) => ids.unwrap_or_default(),
     };
     let found: Vec<Value> = {
@@ -445,12 +461,12 @@ async fn list_contacts(State(state): State<Arc<Mutex<Fake>>>, method: Method, ur
 
 /// The ids a list request filters on (`filter[id][]`), if any; Kommo's page holds at most 250
 /// (`limit`, default 50), and a request for more is refused with 422.
-fn by_ids(uri: &Uri) -> Result<Option<Vec<i64>>, Response> {
+fn by_ids(uri: &Uri) -> Result<Option<Vec<i64>>, Box<Response>> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let limit: usize = pairs.iter().find(|(k, _)| k == "limit").map_or(50, |(_, v)| v.parse().expect("a number"));
     let ids: Vec<i64> = pairs.iter().filter(|(k, _)| k == "filter[id][]").map(|(_, v)| v.parse().expect("an id")).collect();
     if limit > 250 || ids.len() > limit {
-        return Err(problem(422, "Unprocessable Entity", "Limit 250 per page"));
+        return Err(Box::new(problem(422, "Unprocessable Entity", "Limit 250 per page")));
     }
     Ok((!ids.is_empty()).then_some(ids))
 }

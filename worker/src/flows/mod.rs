@@ -79,7 +79,16 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
     let handlers = on(handlers, JobKind::LemonSqueezySubscription, |c, j| Box::pin(lemonsqueezy_subscription::apply(c, j)));
     let handlers = on(handlers, JobKind::MarkOverdue, |c, j| Box::pin(overdue::mark(c, j)));
     let handlers = on(handlers, JobKind::StripeSubscriptionEnded, |c, j| Box::pin(stripe_payment::apply_subscription_ended(c, j)));
-    on(handlers, JobKind::StripeSubscriptionUpdated, |c, j| Box::pin(stripe_payment::apply_subscription_updated(c, j)))
+    let handlers = on(handlers, JobKind::StripeSubscriptionUpdated, |c, j| Box::pin(stripe_payment::apply_subscription_updated(c, j)));
+    // These kinds begin with a read of their deal, so a group of them reads its deals together.
+    let reading_first = [JobKind::IssuePaymentLink, JobKind::AlertManager, JobKind::RemindManager, JobKind::MarkOverdue].map(JobKind::as_str);
+    handlers.reading_deals_ahead(&reading_first, move |account, leads| {
+        let context = context.clone();
+        async move {
+            let kommo = &context.accounts.get(&account)?.kommo;
+            Some(Arc::new(kommo.leads(leads).await))
+        }
+    })
 }
 
 fn kommo_failed(error: KommoError) -> JobError {
