@@ -76,7 +76,7 @@ async fn main() {
         .env("DATABASE_URL", url)
         .env("KOMMO_SECRET", SECRET)
         .env("KOMMO_TOKEN", fakes::kommo::TOKEN)
-        .env("STRIPE_KEY", "sk_test_bench")
+        .env("STRIPE_KEY", fakes::stripe::SECRET_KEY)
         .env("STRIPE_WHSEC", "whsec_bench")
         .spawn()
         .expect("the kommo-pay binary starts");
