@@ -38,7 +38,7 @@ async fn reads_a_lead_and_treats_204_as_none() {
 
     let found = client.lead(15318175).await.unwrap().unwrap();
     assert_eq!(found["_embedded"]["contacts"][0]["id"], 9012345);
-    assert_eq!(kommo.requests()[0].path, "/api/v4/leads?limit=250&with=contacts&filter[id][]=15318175");
+    assert_eq!(kommo.requests()[0].path, "/api/v4/leads?limit=250&page=1&with=contacts&filter[id][]=15318175");
     assert!(client.lead(1).await.unwrap().is_none());
 }
 
@@ -290,4 +290,31 @@ async fn one_refused_write_fails_alone_not_its_whole_batch() {
     let created: Vec<String> = kommo.tasks().iter().map(|t| t["text"].as_str().unwrap().to_owned()).collect();
     assert_eq!(created.len(), 2);
     assert!(created.contains(&"first".to_owned()) && created.contains(&"third".to_owned()));
+}
+
+/// The checks before retried notes and tasks are list reads too: 100 leads' checks asked for
+/// together are one request for their notes (and one for their tasks), and the notes and tasks
+/// not found go out in arrays of 50.
+#[tokio::test]
+async fn checks_before_retried_notes_and_tasks_read_many_leads_at_once() {
+    let db = TestDb::new().await;
+    let kommo = FakeKommo::start().await;
+    let leads: Vec<i64> = (1..=100).collect();
+    for id in &leads {
+        kommo.add_lead(json!({ "id": id, "name": format!("Deal {id}"), "pipeline_id": 1, "status_id": 2 }));
+    }
+    kommo.add_note(json!({ "entity_id": 7, "note_type": "common", "params": { "text": "Paid" } }));
+    let client = client(&db, &kommo, 50.0);
+
+    futures_util::future::join_all(leads.iter().map(|id| client.add_lead_note_once(*id, "Paid", true))).await.into_iter().for_each(|r| r.unwrap());
+    let task = |id: i64| json!({ "text": "Call the client", "complete_till": 1764200000, "entity_id": id, "entity_type": "leads" });
+    futures_util::future::join_all(leads.iter().map(|id| client.add_task_once(task(*id), true))).await.into_iter().for_each(|r| r.unwrap());
+
+    let requests = kommo.requests();
+    let count = |method: axum::http::Method, path: &str| requests.iter().filter(|r| r.method == method && r.path.starts_with(path)).count();
+    assert_eq!(count(axum::http::Method::GET, "/api/v4/leads/notes?"), 1, "one list for 100 leads' notes");
+    assert_eq!(count(axum::http::Method::GET, "/api/v4/tasks?"), 1, "one list for 100 leads' tasks");
+    assert_eq!(count(axum::http::Method::POST, "/api/v4/leads/notes"), 2, "99 new notes in arrays of 50");
+    assert_eq!(kommo.notes().iter().filter(|n| n["entity_id"] == 7).count(), 1, "the note already there is not added again");
+    assert_eq!(kommo.tasks().len(), 100);
 }

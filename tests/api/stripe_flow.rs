@@ -327,7 +327,13 @@ async fn a_retry_reads_the_deals_notes_first_and_does_not_repeat_one_an_earlier_
     sqlx::query("UPDATE jobs SET attempt = 1").execute(&f.app.db.pool).await.unwrap();
     f.drain().await;
     assert_eq!(f.note_texts().len(), 1, "{:?}", f.note_texts());
-    assert!(f.kommo.requests().iter().any(|r| r.method == "GET" && r.path.starts_with(&format!("/api/v4/leads/{LEAD}/notes"))), "read before written");
+    assert!(
+        f.kommo
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.starts_with("/api/v4/leads/notes?") && r.path.contains(&format!("filter[entity_id][]={LEAD}"))),
+        "read before written"
+    );
 
     // A first attempt writes without reading.
     f.deal_enters(LINK_SENT_STAGE).await;

@@ -92,23 +92,31 @@ async fn send_writes(api: Arc<Api>, method: reqwest::Method, path: &'static str,
 }
 
 /// Ids to read, who waits for them, and the span they were asked for in.
-type Asked = (Vec<i64>, Reply<HashMap<i64, Value>>, tracing::Span);
+type Asked = (Vec<i64>, Reply<HashMap<i64, Vec<Value>>>, tracing::Span);
 
-/// Reads of one entity by id, as list requests (`GET {path}?filter[id][]=…&limit=250`): the ids
-/// asked for while the previous list waited for its slot go out together.
+/// A list endpoint read by ids: `GET {path}?{query}&filter[{by}][]=…&limit=250&page=…`, its
+/// entities under `_embedded.{embedded}`, each belonging to the id in its field `by`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct List {
+    pub path: &'static str,
+    pub query: &'static str,
+    pub by: &'static str,
+    pub embedded: &'static str,
+}
+
+/// Reads of one list endpoint by ids: the ids asked for while the previous list waited for its
+/// slot go out together.
 pub(super) struct Reader {
     queue: mpsc::Sender<Asked>,
 }
 
 impl Reader {
-    /// Reads `path`'s entities (e.g. `api/v4/leads`, answered under `_embedded.leads`), with
-    /// `with` (e.g. `contacts`) when given.
-    pub(super) fn spawn(api: Arc<Api>, path: &'static str, with: Option<&'static str>) -> Reader {
+    pub(super) fn spawn(api: Arc<Api>, list: List) -> Reader {
         let (queue, mut incoming) = mpsc::channel::<Asked>(1024);
         tokio::spawn(async move {
             while let Some((asked, slot)) = in_slot(&api, &mut incoming, MOST_READS).await {
                 match slot {
-                    Ok(()) => answered_or_slow(tokio::spawn(send_reads(api.clone(), path, with, asked))).await,
+                    Ok(()) => answered_or_slow(tokio::spawn(send_reads(api.clone(), list, asked))).await,
                     Err(error) => asked.into_iter().for_each(|(_, reply, _)| drop(reply.send(Err(error.replicate())))),
                 }
             }
@@ -116,8 +124,8 @@ impl Reader {
         Reader { queue }
     }
 
-    /// The entities with `ids` that Kommo has (an id it has not is missing from the map).
-    pub(super) async fn read(&self, ids: Vec<i64>) -> Result<HashMap<i64, Value>, KommoError> {
+    /// The entities of each of `ids` (an id with none is missing from the map).
+    pub(super) async fn read(&self, ids: Vec<i64>) -> Result<HashMap<i64, Vec<Value>>, KommoError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -127,42 +135,42 @@ impl Reader {
     }
 }
 
-/// Reads every id `asked` for, in lists of up to 250 (the first in the slot its sender took),
-/// and answers each asker with its own.
-async fn send_reads(api: Arc<Api>, path: &'static str, with: Option<&'static str>, asked: Vec<Asked>) {
-    let embedded = path.rsplit('/').next().expect("a path has a last segment");
+/// Reads every id `asked` for, 250 ids a list, every page of it (the first request in the slot
+/// its sender took), and answers each asker with its own.
+async fn send_reads(api: Arc<Api>, list: List, asked: Vec<Asked>) {
     let ids: Vec<i64> = asked.iter().flat_map(|(ids, _, _)| ids.iter().copied()).collect::<BTreeSet<_>>().into_iter().collect();
     let span = asked[0].2.clone();
-    let mut found = HashMap::new();
-    let mut failed = None;
-    for (n, chunk) in ids.chunks(MOST_READS).enumerate() {
-        let mut list = format!("{path}?limit={MOST_READS}");
-        if let Some(with) = with {
-            list.push_str(&format!("&with={with}"));
-        }
-        chunk.iter().for_each(|id| list.push_str(&format!("&filter[id][]={id}")));
-        let read = async {
-            if n == 0 { api.call_in_slot::<Value>(reqwest::Method::GET, &list, None).await } else { api.call(reqwest::Method::GET, &list, None).await }
-        };
-        match read.instrument(span.clone()).await {
-            Ok(answer) => {
-                let entities = answer.as_ref().and_then(|a| a.pointer(&format!("/_embedded/{embedded}"))).and_then(Value::as_array);
-                for entity in entities.into_iter().flatten() {
-                    if let Some(id) = entity.get("id").and_then(super::lenient_id) {
-                        found.insert(id, entity.clone());
+    let read = async {
+        let mut found: HashMap<i64, Vec<Value>> = HashMap::new();
+        let mut in_slot = true;
+        for chunk in ids.chunks(MOST_READS) {
+            let filter: String = chunk.iter().map(|id| format!("&filter[{}][]={id}", list.by)).collect();
+            for page in 1.. {
+                let query = if list.query.is_empty() { String::new() } else { format!("&{}", list.query) };
+                let url = format!("{}?limit={MOST_READS}&page={page}{query}{filter}", list.path);
+                let answer = if std::mem::take(&mut in_slot) {
+                    api.call_in_slot::<Value>(reqwest::Method::GET, &url, None).await?
+                } else {
+                    api.call(reqwest::Method::GET, &url, None).await?
+                };
+                let Some(answer) = answer else { break };
+                for entity in answer.pointer(&format!("/_embedded/{}", list.embedded)).and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(id) = entity.get(list.by).and_then(super::lenient_id) {
+                        found.entry(id).or_default().push(entity.clone());
                     }
                 }
-            }
-            Err(error) => {
-                failed = Some(error);
-                break;
+                if answer.pointer("/_links/next").is_none() {
+                    break;
+                }
             }
         }
-    }
+        Ok::<_, KommoError>(found)
+    };
+    let found = read.instrument(span).await;
     for (ids, reply, _) in asked {
-        let answer = match &failed {
-            Some(error) => Err(error.replicate()),
-            None => Ok(ids.iter().filter_map(|id| found.get(id).map(|entity| (*id, entity.clone()))).collect()),
+        let answer = match &found {
+            Err(error) => Err(error.replicate()),
+            Ok(found) => Ok(ids.iter().filter_map(|id| found.get(id).map(|entities| (*id, entities.clone()))).collect()),
         };
         let _ = reply.send(answer);
     }

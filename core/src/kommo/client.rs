@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::batch::{Batcher, MOST_LAUNCHES, MOST_WRITES, Reader};
+use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Reader};
 use crate::rate_limit::{RateLimiter, Slot};
 
 /// The pause after a 429 that names no `retry_after`.
@@ -37,9 +37,12 @@ pub struct KommoClient {
     lead_notes: Batcher,
     tasks: Batcher,
     salesbot_launches: Batcher,
-    /// Reads by id go out as lists of up to 250, gathered the same way.
+    /// Reads by id go out as lists of up to 250 ids, gathered the same way: leads and contacts,
+    /// and the notes and tasks of leads (the checks before a retried write).
     lead_reads: Reader,
     contact_reads: Reader,
+    note_reads: Reader,
+    task_reads: Reader,
 }
 
 tokio::task_local! {
@@ -183,8 +186,16 @@ impl KommoClient {
             lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes", MOST_WRITES),
             tasks: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/tasks", MOST_WRITES),
             salesbot_launches: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v2/salesbot/run", MOST_LAUNCHES),
-            lead_reads: Reader::spawn(api.clone(), "api/v4/leads", Some("contacts")),
-            contact_reads: Reader::spawn(api.clone(), "api/v4/contacts", None),
+            lead_reads: Reader::spawn(api.clone(), List { path: "api/v4/leads", query: "with=contacts", by: "id", embedded: "leads" }),
+            contact_reads: Reader::spawn(api.clone(), List { path: "api/v4/contacts", query: "", by: "id", embedded: "contacts" }),
+            note_reads: Reader::spawn(
+                api.clone(),
+                List { path: "api/v4/leads/notes", query: "filter[note_type]=common&order[id]=desc", by: "entity_id", embedded: "notes" },
+            ),
+            task_reads: Reader::spawn(
+                api.clone(),
+                List { path: "api/v4/tasks", query: "filter[entity_type]=leads&order[id]=desc", by: "entity_id", embedded: "tasks" },
+            ),
             api,
         }
     }
@@ -196,17 +207,17 @@ impl KommoClient {
         if let Some(lead) = read_ahead(id) {
             return lead;
         }
-        Ok(self.lead_reads.read(vec![id]).await?.remove(&id))
+        Ok(self.lead_reads.read(vec![id]).await?.remove(&id).and_then(|found| found.into_iter().next()))
     }
 
     /// The leads with `ids` that Kommo has, with their contact ids, in ⌈n / 250⌉ list requests.
     pub async fn leads(&self, ids: Vec<i64>) -> Result<std::collections::HashMap<i64, Value>, KommoError> {
-        self.lead_reads.read(ids).await
+        Ok(self.lead_reads.read(ids).await?.into_iter().filter_map(|(id, found)| Some((id, found.into_iter().next()?))).collect())
     }
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
     pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        Ok(self.contact_reads.read(vec![id]).await?.remove(&id))
+        Ok(self.contact_reads.read(vec![id]).await?.remove(&id).and_then(|found| found.into_iter().next()))
     }
 
     /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.
@@ -223,13 +234,12 @@ impl KommoClient {
 
     /// Adds a common note with `text` to lead `lead_id`. Kommo has no idempotency keys, so when
     /// `maybe_done` (an earlier attempt may have added it, then died before recording that) the
-    /// lead's notes are read first, and a note with this text means it is done.
+    /// lead's notes are read first (with other leads' in one list), and a note with this text
+    /// means it is done.
     pub async fn add_lead_note_once(&self, lead_id: i64, text: &str, maybe_done: bool) -> Result<(), KommoError> {
         if maybe_done {
-            let path = format!("api/v4/leads/{lead_id}/notes?filter[note_type]=common&limit=250&order[id]=desc");
-            let notes = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
-            let found = notes.as_ref().and_then(|n| n.pointer("/_embedded/notes")).and_then(Value::as_array);
-            if found.is_some_and(|notes| notes.iter().any(|n| n.pointer("/params/text").and_then(Value::as_str) == Some(text))) {
+            let notes = self.note_reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
+            if notes.iter().any(|n| n.pointer("/params/text").and_then(Value::as_str) == Some(text)) {
                 tracing::info!(lead_id, "the note was added by an earlier attempt");
                 return Ok(());
             }
@@ -241,10 +251,8 @@ impl KommoClient {
     /// before written when `maybe_done`, like [`KommoClient::add_lead_note_once`].
     pub async fn add_task_once(&self, task: Value, maybe_done: bool) -> Result<(), KommoError> {
         if maybe_done && let Some(lead_id) = task.get("entity_id").and_then(super::lenient_id) {
-            let path = format!("api/v4/tasks?filter[entity_type]=leads&filter[entity_id][]={lead_id}&limit=250&order[id]=desc");
-            let tasks = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
-            let found = tasks.as_ref().and_then(|t| t.pointer("/_embedded/tasks")).and_then(Value::as_array);
-            if found.is_some_and(|tasks| tasks.iter().any(|t| t.get("text") == task.get("text"))) {
+            let tasks = self.task_reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
+            if tasks.iter().any(|t| t.get("text") == task.get("text")) {
                 tracing::info!(lead_id, "the task was created by an earlier attempt");
                 return Ok(());
             }

@@ -76,9 +76,8 @@ impl FakeKommo {
             .route("/api/v4/contacts/{id}", get(get_contact))
             .route("/api/v4/contacts", get(list_contacts))
             .route("/api/v2/salesbot/run", post(launch_bots))
-            .route("/api/v4/leads/notes", post(add_notes))
+            .route("/api/v4/leads/notes", get(list_notes).post(add_notes))
             .route("/api/v4/tasks", get(list_tasks).post(add_tasks))
-            .route("/api/v4/leads/{id}/notes", get(list_lead_notes))
             .route("/oauth2/access_token", post(access_token))
             .route("/api/v4/leads/custom_fields", get(list_fields).post(add_fields))
             .route("/api/v4/events", get(list_events))
@@ -503,22 +502,41 @@ async fn list_webhooks(State(state): State<Arc<Mutex<Fake>>>, method: Method, ur
     if hooks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_total_items": hooks.len(), "_embedded": { "webhooks": hooks } })) }
 }
 
-/// `GET /api/v4/leads/{id}/notes`: the lead's notes, newest first; 204 when none.
-async fn list_lead_notes(State(state): State<Arc<Mutex<Fake>>>, Path(id): Path<i64>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// `GET /api/v4/leads/notes?filter[entity_id][]=…&filter[note_type]=…`: those leads' notes, newest
+/// first; 204 when none.
+async fn list_notes(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    let notes: Vec<Value> = state.lock().unwrap().notes.iter().rev().filter(|n| n["entity_id"] == id).cloned().collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let entities = entity_ids(&pairs);
+    let note_type = pairs.iter().find(|(k, _)| k == "filter[note_type]").map(|(_, v)| v.clone());
+    let notes: Vec<Value> = state
+        .lock()
+        .unwrap()
+        .notes
+        .iter()
+        .rev()
+        .filter(|n| entities.iter().any(|e| n["entity_id"] == *e) && note_type.as_ref().is_none_or(|t| n["note_type"] == t.as_str()))
+        .cloned()
+        .collect();
     if notes.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "notes": notes } })) }
 }
 
-/// `GET /api/v4/tasks?filter[entity_id][]=…`: the entity's tasks, newest first; 204 when none.
+/// The ids a list filters on by entity (`filter[entity_id][]`).
+fn entity_ids(pairs: &[(String, String)]) -> Vec<i64> {
+    pairs.iter().filter(|(k, _)| k == "filter[entity_id][]").map(|(_, v)| v.parse().expect("an id")).collect()
+}
+
+/// `GET /api/v4/tasks?filter[entity_id][]=…`: those entities' tasks (all, without the filter),
+/// newest first; 204 when none.
 async fn list_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(answer) = intake(&state, method, &uri, &headers, &body).await {
         return answer;
     }
-    let entity: Option<i64> =
-        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).find(|(k, _)| k == "filter[entity_id][]").and_then(|(_, v)| v.parse().ok());
-    let tasks: Vec<Value> = state.lock().unwrap().tasks.iter().rev().filter(|t| entity.is_none_or(|e| t["entity_id"] == e)).cloned().collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let entities = entity_ids(&pairs);
+    let tasks: Vec<Value> =
+        state.lock().unwrap().tasks.iter().rev().filter(|t| entities.is_empty() || entities.iter().any(|e| t["entity_id"] == *e)).cloned().collect();
     if tasks.is_empty() { StatusCode::NO_CONTENT.into_response() } else { hal(200, json!({ "_embedded": { "tasks": tasks } })) }
 }
