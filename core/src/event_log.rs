@@ -103,35 +103,47 @@ SELECT coalesce((SELECT array_agg(id) FROM appended), '{}') AS appended,
        (SELECT count(*) FROM enqueued) AS enqueued
 "#;
 
-/// A fact kommo-pay itself records about a deal (`payment_link.issued`, `payment.received`, …).
+/// A fact kommo-pay itself records (source `internal`): what a job established about a deal
+/// (`payment_link.issued`, `payment.received`, a projection's change), a job's dead letter, an
+/// operator's action.
 pub struct Fact<'a> {
     pub account: &'a str,
     pub kind: &'a str,
     /// Once per key: a retry that records the same fact again changes nothing.
     pub dedup_key: &'a str,
-    pub lead_id: i64,
+    pub lead_id: Option<i64>,
+    /// The event it follows from (an operator's replay of it, a dead job's cause).
+    pub caused_by_event: Option<Uuid>,
     /// The job that established it.
-    pub job_id: i64,
+    pub caused_by_job: Option<i64>,
     pub payload: Value,
 }
 
+impl<'a> Fact<'a> {
+    /// What job `job_id` established about deal `lead_id`.
+    pub fn of_job(account: &'a str, kind: &'a str, dedup_key: &'a str, lead_id: i64, job_id: i64, payload: Value) -> Fact<'a> {
+        Fact { account, kind, dedup_key, lead_id: Some(lead_id), caused_by_event: None, caused_by_job: Some(job_id), payload }
+    }
+}
+
 /// Appends an internal fact, inside the caller's transaction when it passes one, so that the
-/// fact and the state it describes are committed together.
-pub async fn append_fact<'e>(db: impl PgExecutor<'e>, fact: Fact<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
-         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING",
+/// fact and the state it describes are committed together. The one writer of internal facts:
+/// returns the new fact's id, or `None` when its key was recorded already.
+pub async fn append_fact<'e>(db: impl PgExecutor<'e>, fact: Fact<'_>) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
+         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7, $8) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
     .bind(fact.account)
     .bind(fact.kind)
     .bind(fact.dedup_key)
     .bind(fact.lead_id)
-    .bind(fact.job_id)
+    .bind(fact.caused_by_event)
+    .bind(fact.caused_by_job)
     .bind(fact.payload)
-    .execute(db)
-    .await?;
-    Ok(())
+    .fetch_optional(db)
+    .await
 }
 
 /// Appends `events` and enqueues `jobs` (each naming its event by `event_id`) atomically.

@@ -5,6 +5,7 @@
 //! input of reconciliation.
 
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::config::{Account, JobPolicies};
 use crate::event_log::{NewEvent, Source};
@@ -96,7 +97,11 @@ fn lemonsqueezy_job(event_name: &str) -> Option<JobKind> {
     }
 }
 
-/// The jobs `event`, received for `account`, implies, each with the attempts its kind's policy
+/// The scheduler's fact that an unpaid link is due a reminder (`{link_id, reminder, …}`).
+pub const REMINDER_DUE: &str = "payment_link.reminder_due";
+
+/// The jobs `event`, received for `account` (or, for the scheduler's reminders, recorded),
+/// implies, each with the attempts its kind's policy
 /// allows.
 pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -> Vec<NewJob> {
     let (kind, args) = match event.source {
@@ -115,6 +120,16 @@ pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -
             Some(kind) => (kind, json!({ "event_id": event.id })),
             None => return Vec::new(),
         },
+        // The scheduler's reminder of an unpaid link: its manager is reminded.
+        Source::Internal if event.kind == REMINDER_DUE => {
+            #[derive(serde::Deserialize)]
+            struct Due {
+                link_id: String,
+                reminder: i64,
+            }
+            let Ok(due) = serde_json::from_str::<Due>(event.payload.get()) else { return Vec::new() };
+            (JobKind::RemindManager, json!({ "link_id": due.link_id, "reminder": due.reminder }))
+        }
         _ => return Vec::new(),
     };
     vec![NewJob {
@@ -127,6 +142,37 @@ pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -
         // The event is unique already; its job needs no key of its own.
         unique_key: None,
     }]
+}
+
+/// The `deal.overdue` job a subscription's run marked overdue implies (hung off its
+/// `subscription.overdue` fact): the card says overdue and the manager is told.
+pub fn overdue_of(account: &str, run: &crate::dunning::Open, fact: Uuid, policies: &JobPolicies) -> NewJob {
+    let kind = JobKind::MarkOverdue.as_str();
+    NewJob {
+        kind: kind.into(),
+        args: json!({ "run_id": run.run_id, "provider": run.provider, "subscription_id": run.subscription_id }),
+        account: account.to_owned(),
+        lead_id: Some(run.lead_id),
+        event_id: fact,
+        max_attempts: policies.policy(kind).max_attempts,
+        unique_key: Some(format!("{account}:overdue:{}", run.run_id)),
+    }
+}
+
+/// The `deal.alert` a dead letter raises, telling the deal's manager (hung off the dead job's
+/// event, or its dead-letter `fact`), with `attempts` (its kind's policy). None for a job of no
+/// deal, and alerts raise none of their own, so a blocked Kommo account cannot make them loop.
+pub fn alert_for(dead: &crate::queue::DeadJob, error: &str, fact: Option<Uuid>, attempts: i32) -> Option<NewJob> {
+    let lead_id = dead.lead_id.filter(|_| dead.kind != JobKind::AlertManager.as_str())?;
+    Some(NewJob {
+        kind: JobKind::AlertManager.as_str().into(),
+        args: json!({ "job_id": dead.id, "job_kind": dead.kind, "error": error }),
+        account: dead.account.clone(),
+        lead_id: Some(lead_id),
+        event_id: dead.event_id.or(fact)?,
+        max_attempts: attempts,
+        unique_key: Some(format!("deal.alert:{}:{}", dead.id, dead.attempt)),
+    })
 }
 
 /// The stage a Kommo lead entered: a stage change (`leads.status`), or a lead created in a stage

@@ -184,19 +184,17 @@ pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) ->
     let changed = apply(conn, meta, change).await?;
     let mut payload = serde_json::to_value(change).expect("a change serialises");
     payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");
-    let fact: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_job, payload)
-         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING RETURNING id",
-    )
-    .bind(Uuid::now_v7())
-    .bind(meta.account)
-    .bind(change.kind())
-    .bind(change.key(meta.lead_id))
-    .bind(meta.lead_id)
-    .bind(meta.job_id)
-    .bind(payload)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let key = change.key(meta.lead_id);
+    let fact = crate::event_log::Fact {
+        account: meta.account,
+        kind: change.kind(),
+        dedup_key: &key,
+        lead_id: Some(meta.lead_id),
+        caused_by_event: None,
+        caused_by_job: meta.job_id,
+        payload,
+    };
+    let fact = crate::event_log::append_fact(&mut *conn, fact).await?;
     Ok(Recorded { changed, fact })
 }
 

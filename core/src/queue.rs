@@ -197,42 +197,51 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, 
         Fate::Retry(at) => ("retryable", Some(at)),
         Fate::Dead => ("dead", None),
     };
-    let written: Option<i64> = sqlx::query_scalar(
-        "WITH failed AS (
-             UPDATE jobs SET
-                 state = $3,
-                 attempt = attempt + 1,
-                 run_at = coalesce($4, run_at),
-                 finished_at = CASE WHEN $3 = 'dead' THEN now() END,
-                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL,
-                 errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1, 'error', $5::text))
-             WHERE id = $1 AND locked_by = $2 AND state = 'running'
-             RETURNING *
-         ), logged AS (
-             INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
-             SELECT gen_random_uuid(), account, 'internal', 'job.dead_lettered',
-                    'job:' || id || ':' || attempt || ':' || state, lead_id, event_id, id,
-                    jsonb_build_object('job_id', id, 'job_kind', kind, 'attempt', attempt, 'max_attempts', max_attempts, 'error', $5::text)
-             FROM failed WHERE state = 'dead'
-             ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING
-         ), alerted AS (
-             INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key)
-             SELECT 'deal.alert', jsonb_build_object('job_id', id, 'job_kind', kind, 'error', $5::text), account, lead_id, event_id,
-                    $6, 'deal.alert:' || id || ':' || attempt
-             FROM failed WHERE state = 'dead' AND lead_id IS NOT NULL AND kind <> 'deal.alert'
-             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-         )
-         SELECT id FROM failed",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(state)
-    .bind(run_at)
-    .bind(error)
-    .bind(alert_attempts)
-    .fetch_optional(pool)
-    .await?;
-    Ok(written.is_some())
+    const FAILED: &str = "UPDATE jobs SET
+             state = $3,
+             attempt = attempt + 1,
+             run_at = coalesce($4, run_at),
+             finished_at = CASE WHEN $3 = 'dead' THEN now() END,
+             locked_by = NULL, locked_at = NULL, heartbeat_at = NULL,
+             errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1, 'error', $5::text))
+         WHERE id = $1 AND locked_by = $2 AND state = 'running'
+         RETURNING id, kind, account, lead_id, event_id, attempt, max_attempts";
+    let failed = sqlx::query_as::<_, DeadJob>(FAILED).bind(id).bind(owner).bind(state).bind(run_at).bind(error);
+    if fate != Fate::Dead {
+        return Ok(failed.fetch_optional(pool).await?.is_some());
+    }
+    // The dead letter, its fact and its alert are committed together.
+    let mut tx = pool.begin().await?;
+    let Some(dead) = failed.fetch_optional(&mut *tx).await? else { return Ok(false) };
+    let key = format!("job:{}:{}:dead", dead.id, dead.attempt);
+    let fact = crate::event_log::Fact {
+        account: &dead.account,
+        kind: "job.dead_lettered",
+        dedup_key: &key,
+        lead_id: dead.lead_id,
+        caused_by_event: dead.event_id,
+        caused_by_job: Some(dead.id),
+        payload: serde_json::json!({ "job_id": dead.id, "job_kind": dead.kind, "attempt": dead.attempt, "max_attempts": dead.max_attempts, "error": error }),
+    };
+    let fact = crate::event_log::append_fact(&mut *tx, fact).await?;
+    if let Some(alert) = crate::jobs::alert_for(&dead, error, fact, alert_attempts) {
+        enqueue(&mut *tx, &alert).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A job as it was dead-lettered: what its fact and its alert say of it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadJob {
+    pub id: i64,
+    pub kind: String,
+    pub account: String,
+    pub lead_id: Option<i64>,
+    pub event_id: Option<Uuid>,
+    /// Attempts used, this one included.
+    pub attempt: i32,
+    pub max_attempts: i32,
 }
 
 /// Gives job `id` back to wait for `waiting_for`'s rate limit until `at`: its attempt is not

@@ -7,9 +7,8 @@
 use chrono::{DateTime, Utc};
 use kommo_pay_core::config::{Accounts, JobPolicies};
 use kommo_pay_core::dunning;
-use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::queue::{self, NewJob};
-use serde_json::json;
+use kommo_pay_core::jobs;
+use kommo_pay_core::queue;
 use sqlx::PgPool;
 
 pub struct Overdue {
@@ -33,16 +32,7 @@ impl Overdue {
                 let Some(fact) = dunning::mark_overdue(&mut tx, &account.slug, &run, now).await? else {
                     continue; // paid or marked since the query
                 };
-                let job = NewJob {
-                    kind: JobKind::MarkOverdue.as_str().into(),
-                    args: json!({ "run_id": run.run_id, "provider": run.provider, "subscription_id": run.subscription_id }),
-                    account: account.slug.clone(),
-                    lead_id: Some(run.lead_id),
-                    event_id: fact,
-                    max_attempts: self.policies.policy(JobKind::MarkOverdue.as_str()).max_attempts,
-                    unique_key: Some(format!("{}:overdue:{}", account.slug, run.run_id)),
-                };
-                queue::enqueue(&mut *tx, &job).await?;
+                queue::enqueue(&mut *tx, &jobs::overdue_of(&account.slug, &run, fact, &self.policies)).await?;
                 tx.commit().await?;
                 marked += 1;
             }

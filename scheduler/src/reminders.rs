@@ -8,8 +8,7 @@
 use chrono::{DateTime, Utc};
 use kommo_pay_core::config::{Accounts, JobPolicies};
 use kommo_pay_core::event_log::{self, NewEvent, Source};
-use kommo_pay_core::jobs::JobKind;
-use kommo_pay_core::queue::NewJob;
+use kommo_pay_core::jobs;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -28,7 +27,7 @@ impl Reminders {
     /// scan: the latest one due (after a long outage, the client is reminded once, not n times).
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
         let mut events = Vec::new();
-        let mut jobs = Vec::new();
+        let mut implied = Vec::new();
         for account in self.accounts.iter() {
             for trigger in &account.triggers {
                 let Some(rule) = trigger.reminders else { continue };
@@ -49,23 +48,10 @@ impl Reminders {
                     }
                     let payload = json!({ "link_id": link_id, "url": url, "amount_minor": amount_minor, "currency": currency, "reminder": number });
                     let raw = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
-                    let event = NewEvent::new(
-                        &account.slug,
-                        Source::Internal,
-                        "payment_link.reminder_due".into(),
-                        format!("reminder:{link_id}:{number}"),
-                        Some(lead_id),
-                        raw,
-                    );
-                    jobs.push(NewJob {
-                        kind: JobKind::RemindManager.as_str().into(),
-                        args: json!({ "link_id": link_id, "reminder": number }),
-                        account: account.slug.clone(),
-                        lead_id: Some(lead_id),
-                        event_id: event.id,
-                        max_attempts: self.policies.policy(JobKind::RemindManager.as_str()).max_attempts,
-                        unique_key: Some(format!("remind:{}:{link_id}:{number}", account.slug)),
-                    });
+                    // One reminder per link and number: the event's key; its job goes with it.
+                    let event =
+                        NewEvent::new(&account.slug, Source::Internal, jobs::REMINDER_DUE.into(), format!("reminder:{link_id}:{number}"), Some(lead_id), raw);
+                    implied.extend(jobs::implied_by(&event, account, &self.policies));
                     events.push(event);
                 }
             }
@@ -73,7 +59,7 @@ impl Reminders {
         if events.is_empty() {
             return Ok(0);
         }
-        let appended = event_log::append(&self.pool, &events, &jobs).await?;
+        let appended = event_log::append(&self.pool, &events, &implied).await?;
         if !appended.new_events.is_empty() {
             tracing::info!(reminders = appended.new_events.len(), "unpaid-link reminders enqueued");
         }

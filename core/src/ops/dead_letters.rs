@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -310,23 +310,35 @@ async fn batch(
              INSERT INTO jobs (kind, args, account, lead_id, event_id, max_attempts, unique_key, replay_of)
              SELECT kind, args, account, lead_id, event_id, max_attempts, unique_key, id FROM acted WHERE $8 = 'replayed'
              RETURNING id, replay_of
-         ), recorded AS (
-             INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
-             SELECT gen_random_uuid(), a.account, 'internal', $9, $9 || ':' || a.id, a.lead_id, a.event_id, a.id,
-                    jsonb_strip_nulls(jsonb_build_object('job_id', a.id, 'job_kind', a.kind, 'replayed_as', r.id,
-                        'last_error', a.error, 'operator', $10::text, 'reason', $11::text))
-             FROM acted a LEFT JOIN replays r ON r.replay_of = a.id
          )
-         SELECT count(*), coalesce(max(id), 0) FROM acted"
+         SELECT a.id, a.kind, a.account, a.lead_id, a.event_id, a.error, r.id AS replayed_as
+         FROM acted a LEFT JOIN replays r ON r.replay_of = a.id ORDER BY a.id"
     );
-    let (count, last): (i64, i64) = bind_selection(sqlx::query_as(super::sql(sql)), filter, ids)
-        .bind(after)
-        .bind(BATCH)
-        .bind(state)
-        .bind(record)
-        .bind(&operator.0)
-        .bind(reason)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((count, last))
+    let acted: Vec<Acted> = bind_selection(sqlx::query_as(super::sql(sql)), filter, ids).bind(after).bind(BATCH).bind(state).fetch_all(&mut **tx).await?;
+    for Acted { id, kind, account, lead_id, event_id, error, replayed_as } in &acted {
+        let key = format!("{record}:{id}");
+        let mut payload = json!({ "job_id": id, "job_kind": kind, "operator": operator.0, "reason": reason });
+        if let Some(replayed_as) = replayed_as {
+            payload["replayed_as"] = json!(replayed_as);
+        }
+        if let Some(error) = error {
+            payload["last_error"] = json!(error);
+        }
+        let fact =
+            crate::event_log::Fact { account, kind: record, dedup_key: &key, lead_id: *lead_id, caused_by_event: *event_id, caused_by_job: Some(*id), payload };
+        crate::event_log::append_fact(&mut **tx, fact).await?;
+    }
+    Ok((acted.len() as i64, acted.last().map_or(0, |acted| acted.id)))
+}
+
+/// A dead letter an operator replayed or discarded, as its fact records it.
+#[derive(sqlx::FromRow)]
+struct Acted {
+    id: i64,
+    kind: String,
+    account: String,
+    lead_id: Option<i64>,
+    event_id: Option<Uuid>,
+    error: Option<String>,
+    replayed_as: Option<i64>,
 }

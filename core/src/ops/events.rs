@@ -195,19 +195,18 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
         // Derived jobs carry no unique key (their event is unique), so each is new.
         ids.extend(crate::queue::enqueue(&mut *tx, job).await?);
     }
-    let record = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, payload)
-         VALUES ($1, $2, 'internal', 'event.replayed', $3, $4, $5, $6)",
-    )
-    .bind(record)
-    .bind(&event.account)
-    .bind(format!("event.replayed:{id}:{record}"))
-    .bind(event.lead_id)
-    .bind(id)
-    .bind(json!({ "event_id": id, "event_kind": event.kind, "jobs": ids, "operator": operator.0, "reason": reason }))
-    .execute(&mut *tx)
-    .await?;
+    // Every replay is its own fact: a fresh key each time.
+    let key = format!("event.replayed:{id}:{}", Uuid::now_v7());
+    let fact = crate::event_log::Fact {
+        account: &event.account,
+        kind: "event.replayed",
+        dedup_key: &key,
+        lead_id: event.lead_id,
+        caused_by_event: Some(id),
+        caused_by_job: None,
+        payload: json!({ "event_id": id, "event_kind": event.kind, "jobs": ids, "operator": operator.0, "reason": reason }),
+    };
+    let record = crate::event_log::append_fact(&mut *tx, fact).await?.expect("a fresh key is new");
     tx.commit().await?;
     crate::queue::wake_workers(pool).await?;
     Ok(EventReplay { record, jobs: ids })

@@ -148,14 +148,17 @@ pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operato
     .fetch_optional(&mut *tx)
     .await?;
     let (blocked_at, blocked_reason) = cleared.ok_or_else(|| OpsError::NotFound(format!("{provider} calls for account {account:?} are not blocked")))?;
-    let record = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO events (id, account, source, kind, dedup_key, payload) VALUES ($1, $2, 'internal', 'provider.unblocked', $3, $4)")
-        .bind(record)
-        .bind(account)
-        .bind(format!("provider.unblocked:{provider}:{record}"))
-        .bind(serde_json::json!({ "provider": provider, "blocked_at": blocked_at, "blocked_reason": blocked_reason, "operator": operator.0, "reason": reason }))
-        .execute(&mut *tx)
-        .await?;
+    let key = format!("provider.unblocked:{provider}:{}", uuid::Uuid::now_v7());
+    let fact = crate::event_log::Fact {
+        account,
+        kind: "provider.unblocked",
+        dedup_key: &key,
+        lead_id: None,
+        caused_by_event: None,
+        caused_by_job: None,
+        payload: serde_json::json!({ "provider": provider, "blocked_at": blocked_at, "blocked_reason": blocked_reason, "operator": operator.0, "reason": reason }),
+    };
+    crate::event_log::append_fact(&mut *tx, fact).await?;
     tx.commit().await?;
     Ok(Unblocked { provider: provider.to_owned(), account: account.to_owned(), blocked_at, reason: blocked_reason.unwrap_or_default() })
 }

@@ -146,8 +146,8 @@ pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &s
     kommo.add_task_once(task, tried_before).await.map_err(kommo_failed)?;
     fail::fail_point!("deal.task_added");
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
-    let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id: deal.id, job_id, payload: json!({ "task": text }) };
-    event_log::append_fact(pool, fact).await.map_err(db_failed)
+    let fact = Fact::of_job(account, kind, &dedup_key, deal.id, job_id, json!({ "task": text }));
+    event_log::append_fact(pool, fact).await.map(drop).map_err(db_failed)
 }
 
 /// Something the deal's feed should show, nothing to act on: a note, and the fact in the log;
@@ -157,8 +157,8 @@ pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str,
     let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
     kommo.add_lead_note_once(lead_id, text, tried_before).await.map_err(kommo_failed)?;
     fail::fail_point!("deal.note_added");
-    let fact = Fact { account, kind, dedup_key: &dedup_key, lead_id, job_id, payload: json!({ "note": text }) };
-    event_log::append_fact(pool, fact).await.map_err(db_failed)
+    let fact = Fact::of_job(account, kind, &dedup_key, lead_id, job_id, json!({ "note": text }));
+    event_log::append_fact(pool, fact).await.map(drop).map_err(db_failed)
 }
 
 /// Where a job's task or note (fact `dedup_key`) stands, in one query: `None` when the log
