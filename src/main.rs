@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Parser;
 use kommo_pay_core::config::{self, Config};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::{db, telemetry};
 use tokio::sync::watch;
 
@@ -38,10 +39,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config { command: ConfigCommand::Check } = cli.command {
         println!("configuration is valid: {} account(s)", config.accounts.len());
         for account in config.accounts.iter() {
-            let providers: Vec<&str> = [("stripe", account.stripe.is_some()), ("lemonsqueezy", account.lemonsqueezy.is_some())]
-                .iter()
-                .filter_map(|(name, on)| on.then_some(*name))
-                .collect();
+            let providers: Vec<&str> =
+                [(Provider::Stripe.as_str(), account.stripe.is_some()), (Provider::LemonSqueezy.as_str(), account.lemonsqueezy.is_some())]
+                    .iter()
+                    .filter_map(|(name, on)| on.then_some(*name))
+                    .collect();
             println!("  {} (Kommo account {}): {}", account.slug, account.kommo.account_id, providers.join(", "));
         }
         return Ok(());

@@ -224,7 +224,7 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
             Ok(())
         }
         Command::Kommo { command: KommoCommand::Unblock { account, reason } } => {
-            let unblocked = kommo_pay_core::ops::unblock(pool, "kommo", &account, operator, &reason).await?;
+            let unblocked = kommo_pay_core::ops::unblock(pool, kommo_pay_core::provider::Provider::Kommo.as_str(), &account, operator, &reason).await?;
             if json {
                 return print_json(&unblocked);
             }

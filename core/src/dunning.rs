@@ -13,11 +13,12 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::projections::{self, Change, Meta};
+use crate::provider::Provider;
 
 /// A failed subscription charge.
 pub struct Failure<'a> {
     pub account: &'a str,
-    pub provider: &'a str,
+    pub provider: Provider,
     pub subscription_id: &'a str,
     pub lead_id: i64,
     pub failed_at: DateTime<Utc>,
@@ -71,7 +72,7 @@ pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure
         return Ok(Run::Overtaken);
     }
     let change = Change::FailureRunOpened {
-        provider: failure.provider.to_owned(),
+        provider: failure.provider.to_string(),
         subscription_id: failure.subscription_id.to_owned(),
         run_id: Uuid::now_v7(),
         failed_at: failure.failed_at,

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::provider::Provider;
 use crate::queue::NewJob;
 
 /// Where an event came from.
@@ -22,12 +23,22 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Source::Kommo => "kommo",
-            Source::Stripe => "stripe",
-            Source::LemonSqueezy => "lemonsqueezy",
+            Source::Kommo => Provider::Kommo.as_str(),
+            Source::Stripe => Provider::Stripe.as_str(),
+            Source::LemonSqueezy => Provider::LemonSqueezy.as_str(),
             Source::Internal => "internal",
+        }
+    }
+}
+
+impl From<Provider> for Source {
+    fn from(provider: Provider) -> Source {
+        match provider {
+            Provider::Kommo => Source::Kommo,
+            Provider::Stripe => Source::Stripe,
+            Provider::LemonSqueezy => Source::LemonSqueezy,
         }
     }
 }

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
+use crate::provider::Provider;
+
 /// "timed out", "could not connect: …", or the error with its causes; never the URL (a Kommo
 /// webhook URL would carry a secret; API URLs carry none, but no client should rely on that).
 pub fn describe(error: reqwest::Error) -> String {
@@ -29,13 +31,13 @@ pub fn describe(error: reqwest::Error) -> String {
 /// a success whose body is not JSON (a proxy's HTML page, a cut-off body) counts as `invalid`,
 /// not as its status, since every provider we call answers a success in JSON (or, for Kommo's
 /// 204, with nothing).
-pub async fn send(provider: &'static str, path: &str, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
+pub async fn send(provider: Provider, path: &str, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), reqwest::Error> {
     send_with_headers(provider, path, request).await.map(|(status, _, body)| (status, body))
 }
 
 /// [`send`], with the answer's headers.
 pub async fn send_with_headers(
-    provider: &'static str,
+    provider: Provider,
     path: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), reqwest::Error> {
@@ -51,7 +53,7 @@ pub async fn send_with_headers(
     let label = match &answer {
         // 202 acknowledges a queued task; Kommo answers a Salesbot launch with the text "Accepted".
         Ok((status @ 200..=299, _, body)) if *status != 202 && !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
-            tracing::warn!(provider, endpoint = %endpoint_class(path), status, "a success whose body is not JSON");
+            tracing::warn!(%provider, endpoint = %endpoint_class(path), status, "a success whose body is not JSON");
             "invalid".to_owned()
         }
         Ok((status, _, _)) => status.to_string(),
@@ -100,19 +102,19 @@ impl<E> std::ops::Deref for Failed<E> {
 }
 
 /// The span of one call to a provider (a child of the job's span, so of the delivery's trace).
-pub fn call_span(provider: &'static str, path: &str) -> tracing::Span {
-    tracing::info_span!("provider call", provider, endpoint = %endpoint_class(path))
+pub fn call_span(provider: Provider, path: &str) -> tracing::Span {
+    tracing::info_span!("provider call", provider = provider.as_str(), endpoint = %endpoint_class(path))
 }
 
 /// Counts one call to `provider` and records how long it took: `kommo_pay_provider_requests_total`
 /// and `kommo_pay_provider_request_seconds`, by provider, endpoint class (the path with ids
 /// replaced, e.g. `api/v4/leads/:id`) and status (`error` when there was no answer, `invalid`
 /// for a success that is not JSON).
-pub fn observe(provider: &'static str, path: &str, status: &str, started: Instant) {
+pub fn observe(provider: Provider, path: &str, status: &str, started: Instant) {
     let endpoint = endpoint_class(path);
     let status = status.to_owned();
-    metrics::counter!("kommo_pay_provider_requests_total", "provider" => provider, "endpoint" => endpoint.clone(), "status" => status).increment(1);
-    metrics::histogram!("kommo_pay_provider_request_seconds", "provider" => provider, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
+    metrics::counter!("kommo_pay_provider_requests_total", "provider" => provider.as_str(), "endpoint" => endpoint.clone(), "status" => status).increment(1);
+    metrics::histogram!("kommo_pay_provider_request_seconds", "provider" => provider.as_str(), "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
 }
 
 /// The path without its query, each segment that looks like an id (all digits, or longer than a

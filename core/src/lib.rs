@@ -17,6 +17,7 @@ pub mod ops;
 pub mod payment_links;
 pub mod payments;
 pub mod projections;
+pub mod provider;
 pub mod queue;
 pub mod rate_limit;
 pub mod retry_policy;

@@ -5,6 +5,7 @@ use sqlx::PgPool;
 
 use crate::money::{Currency, Money};
 use crate::projections::{self, Change, Meta};
+use crate::provider::Provider;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentLink {
@@ -56,7 +57,7 @@ pub async fn issued_by(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) 
 pub async fn unpaid_matching(
     pool: &PgPool,
     account: &str,
-    provider: &str,
+    provider: Provider,
     amount: Money,
     paid_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<PaymentLink>, sqlx::Error> {
@@ -76,8 +77,7 @@ pub async fn unpaid_matching(
 /// A link just created for a deal.
 pub struct Issued<'a> {
     pub account: &'a str,
-    /// `stripe` or `lemonsqueezy`.
-    pub provider: &'a str,
+    pub provider: Provider,
     pub lead_id: i64,
     pub trigger: &'a str,
     pub link_id: &'a str,
@@ -90,7 +90,7 @@ pub struct Issued<'a> {
 /// fact in the event log, in one transaction. A retry that records the same link changes nothing.
 pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<PaymentLink, sqlx::Error> {
     let change = Change::LinkIssued {
-        provider: issued.provider.to_owned(),
+        provider: issued.provider.to_string(),
         link_id: issued.link_id.to_owned(),
         trigger: issued.trigger.to_owned(),
         url: issued.url.to_owned(),
@@ -120,7 +120,7 @@ pub async fn replaced(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<
 /// Moves a Stripe link of the deal to `status` (`paid`, `deactivated`); call it once Stripe has
 /// deactivated it. `job_id` is the job that did.
 pub async fn set_status(pool: &PgPool, account: &str, lead_id: i64, job_id: i64, link_id: &str, status: &str) -> Result<(), sqlx::Error> {
-    let change = Change::LinkStatus { provider: "stripe".into(), link_id: link_id.to_owned(), status: status.to_owned() };
+    let change = Change::LinkStatus { provider: Provider::Stripe.to_string(), link_id: link_id.to_owned(), status: status.to_owned() };
     projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 

@@ -6,10 +6,11 @@ use sqlx::PgPool;
 
 use crate::money::Money;
 use crate::projections::{self, Change, Meta};
+use crate::provider::Provider;
 
 pub struct Received<'a> {
     pub account: &'a str,
-    pub provider: &'a str,
+    pub provider: Provider,
     pub payment_id: &'a str,
     pub lead_id: i64,
     pub link_id: Option<&'a str>,
@@ -53,7 +54,7 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
     // Recorded even when a refund that arrived first created the row: the log, not the row, is
     // the deal's history.
     let change = Change::PaymentReceived {
-        provider: received.provider.to_owned(),
+        provider: received.provider.to_string(),
         payment_id: received.payment_id.to_owned(),
         link_id: received.link_id.map(str::to_owned),
         amount_minor: received.amount.minor(),
@@ -122,7 +123,7 @@ pub async fn newest(pool: &PgPool, account: &str, lead_id: i64) -> Result<Option
     .await
 }
 
-pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
+pub async fn find(pool: &PgPool, account: &str, provider: Provider, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
     sqlx::query_as(
         "SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3",
     )
@@ -139,7 +140,7 @@ pub async fn find(pool: &PgPool, account: &str, provider: &str, payment_id: &str
 /// earlier attempt of the same job recorded it (which then crashed before telling the deal).
 pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_total: i64) -> Result<bool, sqlx::Error> {
     let change = Change::RefundRecorded {
-        provider: received.provider.to_owned(),
+        provider: received.provider.to_string(),
         payment_id: received.payment_id.to_owned(),
         amount_minor: received.amount.minor(),
         currency: received.amount.currency().code().to_owned(),
@@ -154,6 +155,6 @@ pub async fn record_refund(pool: &PgPool, received: &Received<'_>, refunded_tota
 
 /// The deal was updated for this payment.
 pub async fn mark_applied(pool: &PgPool, received: &Received<'_>) -> Result<(), sqlx::Error> {
-    let change = Change::PaymentApplied { provider: received.provider.to_owned(), payment_id: received.payment_id.to_owned() };
+    let change = Change::PaymentApplied { provider: received.provider.to_string(), payment_id: received.payment_id.to_owned() };
     projections::record_alone(pool, received.meta(), &change).await.map(drop)
 }

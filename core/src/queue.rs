@@ -11,6 +11,8 @@ use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 use uuid::Uuid;
 
+use crate::provider::Provider;
+
 /// The channel on which workers LISTEN for "there is new work".
 pub const WAKE_CHANNEL: &str = "kommo_pay_jobs";
 
@@ -177,7 +179,7 @@ pub async fn complete(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<Vec<i64
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
     /// Waits for a provider's rate limit (named) until this time: not a failed attempt.
-    Defer(DateTime<Utc>, &'static str),
+    Defer(DateTime<Utc>, Provider),
     /// Run again at this time.
     Retry(DateTime<Utc>),
     /// Attempts used up, or an error no retry can fix: kept as a dead letter for an operator to
@@ -247,7 +249,7 @@ pub struct DeadJob {
 /// Gives job `id` back to wait for `waiting_for`'s rate limit until `at`: its attempt is not
 /// counted and no error is written (waiting for a budget is not failing). Returns false when
 /// the job was no longer this owner's.
-async fn defer(pool: &PgPool, owner: &str, id: i64, at: DateTime<Utc>, waiting_for: &str) -> Result<bool, sqlx::Error> {
+async fn defer(pool: &PgPool, owner: &str, id: i64, at: DateTime<Utc>, waiting_for: Provider) -> Result<bool, sqlx::Error> {
     let deferred = sqlx::query(
         "UPDATE jobs SET state = CASE WHEN attempt = 0 THEN 'available' ELSE 'retryable' END, run_at = $3, waiting_for = $4,
                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 
+use crate::provider::Provider;
+
 /// Slots further away than this are not taken: the caller's job is deferred (ADR 15) and gives
 /// its worker slot to other accounts instead of holding it while it waits.
 const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -19,7 +21,7 @@ const SPACING_MARGIN: f64 = 1.05;
 
 pub struct RateLimiter {
     pool: PgPool,
-    provider: &'static str,
+    provider: Provider,
     account: String,
     spacing: Duration,
 }
@@ -36,7 +38,7 @@ pub enum Slot {
 }
 
 impl RateLimiter {
-    pub fn new(pool: PgPool, provider: &'static str, account: &str, requests_per_second: f64) -> RateLimiter {
+    pub fn new(pool: PgPool, provider: Provider, account: &str, requests_per_second: f64) -> RateLimiter {
         let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
         RateLimiter { pool, provider, account: account.to_owned(), spacing }
     }
@@ -71,7 +73,8 @@ impl RateLimiter {
             return Ok(Slot::TooFar(wait));
         }
         if !wait.is_zero() {
-            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider, "account" => self.account.clone()).record(wait.as_secs_f64());
+            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider.as_str(), "account" => self.account.clone())
+                .record(wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
         Ok(Slot::Go)

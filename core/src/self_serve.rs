@@ -5,6 +5,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 use crate::projections::{self, Change, Meta};
+use crate::provider::Provider;
 
 /// Who creates the deal for an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub enum Claim {
 
 /// Claims the creation of the deal for `order_id`. A lease older than five minutes counts as
 /// abandoned (its job died before Kommo answered).
-pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str, job_id: i64) -> Result<Claim, sqlx::Error> {
+pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &str, job_id: i64) -> Result<Claim, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO self_serve_orders (account, provider, order_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(account)
@@ -56,13 +57,13 @@ pub async fn claim(pool: &PgPool, account: &str, provider: &str, order_id: &str,
 }
 
 /// The deal created for `order_id`, stored the moment Kommo returned it, by job `job_id`.
-pub async fn record_lead(pool: &PgPool, account: &str, provider: &str, order_id: &str, lead_id: i64, job_id: i64) -> Result<(), sqlx::Error> {
-    let change = Change::SelfServeDealCreated { provider: provider.to_owned(), order_id: order_id.to_owned() };
+pub async fn record_lead(pool: &PgPool, account: &str, provider: Provider, order_id: &str, lead_id: i64, job_id: i64) -> Result<(), sqlx::Error> {
+    let change = Change::SelfServeDealCreated { provider: provider.to_string(), order_id: order_id.to_owned() };
     projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal created for `order_id`, if any.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: &str, order_id: &str) -> Result<Option<i64>, sqlx::Error> {
+pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, order_id: &str) -> Result<Option<i64>, sqlx::Error> {
     let lead: Option<Option<i64>> = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3")
         .bind(account)
         .bind(provider)

@@ -5,11 +5,12 @@ use sqlx::PgPool;
 
 use crate::dunning::{self, Failure, Run};
 use crate::projections::{self, Change, Meta};
+use crate::provider::Provider;
 
 /// A subscription snapshot as the provider sent it.
 pub struct Snapshot<'a> {
     pub account: &'a str,
-    pub provider: &'a str,
+    pub provider: Provider,
     pub subscription_id: &'a str,
     pub lead_id: i64,
     pub status: &'a str,
@@ -47,7 +48,7 @@ pub struct Stored {
 /// moment end as they would one after the other, in the provider's order (ADR 14).
 pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64, what: &str) -> Result<Stored, sqlx::Error> {
     let change = Change::SubscriptionSnapshot {
-        provider: snapshot.provider.to_owned(),
+        provider: snapshot.provider.to_string(),
         subscription_id: snapshot.subscription_id.to_owned(),
         status: snapshot.status.to_owned(),
         updated_at: snapshot.updated_at,
@@ -70,7 +71,7 @@ pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64, what: &s
         run = Some(dunning::record_failure_in(&mut tx, &failure, job_id).await?);
     } else if newest && snapshot.paid() {
         let ended =
-            Change::FailureRunEnded { provider: snapshot.provider.to_owned(), subscription_id: snapshot.subscription_id.to_owned(), at: snapshot.updated_at };
+            Change::FailureRunEnded { provider: snapshot.provider.to_string(), subscription_id: snapshot.subscription_id.to_owned(), at: snapshot.updated_at };
         projections::record(&mut tx, meta, &ended).await?;
     }
     tx.commit().await?;
@@ -78,7 +79,7 @@ pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64, what: &s
 }
 
 /// The deal of a subscription we have seen.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: &str, subscription_id: &str) -> Result<Option<i64>, sqlx::Error> {
+pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, subscription_id: &str) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT lead_id FROM subscriptions WHERE account = $1 AND provider = $2 AND subscription_id = $3")
         .bind(account)
         .bind(provider)

@@ -109,9 +109,9 @@ async fn queue_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
     metrics::gauge!("kommo_pay_oldest_runnable_job_seconds").set(oldest);
     // Every provider with a budget, so that one nobody waits for shows 0.
     let waiting = crate::ops::queue_stats::waiting(pool).await?;
-    for provider in ["kommo", "lemonsqueezy"] {
-        let count: i64 = waiting.iter().filter(|w| w.provider == provider).map(|w| w.count).sum();
-        metrics::gauge!("kommo_pay_jobs_waiting_for_rate_limit", "provider" => provider).set(count as f64);
+    for provider in [crate::provider::Provider::Kommo, crate::provider::Provider::LemonSqueezy] {
+        let count: i64 = waiting.iter().filter(|w| w.provider == provider.as_str()).map(|w| w.count).sum();
+        metrics::gauge!("kommo_pay_jobs_waiting_for_rate_limit", "provider" => provider.as_str()).set(count as f64);
     }
     Ok(())
 }

@@ -197,7 +197,7 @@ async fn a_kommo_429_pauses_the_account_and_defers_its_job_without_using_an_atte
 async fn a_request_that_gives_up_on_a_far_slot_reserves_nothing() {
     use kommo_pay_core::rate_limit::{RateLimiter, Slot};
     let db = TestDb::new().await;
-    let limiter = RateLimiter::new(db.pool.clone(), "kommo", ACCOUNT, 5.0);
+    let limiter = RateLimiter::new(db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, ACCOUNT, 5.0);
     assert_eq!(limiter.acquire().await.unwrap(), Slot::Go);
     limiter.pause(Duration::from_secs(60)).await.unwrap();
     let next_slot = || sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT next_slot FROM api_limits").fetch_one(&db.pool);

@@ -75,7 +75,7 @@ pub fn fate(job: &ClaimedJob, error: &JobError, policy: &RetryPolicy, now: DateT
     let failed = job.attempt + 1;
     match error {
         // Waiting for a budget uses no attempt, so it never dead-letters a job.
-        JobError::Deferred { after, waiting_for } => Fate::Defer(now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX), waiting_for),
+        JobError::Deferred { after, waiting_for } => Fate::Defer(now + chrono::Duration::from_std(*after).unwrap_or(chrono::Duration::MAX), *waiting_for),
         JobError::Permanent(_) => Fate::Dead,
         JobError::Retryable(_) if failed >= job.max_attempts => Fate::Dead,
         JobError::Retryable(_) => {
@@ -265,7 +265,7 @@ async fn execute(shared: Arc<Shared>, job: ClaimedJob, group_read: Option<GroupR
                 match record_failure(&shared.pool, &shared.owner, &shared.policies, &job, &message, fate).await {
                     true => match fate {
                         Fate::Defer(at, waiting_for) => {
-                            tracing::info!(waiting_for, until = %at, "no provider slot soon: the job waits, its slot goes to others");
+                            tracing::info!(%waiting_for, until = %at, "no provider slot soon: the job waits, its slot goes to others");
                             Outcome::Deferred
                         }
                         Fate::Retry(at) => {
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(fate(&job(2, 3), &retryable(), &policy, now, 1.0), Fate::Dead);
         assert_eq!(fate(&job(0, 3), &JobError::permanent(anyhow!("Kommo blocked the account")), &policy, now, 1.0), Fate::Dead);
         // Waiting for a budget is no failed attempt: even the last attempt is deferred, not dead.
-        let waiting = JobError::Deferred { after: Duration::from_secs(7), waiting_for: "kommo" };
-        assert_eq!(fate(&job(2, 3), &waiting, &policy, now, 1.0), Fate::Defer(now + chrono::Duration::seconds(7), "kommo"));
+        let waiting = JobError::Deferred { after: Duration::from_secs(7), waiting_for: kommo_pay_core::provider::Provider::Kommo };
+        assert_eq!(fate(&job(2, 3), &waiting, &policy, now, 1.0), Fate::Defer(now + chrono::Duration::seconds(7), kommo_pay_core::provider::Provider::Kommo));
     }
 }

@@ -22,7 +22,7 @@ pub enum JobError {
     /// Not a failure: `waiting_for`'s budget for the account has no slot soon (its rate limit, or
     /// the pause after a 429). The job gives its worker slot back and runs again `after` this
     /// long; no attempt is used and no error written.
-    Deferred { after: std::time::Duration, waiting_for: &'static str },
+    Deferred { after: std::time::Duration, waiting_for: kommo_pay_core::provider::Provider },
 }
 
 impl JobError {

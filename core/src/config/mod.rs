@@ -227,6 +227,15 @@ pub enum TriggerProvider {
     LemonSqueezy { store_id: String, variant_id: String, expires_hours: Option<u32> },
 }
 
+impl TriggerProvider {
+    pub fn provider(&self) -> crate::provider::Provider {
+        match self {
+            TriggerProvider::Stripe => crate::provider::Provider::Stripe,
+            TriggerProvider::LemonSqueezy { .. } => crate::provider::Provider::LemonSqueezy,
+        }
+    }
+}
+
 /// Why a configuration could not be used: every problem found, each naming its key.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {

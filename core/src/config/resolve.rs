@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 use crate::money::Currency;
+use crate::provider::Provider;
 use crate::retry_policy::RetryPolicy;
 use crate::stripe::client::{Interval, Recurring};
 
@@ -344,14 +345,14 @@ impl Validator<'_> {
             if section.triggers[..i].iter().any(|e| (e.pipeline_id, e.status_id) == (t.pipeline_id, t.status_id)) {
                 self.problem(&format!("{tkey}.status_id"), "an earlier trigger has the same pipeline and status");
             }
-            let provider = match t.provider.as_str() {
-                "stripe" => {
+            let provider = match Provider::parse(&t.provider) {
+                Some(Provider::Stripe) => {
                     if section.stripe.is_none() {
                         self.problem(&format!("{tkey}.provider"), "is stripe, but the account has no [accounts.stripe] section");
                     }
                     Some(TriggerProvider::Stripe)
                 }
-                "lemonsqueezy" => {
+                Some(Provider::LemonSqueezy) => {
                     if section.lemonsqueezy.is_none() {
                         self.problem(&format!("{tkey}.provider"), "is lemonsqueezy, but the account has no [accounts.lemonsqueezy] section");
                     }
@@ -370,7 +371,8 @@ impl Validator<'_> {
                         }
                     }
                 }
-                other => {
+                _ => {
+                    let other = &t.provider;
                     self.problem(&format!("{tkey}.provider"), &format!("{other:?} is neither \"stripe\" nor \"lemonsqueezy\""));
                     None
                 }
@@ -379,7 +381,7 @@ impl Validator<'_> {
                 self.problem(&tkey, &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
             }
             let recurring = match (t.mode.as_str(), t.interval.as_deref()) {
-                _ if t.provider == "lemonsqueezy" => None,
+                _ if Provider::parse(&t.provider) == Some(Provider::LemonSqueezy) => None,
                 ("payment", None) => None,
                 ("payment", Some(_)) => {
                     self.problem(&format!("{tkey}.interval"), "is only for mode = \"subscription\"");

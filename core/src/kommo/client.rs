@@ -24,6 +24,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Reader};
+use crate::provider::Provider;
 use crate::rate_limit::{RateLimiter, Slot};
 
 /// The pause after a 429 that names no `retry_after`.
@@ -179,7 +180,7 @@ impl KommoClient {
         request_timeout: Duration,
     ) -> KommoClient {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(request_timeout).build().expect("a TLS backend is available");
-        let limiter = RateLimiter::new(pool.clone(), "kommo", account, requests_per_second);
+        let limiter = RateLimiter::new(pool.clone(), Provider::Kommo, account, requests_per_second);
         let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, limiter });
         KommoClient {
             lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads", MOST_WRITES),
@@ -399,7 +400,7 @@ impl Api {
             request = request.json(body);
         }
         let (status, bytes) =
-            crate::http::send("kommo", path, request).await.map_err(|e| KommoError::Unavailable(format!("{call}: {}", crate::http::describe(e))))?;
+            crate::http::send(Provider::Kommo, path, request).await.map_err(|e| KommoError::Unavailable(format!("{call}: {}", crate::http::describe(e))))?;
         Ok((status, bytes, token))
     }
 

@@ -119,7 +119,7 @@ impl LemonSqueezyClient {
     pub fn new(pool: PgPool, account: &str, base: url::Url, api_key: SecretString) -> LemonSqueezyClient {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(20)).build().expect("a TLS backend is available");
-        let limiter = RateLimiter::new(pool, "lemonsqueezy", account, REQUESTS_PER_SECOND);
+        let limiter = RateLimiter::new(pool, crate::provider::Provider::LemonSqueezy, account, REQUESTS_PER_SECOND);
         LemonSqueezyClient { http, base, api_key, limiter, retry_pause: Duration::from_millis(500) }
     }
 
@@ -178,7 +178,9 @@ impl LemonSqueezyClient {
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
-        let (status, bytes) = crate::http::send("lemonsqueezy", path, request).await.map_err(|e| LemonSqueezyError::Unavailable(crate::http::describe(e)))?;
+        let (status, bytes) = crate::http::send(crate::provider::Provider::LemonSqueezy, path, request)
+            .await
+            .map_err(|e| LemonSqueezyError::Unavailable(crate::http::describe(e)))?;
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         let first_error = json.as_ref().and_then(|j| j.pointer("/errors/0")).cloned().unwrap_or_default();
         let detail = first_error

@@ -12,6 +12,7 @@ use super::{Operator, OpsError, Page};
 use crate::config::{Accounts, JobPolicies};
 use crate::event_log::{NewEvent, Source};
 use crate::jobs;
+use crate::provider::Provider;
 
 /// What to list; every field optional. Times are RFC 3339; `cursor` comes from a previous page.
 #[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
@@ -77,7 +78,7 @@ pub struct JobSummary {
     pub replay_of: Option<i64>,
 }
 
-const SOURCES: [&str; 4] = ["kommo", "stripe", "lemonsqueezy", "internal"];
+const SOURCES: [&str; 4] = [Provider::Kommo.as_str(), Provider::Stripe.as_str(), Provider::LemonSqueezy.as_str(), Source::Internal.as_str()];
 const SUMMARY: &str = "seq, id, account, source, kind, dedup_key, lead_id, received_at, caused_by_job";
 pub(super) const JOB_SUMMARY: &str = "id, kind, state, attempt, max_attempts, created_at, finished_at, errors -> -1 ->> 'error' AS last_error, replay_of";
 
@@ -176,11 +177,8 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
     let detail = show(pool, id).await?;
     let event = &detail.event;
     let account = accounts.get(&event.account).ok_or_else(|| OpsError::BadRequest(format!("account {:?} is no longer configured", event.account)))?;
-    let source = match event.source.as_str() {
-        "kommo" => Source::Kommo,
-        "stripe" => Source::Stripe,
-        "lemonsqueezy" => Source::LemonSqueezy,
-        _ => return Err(OpsError::BadRequest(format!("event {id} is an internal record; only deliveries from a provider imply jobs"))),
+    let Some(source) = Provider::parse(&event.source).map(Source::from) else {
+        return Err(OpsError::BadRequest(format!("event {id} is an internal record; only deliveries from a provider imply jobs")));
     };
     let payload = serde_json::value::to_raw_value(&detail.payload).expect("JSON serialises");
     let mut stored = NewEvent::new(&event.account, source, event.kind.clone(), event.dedup_key.clone(), event.lead_id, payload);

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::OpsError;
 use crate::money::{Currency, Money};
+use crate::provider::Provider;
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Entry {
@@ -85,14 +86,14 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
     let int = |v: &Value, pointer: &str| v.pointer(pointer).and_then(|x| x.as_i64().or_else(|| x.as_str()?.parse().ok()));
     let money = |v: &Value, amount: &str, currency: &str| Some((int(v, amount)?, text(v, currency)?.to_uppercase()));
     let d = |what: String, amount: Option<(i64, String)>, status: Option<String>| Described { what, amount, status };
-    match (source, kind) {
-        ("kommo", "leads.status" | "leads.add") => {
+    match (Provider::parse(source), kind) {
+        (Some(Provider::Kommo), "leads.status" | "leads.add") => {
             let stage = text(payload, "/item/status_id").unwrap_or_default();
             let pipeline = text(payload, "/item/pipeline_id").unwrap_or_default();
             d(format!("Deal entered stage {stage} (pipeline {pipeline})"), None, None)
         }
-        ("kommo", _) => d(format!("Kommo: {kind}"), None, None),
-        ("stripe", _) => {
+        (Some(Provider::Kommo), _) => d(format!("Kommo: {kind}"), None, None),
+        (Some(Provider::Stripe), _) => {
             let object = payload.pointer("/data/object").cloned().unwrap_or_default();
             let (what, amount, status) = match kind {
                 "checkout.session.completed" | "checkout.session.async_payment_succeeded" | "checkout.session.async_payment_failed" => {
@@ -110,7 +111,7 @@ fn describe(source: &str, kind: &str, payload: &Value) -> Described {
             let id = text(&object, "/id").unwrap_or_default();
             d(format!("{what}: {kind} {id}"), amount, status)
         }
-        ("lemonsqueezy", _) => {
+        (Some(Provider::LemonSqueezy), _) => {
             let attributes = payload.pointer("/data/attributes").cloned().unwrap_or_default();
             let id = text(payload, "/data/id").unwrap_or_default();
             let amount = match kind {

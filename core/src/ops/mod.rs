@@ -15,6 +15,7 @@ pub mod history;
 pub mod openapi;
 pub mod queue_stats;
 
+use crate::provider::Provider;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -113,10 +114,10 @@ pub struct UnblockRequest {
 }
 
 /// The providers whose blocks an operator can lift.
-const UNBLOCKABLE: [&str; 2] = ["kommo", "lemonsqueezy"];
+const UNBLOCKABLE: [&str; 2] = [Provider::Kommo.as_str(), Provider::LemonSqueezy.as_str()];
 
 fn kommo() -> String {
-    "kommo".into()
+    Provider::Kommo.to_string()
 }
 
 /// A provider account that was blocked (Kommo's 403) and is now unblocked.

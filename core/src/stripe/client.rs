@@ -245,8 +245,9 @@ impl StripeClient {
     }
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, path: &str, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
-        let (status, headers, body) =
-            crate::http::send_with_headers("stripe", path, request).await.map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
+        let (status, headers, body) = crate::http::send_with_headers(crate::provider::Provider::Stripe, path, request)
+            .await
+            .map_err(|e| StripeError::Unreachable(crate::http::describe(e)))?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let should_retry = header("stripe-should-retry").map(|v| v == "true");
         let request_id = header("request-id");

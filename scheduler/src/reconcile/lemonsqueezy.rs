@@ -21,6 +21,7 @@ use kommo_pay_core::event_log::{NewEvent, Source};
 use kommo_pay_core::lemonsqueezy::client::LemonSqueezyClient;
 use kommo_pay_core::lemonsqueezy::webhook::{LEAD_ID_CUSTOM_KEY, LemonSqueezyEvent};
 use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::{payment_links, subscriptions};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -42,7 +43,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
         }
         for subscription in created_since(api, "subscriptions", store, from).await? {
             let id = id_of(&subscription);
-            let mapped = subscriptions::lead_of(pool, slug, "lemonsqueezy", &id).await?;
+            let mapped = subscriptions::lead_of(pool, slug, Provider::LemonSqueezy, &id).await?;
             let order_id = subscription.pointer("/attributes/order_id").map(text).unwrap_or_default();
             let name = match (mapped, subscription.pointer("/attributes/status").and_then(Value::as_str)) {
                 // The mapping is what the lost `subscription_created` would have stored.
@@ -90,7 +91,7 @@ async fn order_lead(pool: &PgPool, account: &str, order: &Value) -> anyhow::Resu
         return Ok(None);
     };
     let Ok(currency) = Currency::parse(currency) else { return Ok(None) };
-    let candidates = payment_links::unpaid_matching(pool, account, "lemonsqueezy", Money::from_minor(subtotal, currency), at).await?;
+    let candidates = payment_links::unpaid_matching(pool, account, Provider::LemonSqueezy, Money::from_minor(subtotal, currency), at).await?;
     match candidates.as_slice() {
         [one] => Ok(Some(one.lead_id)),
         [] => Ok(None),

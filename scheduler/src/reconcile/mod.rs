@@ -17,6 +17,7 @@ mod stripe;
 
 use chrono::{DateTime, Duration, Utc};
 use kommo_pay_core::clients::AccountClients;
+use kommo_pay_core::provider::Provider;
 use std::sync::Arc;
 
 use kommo_pay_core::config::JobPolicies;
@@ -28,24 +29,6 @@ use sqlx::PgPool;
 /// Each round rereads this much before its cursor: a provider may list an event a little after
 /// the time it carries. Rereading is harmless (dedup).
 const OVERLAP: Duration = Duration::minutes(10);
-
-/// The providers reconciliation reads, as named in `reconcile_cursors`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Provider {
-    Stripe,
-    LemonSqueezy,
-    Kommo,
-}
-
-impl Provider {
-    fn as_str(self) -> &'static str {
-        match self {
-            Provider::Stripe => "stripe",
-            Provider::LemonSqueezy => "lemonsqueezy",
-            Provider::Kommo => "kommo",
-        }
-    }
-}
 
 pub struct Reconciler {
     pool: PgPool,

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::Received;
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::self_serve::{self, Claim};
 use serde_json::{Value, json};
@@ -44,7 +45,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let lead_id = match job.lead_id {
         Some(lead_id) => lead_id,
         // A self-serve buyer: the deal made for this order earlier, or a new one once it is paid.
-        None => match self_serve::lead_of(&context.pool, &account.slug, "lemonsqueezy", &id).await.map_err(db_failed)? {
+        None => match self_serve::lead_of(&context.pool, &account.slug, Provider::LemonSqueezy, &id).await.map_err(db_failed)? {
             Some(lead_id) => lead_id,
             None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &id, &number, &event, total).await?,
             None => {
@@ -61,7 +62,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let link = payment_links::active_for(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
             let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id)).unwrap_or(WON);
             let note = format!("Payment received: {total} — {product} (order #{number})");
-            settle(&context, clients, &job, Settlement { provider: "lemonsqueezy", payment: &payment, lead_id, won_stage: Some(won_stage), note }).await
+            settle(&context, clients, &job, Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note }).await
         }
         ("order_created", "pending") => {
             tracing::info!(order = %id, "order pending: waiting for it to be paid");
@@ -77,7 +78,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let refunded_total = order.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
             let received = Received {
                 account: &account.slug,
-                provider: "lemonsqueezy",
+                provider: Provider::LemonSqueezy,
                 payment_id: &id,
                 lead_id,
                 link_id: None,
@@ -123,7 +124,7 @@ async fn self_serve_deal(
     let order = &event["data"]["attributes"];
     // The order number in the deal's name is what finds a deal an interrupted attempt created.
     let marker = format!("(order #{number})");
-    match self_serve::claim(&context.pool, &account.slug, "lemonsqueezy", order_id, job.id).await.map_err(db_failed)? {
+    match self_serve::claim(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, job.id).await.map_err(db_failed)? {
         Claim::Existing(lead_id) => return Ok(lead_id),
         Claim::Busy => return Err(JobError::retryable(anyhow!("another job is creating the deal for order {order_id}"))),
         Claim::Yours { resumed: false } => {}
@@ -132,7 +133,7 @@ async fn self_serve_deal(
             let existing = found.iter().find(|lead| lead.get("name").and_then(Value::as_str).is_some_and(|n| n.ends_with(&marker)));
             if let Some(lead_id) = existing.and_then(|lead| lead.get("id")).and_then(kommo_pay_core::kommo::lenient_id) {
                 tracing::warn!(order = order_id, lead_id, "an interrupted attempt had created the deal already; using it");
-                self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id, job.id).await.map_err(db_failed)?;
+                self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;
                 return Ok(lead_id);
             }
         }
@@ -167,7 +168,7 @@ async fn self_serve_deal(
     });
     let lead_id = clients.kommo.create_lead_with_contact(&lead).await.map_err(kommo_failed)?;
     fail::fail_point!("self_serve.deal_created");
-    self_serve::record_lead(&context.pool, &account.slug, "lemonsqueezy", order_id, lead_id, job.id).await.map_err(db_failed)?;
+    self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;
     fail::fail_point!("self_serve.deal_recorded");
     // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
     if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {

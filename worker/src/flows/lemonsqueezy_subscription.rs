@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning::Failure;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Received};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::Value;
@@ -40,7 +41,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     // Payment events are about an invoice; the subscription is an attribute.
     let is_payment = name.starts_with("subscription_payment_");
     let subscription_id = if is_payment { id_of(attrs.get("subscription_id")).unwrap_or_default() } else { data_id.clone() };
-    let mapped = subscriptions::lead_of(pool, &account.slug, "lemonsqueezy", &subscription_id).await.map_err(db_failed)?;
+    let mapped = subscriptions::lead_of(pool, &account.slug, Provider::LemonSqueezy, &subscription_id).await.map_err(db_failed)?;
     let lead_id = mapped
         .or(job.lead_id)
         .ok_or_else(|| JobError::permanent(anyhow!("subscription {subscription_id} names no deal: no subscription_created with a kommo_lead_id was seen")))?;
@@ -57,17 +58,17 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                     return Ok(());
                 }
                 let note = format!("Payment received: {total} — subscription renewal (invoice {data_id})");
-                settle(&context, clients, &job, Settlement { provider: "lemonsqueezy", payment: &payment, lead_id, won_stage: None, note }).await
+                settle(&context, clients, &job, Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: None, note }).await
             }
             "subscription_payment_failed" => {
-                if payments::find(pool, &account.slug, "lemonsqueezy", &payment.id).await.map_err(db_failed)?.is_some() {
+                if payments::find(pool, &account.slug, Provider::LemonSqueezy, &payment.id).await.map_err(db_failed)?.is_some() {
                     tracing::info!(invoice = %data_id, "the invoice is paid already; a late failure changes nothing");
                     return Ok(());
                 }
                 let what = format!("{total} (Lemon Squeezy invoice {data_id})");
                 let failure = Failure {
                     account: &account.slug,
-                    provider: "lemonsqueezy",
+                    provider: Provider::LemonSqueezy,
                     subscription_id: &subscription_id,
                     lead_id,
                     failed_at: payment.at,
@@ -80,7 +81,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 let refunded_total = attrs.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
                 let received = Received {
                     account: &account.slug,
-                    provider: "lemonsqueezy",
+                    provider: Provider::LemonSqueezy,
                     payment_id: &payment.id,
                     lead_id,
                     link_id: None,
@@ -100,7 +101,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 
     let snapshot = Snapshot {
         account: &account.slug,
-        provider: "lemonsqueezy",
+        provider: Provider::LemonSqueezy,
         subscription_id: &subscription_id,
         lead_id,
         status: &text("status"),

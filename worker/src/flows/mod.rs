@@ -20,6 +20,7 @@ use kommo_pay_core::http::Failed;
 use kommo_pay_core::jobs::JobKind;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
 use serde_json::Value;
@@ -93,7 +94,7 @@ pub fn handlers(context: Arc<Context>) -> Handlers {
 
 fn kommo_failed(error: KommoError) -> JobError {
     if let KommoError::RateLimited { retry_after, .. } = error {
-        JobError::Deferred { after: retry_after, waiting_for: "kommo" }
+        JobError::Deferred { after: retry_after, waiting_for: Provider::Kommo }
     } else if error.needs_operator() {
         JobError::permanent(error)
     } else if error.is_retryable() {
@@ -109,7 +110,7 @@ fn stripe_failed(error: Failed<StripeError>) -> JobError {
 
 fn lemonsqueezy_failed(error: Failed<LemonSqueezyError>) -> JobError {
     match error.error {
-        LemonSqueezyError::RateLimited(after) => JobError::Deferred { after, waiting_for: "lemonsqueezy" },
+        LemonSqueezyError::RateLimited(after) => JobError::Deferred { after, waiting_for: Provider::LemonSqueezy },
         _ if error.is_retryable() => JobError::retryable(error),
         _ => JobError::permanent(error),
     }

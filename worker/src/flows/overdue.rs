@@ -23,10 +23,7 @@ pub(super) async fn charge_failed(context: &Context, clients: &AccountClients, j
         tracing::info!(lead_id = failure.lead_id, what = failure.what, "a payment stands after this failure: nothing is unpaid");
         return Ok(());
     }
-    let provider = match failure.provider {
-        "stripe" => "Stripe",
-        _ => "Lemon Squeezy",
-    };
+    let provider = failure.provider.title();
     let deadline = (failure.failed_at + clients.account.overdue_grace).format("%Y-%m-%d");
     let text =
         format!("The subscription payment of {} failed. {provider} retries the card; unless it is paid by {deadline}, the deal becomes Overdue.", failure.what);

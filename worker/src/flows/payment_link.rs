@@ -148,11 +148,8 @@ async fn decide(
     };
 
     // The same amount reuses the deal's active link; a new amount gets a new link.
-    let provider = match trigger.provider {
-        TriggerProvider::Stripe => "stripe",
-        TriggerProvider::LemonSqueezy { .. } => "lemonsqueezy",
-    };
-    let link = match active.filter(|link| link.amount() == Some(amount) && link.provider == provider) {
+    let provider = trigger.provider.provider();
+    let link = match active.filter(|link| link.amount() == Some(amount) && link.provider == provider.as_str()) {
         Some(link) => link,
         None => {
             // Configured extras first, so that they can never overwrite the deal's own keys.

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::json;
 
@@ -28,8 +29,7 @@ pub(super) struct Payment {
 
 /// A payment to settle on its deal.
 pub(super) struct Settlement<'a> {
-    /// `stripe` or `lemonsqueezy`.
-    pub provider: &'a str,
+    pub provider: Provider,
     pub payment: &'a Payment,
     pub lead_id: i64,
     /// The stage to move the deal to while it stands paid.
@@ -70,7 +70,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             fail::fail_point!("payment.note_added");
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
-            tracing::info!(lead_id, provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
+            tracing::info!(lead_id, %provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())
         }
     }

@@ -14,6 +14,7 @@ use kommo_pay_core::dunning::Failure;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
+use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::Value;
@@ -67,7 +68,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     };
     let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
     let note = format!("Payment received: {} via Stripe", payment.amount);
-    settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage, note }).await?;
+    settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note }).await?;
     deactivate_paid_links(clients, pool, lead_id, job.id).await
 }
 
@@ -100,11 +101,11 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 return Ok(());
             }
             let note = format!("Payment received: {} via Stripe (subscription invoice {id})", payment.amount);
-            settle(&context, clients, &job, Settlement { provider: "stripe", payment: &payment, lead_id, won_stage: None, note }).await?;
+            settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage: None, note }).await?;
             deactivate_paid_links(clients, &context.pool, lead_id, job.id).await
         }
         "invoice.payment_failed" => {
-            if payments::find(&context.pool, &account.slug, "stripe", &id).await.map_err(db_failed)?.is_some() {
+            if payments::find(&context.pool, &account.slug, Provider::Stripe, &id).await.map_err(db_failed)?.is_some() {
                 tracing::info!(invoice = %id, "the invoice is paid already; a late failure changes nothing");
                 return Ok(());
             }
@@ -115,7 +116,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
             let what = format!("{} (Stripe invoice {id})", failed.amount);
             let failure = Failure {
                 account: &account.slug,
-                provider: "stripe",
+                provider: Provider::Stripe,
                 subscription_id: subscription,
                 lead_id,
                 failed_at: failed.at,
@@ -152,7 +153,7 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
     let account = &clients.account.slug;
     let snapshot = Snapshot {
         account,
-        provider: "stripe",
+        provider: Provider::Stripe,
         subscription_id: id,
         lead_id,
         status: subscription["status"].as_str().ok_or_else(|| JobError::permanent(anyhow!("subscription {id}'s snapshot has no status")))?,
@@ -178,13 +179,13 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let refunded_total = charge.get("amount_refunded").and_then(Value::as_i64).unwrap_or(0);
     let paid = payment(intent.to_owned(), None, charge, "amount", &event)?;
     // Our payment record first (the charge's metadata is only a copy), then the metadata.
-    let lead_id = match payments::find(pool, &account.slug, "stripe", intent).await.map_err(db_failed)? {
+    let lead_id = match payments::find(pool, &account.slug, Provider::Stripe, intent).await.map_err(db_failed)? {
         Some(known) => known.lead_id,
         None => job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("refunded payment {intent} names no deal")))?,
     };
     let received = Received {
         account: &account.slug,
-        provider: "stripe",
+        provider: Provider::Stripe,
         payment_id: intent,
         lead_id,
         link_id: None,
