@@ -197,6 +197,20 @@ pub enum KommoCommand {
         #[arg(long)]
         account: String,
     },
+    /// Connect an OAuth account: prints the consent URL for an admin of the client account
+    /// (Kommo then redirects to ingest's `/oauth/kommo/callback`, which completes it); with
+    /// `--code`, exchanges an authorization code copied from Kommo here instead.
+    Connect {
+        #[arg(long)]
+        account: String,
+        /// An authorization code (valid 20 minutes, once).
+        #[arg(long)]
+        code: Option<String>,
+        /// The client account's host the code came from (Kommo's `referer`, e.g.
+        /// `acme.kommo.com`); checked against the account's `base_url` when given.
+        #[arg(long)]
+        referer: Option<String>,
+    },
     /// Let calls for the account go out again after Kommo blocked it (403: every call stops
     /// until an operator has fixed the cause and says so here, with a reason for the log).
     Unblock {

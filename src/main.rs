@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
             println!("  {} (Kommo account {}): {}", account.slug, account.kommo.account_id, providers.join(", "));
         }
+        not_connected(&config).await;
         return Ok(());
     }
 
@@ -54,6 +55,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Migrate) {
         db::migrate(&pool).await?;
         println!("migrations applied");
+        return Ok(());
+    }
+    if let Command::Kommo { command: KommoCommand::Connect { account, code, referer } } = &cli.command {
+        let account = config.accounts.get(account).with_context(|| format!("no account {account:?} in the configuration"))?;
+        db::migrate(&pool).await?;
+        match code {
+            None => {
+                let consent = kommo_pay_core::kommo::oauth::begin(&pool, account).await?;
+                eprintln!("An admin of the client account opens this link (valid 20 minutes, once) and allows access:");
+                println!("{consent}");
+                eprintln!("Kommo then sends them to the integration's redirect URI (ingest's /oauth/kommo/callback), which connects the account.");
+            }
+            Some(code) => {
+                let connected = kommo_pay_core::kommo::oauth::exchange(&pool, account, code, referer.as_deref(), "cli").await?;
+                println!("account {} is connected to Kommo ({}); its access token is valid until {}", connected.account, connected.host, connected.expires_at);
+            }
+        }
         return Ok(());
     }
     if let Command::Kommo { command: KommoCommand::Setup { account } } = &cli.command {
@@ -128,6 +146,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("stopped");
     spans.shutdown();
     ran.map(drop)
+}
+
+/// Says which OAuth accounts have no installation yet (reading the database, when it answers
+/// within a few seconds: the configuration itself is valid either way).
+async fn not_connected(config: &Config) {
+    let oauth: Vec<_> = config.accounts.iter().filter(|a| matches!(a.kommo.auth, kommo_pay_core::config::KommoAuth::Oauth { .. })).collect();
+    if oauth.is_empty() {
+        return;
+    }
+    let pool = match tokio::time::timeout(std::time::Duration::from_secs(5), db::connect(&config.database)).await {
+        Ok(Ok(pool)) => pool,
+        _ => {
+            println!("OAuth accounts' connections not checked: the database did not answer");
+            return;
+        }
+    };
+    for account in oauth {
+        match kommo_pay_core::kommo::oauth::connected(&pool, account).await {
+            Ok(true) => {}
+            Ok(false) => println!("  {}: OAuth, not connected yet: run `kommo-pay kommo connect --account {}`", account.slug, account.slug),
+            Err(error) => println!("  {}: OAuth connection not checked: {error}", account.slug),
+        }
+    }
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

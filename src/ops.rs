@@ -167,6 +167,13 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
                     stats.waiting_for_rate_limit.iter().map(|w| vec![w.provider.clone(), w.account.clone(), w.count.to_string(), w.until.to_rfc3339()]),
                 );
             }
+            if !stats.blocked.is_empty() {
+                println!("blocked (no calls go out):");
+                print_table(
+                    &["provider", "account", "since", "reason"],
+                    stats.blocked.iter().map(|b| vec![b.provider.clone(), b.account.clone(), b.since.to_rfc3339(), b.reason.clone().unwrap_or_default()]),
+                );
+            }
             println!("running:");
             print_table(
                 &["id", "kind", "account", "attempt", "worker", "since", "heartbeat"],

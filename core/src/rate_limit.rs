@@ -108,6 +108,36 @@ impl RateLimiter {
     }
 }
 
+/// Stops every call of `provider` for `account` (e.g. an uninstalled integration) until the
+/// block is lifted, as a 403 does; the row is made if the account has none yet.
+pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO api_limits (provider, account, blocked_at, blocked_reason) VALUES ($1, $2, now(), $3)
+         ON CONFLICT (provider, account) DO UPDATE SET blocked_at = coalesce(api_limits.blocked_at, now()), blocked_reason = $3",
+    )
+    .bind(provider)
+    .bind(account)
+    .bind(reason)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
+/// Lifts `account`'s block of `provider` if its reason starts with `cause` (connecting an
+/// integration again lifts the block its uninstall set, not a block of Kommo's own).
+pub async fn unblock_if<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, cause: &str) -> Result<bool, sqlx::Error> {
+    let lifted = sqlx::query(
+        "UPDATE api_limits SET blocked_at = NULL, blocked_reason = NULL
+         WHERE provider = $1 AND account = $2 AND blocked_at IS NOT NULL AND starts_with(blocked_reason, $3)",
+    )
+    .bind(provider)
+    .bind(account)
+    .bind(cause)
+    .execute(db)
+    .await?;
+    Ok(lifted.rows_affected() > 0)
+}
+
 /// In-process pacing: requests go out at most `requests_per_second`, each waiting for its turn.
 pub struct Pacer {
     spacing: Duration,

@@ -113,5 +113,9 @@ async fn queue_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
         let count: i64 = waiting.iter().filter(|w| w.provider == provider.as_str()).map(|w| w.count).sum();
         metrics::gauge!("kommo_pay_jobs_waiting_for_rate_limit", "provider" => provider.as_str()).set(count as f64);
     }
+    // 1 while an account's calls to a provider are stopped (a 403 block, an uninstall).
+    for (provider, account, blocked) in crate::ops::queue_stats::blocks(pool).await? {
+        metrics::gauge!("kommo_pay_provider_blocked", "provider" => provider, "account" => account).set(if blocked.is_some() { 1.0 } else { 0.0 });
+    }
     Ok(())
 }

@@ -189,7 +189,7 @@ fn oauth_client(db_pool: sqlx::PgPool, kommo: &FakeKommo) -> KommoClient {
         client_id: "integration-uuid".into(),
         client_secret: SecretString::from("client-secret"),
         redirect_uri: "https://kommo-pay.example/oauth".into(),
-        initial_refresh_token: SecretString::from("first-refresh-token"),
+        initial_refresh_token: Some(SecretString::from("first-refresh-token")),
     };
     KommoClient::new(db_pool, ACCOUNT, kommo.url.parse().unwrap(), credentials, 50.0)
 }
@@ -240,7 +240,7 @@ async fn a_refused_refresh_token_needs_an_operator() {
     let error = oauth_client(db.pool.clone(), &kommo).lead(15318175).await.unwrap_err();
 
     assert!(error.needs_operator(), "{error:?}");
-    assert!(error.to_string().contains("authorise the integration again"), "{error}");
+    assert!(error.to_string().contains("connect the integration again with `kommo-pay kommo connect`"), "{error}");
     assert!(!error.to_string().contains("first-refresh-token") && !error.to_string().contains("client-secret"));
 }
 

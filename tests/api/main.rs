@@ -18,6 +18,7 @@ mod kommo_client;
 mod lemonsqueezy;
 mod lemonsqueezy_client;
 mod metrics;
+mod oauth;
 mod ops;
 mod reconcile;
 mod resilience;

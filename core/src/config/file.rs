@@ -404,14 +404,20 @@ pub enum KommoAuthSection {
         /// Environment variable holding the token.
         token_env: String,
     },
-    /// OAuth 2.0: tokens are refreshed before expiry and the rotated pair is stored in PostgreSQL.
+    /// OAuth 2.0 (a public or an agency's integration): an admin of the client account installs
+    /// it (`kommo-pay kommo connect`), the pair is stored in PostgreSQL, refreshed before expiry
+    /// and rotated at every refresh.
     Oauth {
+        /// The integration's id (Kommo: Settings → Integrations → the integration → Keys).
         client_id: String,
         /// Environment variable holding the client secret.
         client_secret_env: String,
+        /// The integration's redirect URI: ingest's `/oauth/kommo/callback`, e.g.
+        /// `https://pay.agency.example/oauth/kommo/callback`, exactly as entered in Kommo.
         redirect_uri: String,
-        /// Environment variable holding the first refresh token; later ones live in the database.
-        refresh_token_env: String,
+        /// Optional bootstrap: an environment variable holding a refresh token obtained elsewhere;
+        /// unused once the account is connected (the stored pair wins).
+        refresh_token_env: Option<String>,
     },
 }
 

@@ -195,8 +195,16 @@ pub struct KommoAccount {
 
 #[derive(Debug, Clone)]
 pub enum KommoAuth {
-    LongLivedToken { token: SecretString },
-    Oauth { client_id: String, client_secret: SecretString, redirect_uri: url::Url, refresh_token: SecretString },
+    LongLivedToken {
+        token: SecretString,
+    },
+    /// `refresh_token`: the optional bootstrap; an installation stores the pair in the database.
+    Oauth {
+        client_id: String,
+        client_secret: SecretString,
+        redirect_uri: url::Url,
+        refresh_token: Option<SecretString>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -283,10 +283,13 @@ impl Validator<'_> {
                 }
                 let client_secret = self.secret(&format!("{key}.kommo.auth.client_secret_env"), client_secret_env);
                 let redirect_uri = self.http_url(&format!("{key}.kommo.auth.redirect_uri"), redirect_uri);
-                let refresh_token = self.secret(&format!("{key}.kommo.auth.refresh_token_env"), refresh_token_env);
+                let refresh_token = refresh_token_env.as_ref().map(|env| self.secret(&format!("{key}.kommo.auth.refresh_token_env"), env));
                 match (client_secret, redirect_uri, refresh_token) {
-                    (Some(client_secret), Some(redirect_uri), Some(refresh_token)) => {
-                        Some(KommoAuth::Oauth { client_id: client_id.clone(), client_secret, redirect_uri, refresh_token })
+                    (Some(client_secret), Some(redirect_uri), None) => {
+                        Some(KommoAuth::Oauth { client_id: client_id.clone(), client_secret, redirect_uri, refresh_token: None })
+                    }
+                    (Some(client_secret), Some(redirect_uri), Some(Some(refresh_token))) => {
+                        Some(KommoAuth::Oauth { client_id: client_id.clone(), client_secret, redirect_uri, refresh_token: Some(refresh_token) })
                     }
                     _ => None,
                 }

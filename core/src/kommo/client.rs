@@ -90,9 +90,10 @@ pub(super) struct Api {
 pub enum Credentials {
     /// A private integration's long-lived token.
     LongLived(SecretString),
-    /// OAuth 2.0: access tokens from `kommo_tokens`, refreshed with the stored refresh token
-    /// (at first use, with `initial_refresh_token`).
-    Oauth { client_id: String, client_secret: SecretString, redirect_uri: String, initial_refresh_token: SecretString },
+    /// OAuth 2.0: access tokens from `kommo_tokens` (stored by the installation, `oauth.rs`),
+    /// refreshed with the stored refresh token (or, before any is stored, the configured
+    /// bootstrap `initial_refresh_token`).
+    Oauth { client_id: String, client_secret: SecretString, redirect_uri: String, initial_refresh_token: Option<SecretString> },
 }
 
 /// Refresh this long before the access token expires.
@@ -442,42 +443,34 @@ impl Api {
             // Another process refreshed while we waited for the lock.
             return Ok(SecretString::from(token));
         }
-        let refresh_token = refresh.map(SecretString::from).unwrap_or_else(|| initial_refresh_token.clone());
-        let url = self.base.join("oauth2/access_token").expect("joins");
-        let body = serde_json::json!({
-            "client_id": client_id, "client_secret": client_secret.expose_secret(), "grant_type": "refresh_token",
-            "refresh_token": refresh_token.expose_secret(), "redirect_uri": redirect_uri,
-        });
-        let response = self.http.post(url).json(&body).send().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| KommoError::Unavailable(crate::http::describe(e)))?;
-        #[derive(serde::Deserialize)]
-        struct Pair {
-            access_token: String,
-            refresh_token: String,
-            expires_in: i64,
-        }
-        let pair: Pair = match status {
-            200 => serde_json::from_slice(&bytes).map_err(|e| KommoError::Unavailable(format!("unreadable token answer: {e}")))?,
-            500.. => return Err(KommoError::Unavailable(format!("token refresh: {status}: {}", problem_detail(&bytes)))),
-            _ => {
+        let Some(refresh_token) = refresh.map(SecretString::from).or_else(|| initial_refresh_token.clone()) else {
+            return Err(KommoError::Unauthorized {
+                account: self.account.clone(),
+                status: 401,
+                detail: format!("the integration is not connected: run `kommo-pay kommo connect --account {}`", self.account),
+            });
+        };
+        let pair = match super::oauth::request_pair(
+            &self.http,
+            &self.base,
+            client_id,
+            client_secret,
+            redirect_uri,
+            super::oauth::Grant::Refresh(&refresh_token),
+        )
+        .await
+        {
+            Ok(pair) => pair,
+            Err(super::oauth::TokenError::Unavailable(detail)) => return Err(KommoError::Unavailable(format!("token refresh: {detail}"))),
+            Err(super::oauth::TokenError::Refused { status, detail }) => {
                 return Err(KommoError::Unauthorized {
                     account: self.account.clone(),
                     status,
-                    detail: format!("the refresh token was refused ({}); authorise the integration again", problem_detail(&bytes)),
+                    detail: format!("the refresh token was refused ({detail}); connect the integration again with `kommo-pay kommo connect`"),
                 });
             }
         };
-        sqlx::query(
-            "UPDATE kommo_tokens SET access_token = $2, refresh_token = $3, expires_at = now() + make_interval(secs => $4), refreshed_at = now()
-             WHERE account = $1",
-        )
-        .bind(&self.account)
-        .bind(&pair.access_token)
-        .bind(&pair.refresh_token)
-        .bind(pair.expires_in as f64)
-        .execute(&mut *tx)
-        .await?;
+        super::oauth::store_pair(&mut *tx, &self.account, &pair).await?;
         // Stored before it is used: Kommo has already invalidated the old refresh token.
         tx.commit().await?;
         tracing::info!(account = %self.account, "Kommo OAuth tokens refreshed");
@@ -507,7 +500,7 @@ impl Api {
 
 /// Kommo's problem+json `detail` (and validation errors), or the start of a non-JSON body
 /// (a 403 may be nginx's HTML page).
-fn problem_detail(body: &[u8]) -> String {
+pub(super) fn problem_detail(body: &[u8]) -> String {
     match serde_json::from_slice::<Value>(body) {
         Ok(problem) => {
             let detail = problem.get("detail").or_else(|| problem.get("title")).and_then(Value::as_str).unwrap_or("no detail");

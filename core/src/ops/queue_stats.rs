@@ -17,7 +17,34 @@ pub struct QueueStats {
     pub oldest_runnable_age_secs: f64,
     /// Jobs waiting for a provider's rate limit (deferred, not failed), by account.
     pub waiting_for_rate_limit: Vec<Waiting>,
+    /// Provider accounts whose calls are stopped: Kommo's 403 block (an operator unblocks it), or
+    /// an uninstalled OAuth integration (connecting it again lifts it).
+    pub blocked: Vec<Blocked>,
     pub running: Vec<Running>,
+}
+
+/// A provider account whose calls stop, since when and why.
+#[derive(Debug, Clone, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct Blocked {
+    pub provider: String,
+    pub account: String,
+    pub since: DateTime<Utc>,
+    pub reason: Option<String>,
+}
+
+/// Every provider account with a budget row, and whether its calls are blocked (for the
+/// blocked list, and the gauge that shows 0 once a block is lifted).
+pub async fn blocks(pool: &PgPool) -> Result<Vec<(String, String, Option<Blocked>)>, sqlx::Error> {
+    type Row = (String, String, Option<DateTime<Utc>>, Option<String>);
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT provider, account, blocked_at, blocked_reason FROM api_limits ORDER BY provider, account").fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, account, since, reason)| {
+            let blocked = since.map(|since| Blocked { provider: provider.clone(), account: account.clone(), since, reason });
+            (provider, account, blocked)
+        })
+        .collect())
 }
 
 /// Jobs of one account that wait for `provider`'s budget, and until when the last of them waits.
@@ -87,5 +114,6 @@ pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, waiting_for_rate_limit, running })
+    let blocked = blocks(pool).await?.into_iter().filter_map(|(_, _, blocked)| blocked).collect();
+    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, waiting_for_rate_limit, blocked, running })
 }

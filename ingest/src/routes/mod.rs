@@ -4,6 +4,7 @@
 mod health;
 mod kommo;
 mod lemonsqueezy;
+mod oauth;
 mod ops;
 mod stripe;
 
@@ -31,6 +32,8 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize, metrics_path: &str
         .route("/webhooks/kommo/{account}/{secret}", post(kommo::receive))
         .route("/webhooks/stripe/{account}", post(stripe::receive))
         .route("/webhooks/lemonsqueezy/{account}", post(lemonsqueezy::receive))
+        .route("/oauth/kommo/callback", get(oauth::callback))
+        .route("/oauth/kommo/revoked", get(oauth::revoked))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route(metrics_path, get(health::metrics))

@@ -58,6 +58,10 @@ pub struct Oauth {
     pub access_token: String,
     pub expires_in: i64,
     pub refreshes: u32,
+    /// Authorization codes an installation handed out, each good once.
+    pub codes: Vec<String>,
+    /// The redirect URI every token request must name.
+    pub redirect_uri: Option<String>,
 }
 
 #[derive(Clone)]
@@ -149,7 +153,18 @@ impl FakeKommo {
             access_token: String::new(),
             expires_in,
             refreshes: 0,
+            codes: Vec::new(),
+            redirect_uri: None,
         });
+    }
+
+    /// An admin installed the integration: Kommo hands out `code` (exchangeable once, with the
+    /// integration's `redirect_uri`).
+    pub fn issue_code(&self, code: &str, redirect_uri: &str) {
+        let mut fake = self.state.lock().unwrap();
+        let oauth = fake.oauth.as_mut().expect("OAuth enabled");
+        oauth.codes.push(code.to_owned());
+        oauth.redirect_uri = Some(redirect_uri.to_owned());
     }
 
     pub fn oauth(&self) -> Oauth {
@@ -363,16 +378,32 @@ async fn access_token(State(state): State<Arc<Mutex<Fake>>>, body: Bytes) -> Res
     let request: Value = serde_json::from_slice(&body).unwrap();
     let mut fake = state.lock().unwrap();
     let Some(oauth) = fake.oauth.as_mut() else { return problem(404, "Not Found", "no OAuth here") };
-    let valid = request["client_id"] == oauth.client_id.as_str()
+    let client = request["client_id"] == oauth.client_id.as_str()
         && request["client_secret"] == oauth.client_secret.as_str()
-        && request["grant_type"] == "refresh_token"
-        && request["refresh_token"] == oauth.refresh_token.as_str();
-    if !valid {
+        && oauth.redirect_uri.as_ref().is_none_or(|uri| request["redirect_uri"] == uri.as_str());
+    let granted = match request["grant_type"].as_str() {
+        Some("refresh_token") => request["refresh_token"] == oauth.refresh_token.as_str(),
+        Some("authorization_code") => match oauth.codes.iter().position(|code| request["code"] == code.as_str()) {
+            Some(i) => {
+                oauth.codes.remove(i);
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    };
+    if !client || !granted {
         return problem(400, "Bad Request", "Token has been revoked");
     }
-    oauth.refreshes += 1;
-    oauth.access_token = format!("oauth-access-{}", oauth.refreshes);
-    oauth.refresh_token = format!("oauth-refresh-{}", oauth.refreshes);
+    // A code's pair is the installation's; only refreshes count as such.
+    let issued = if request["grant_type"] == "refresh_token" {
+        oauth.refreshes += 1;
+        format!("{}", oauth.refreshes)
+    } else {
+        format!("installed-{}", uuid::Uuid::new_v4().simple())
+    };
+    oauth.access_token = format!("oauth-access-{issued}");
+    oauth.refresh_token = format!("oauth-refresh-{issued}");
     let answer = json!({ "token_type": "Bearer", "expires_in": oauth.expires_in, "access_token": oauth.access_token, "refresh_token": oauth.refresh_token });
     (StatusCode::OK, axum::Json(answer)).into_response()
 }
