@@ -104,7 +104,7 @@ async fn a_stage_change_kommo_never_sent_issues_the_link_and_the_late_hook_chang
     assert_eq!(reconciler.run_once(Utc::now()).await.unwrap(), 1, "only the move into a trigger stage");
     f.drain().await;
     assert_eq!(f.link_creates().len(), 1);
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], crate::stripe_flow::LINK1);
     let notes = f.note_texts().len();
     assert_eq!(reconciler.run_once(Utc::now()).await.unwrap(), 0, "read again, appended once");
 

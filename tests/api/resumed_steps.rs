@@ -28,7 +28,7 @@ async fn a_retry_after_the_links_patch_moved_the_deal_on_still_adds_the_note_and
 
     assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], LINK_SENT_STAGE);
     assert_eq!(f.link_creates().len(), 1);
-    assert_eq!(link_notes(&f), ["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"], "the client's message is not lost");
+    assert_eq!(link_notes(&f), [format!("Payment link for 2,000.00 USD: {}", crate::stripe_flow::LINK1)], "the client's message is not lost");
     assert_eq!(f.bot_runs(), 1, "the Salesbot that sends the link is launched");
     assert_eq!(patches_writing(&f, LINK_FIELD), 1, "the retry saw the link on the card and did not write it again");
 }

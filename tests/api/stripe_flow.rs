@@ -14,6 +14,10 @@ use crate::fakes::stripe::FakeStripe;
 use crate::helpers::*;
 
 pub(crate) const LEAD: i64 = 15318175;
+/// The first and second links the fake Stripe creates, with the deal's main contact's email
+/// filled in on the payment page.
+pub(crate) const LINK1: &str = "https://buy.stripe.com/test_fake1?prefilled_email=jane%40client.example";
+pub(crate) const LINK2: &str = "https://buy.stripe.com/test_fake2?prefilled_email=jane%40client.example";
 pub(crate) const PIPELINE: i64 = 8572511;
 pub(crate) const TRIGGER_STAGE: i64 = 67548619;
 pub(crate) const LINK_SENT_STAGE: i64 = 67548620;
@@ -256,9 +260,13 @@ async fn a_deal_entering_the_stage_gets_a_link_and_paying_it_closes_the_deal() {
     assert_eq!(params["line_items"][0]["price_data"]["currency"], "usd");
     assert_eq!(params["line_items"][0]["price_data"]["product_data"]["name"], "Website redesign");
     assert_eq!(params["payment_intent_data"]["metadata"]["kommo_lead_id"], LEAD.to_string());
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    // The client travels with the payment: the main contact's id in the link's and the
+    // payment's metadata, their email filled in on the payment page (LINK1's prefilled_email).
+    assert_eq!(params["metadata"]["kommo_contact_id"], "9012345");
+    assert_eq!(params["payment_intent_data"]["metadata"]["kommo_contact_id"], "9012345");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK1);
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], AWAITING);
-    assert_eq!(f.note_texts(), vec!["Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1"]);
+    assert_eq!(f.note_texts(), vec![format!("Payment link for 2,000.00 USD: {LINK1}")]);
     assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], LINK_SENT_STAGE, "moved on once the link is in the card");
     assert_eq!(f.kommo.bot_launches(), vec![json!({ "bot_id": 77, "entity_id": LEAD, "entity_type": 2 })], "the Salesbot that sends the link is launched once");
 
@@ -321,9 +329,7 @@ async fn a_retry_reads_the_deals_notes_first_and_does_not_repeat_one_an_earlier_
     let f = flow().await;
     f.deal_enters_stage().await;
     // An earlier attempt added the note, then died before recording that it had.
-    f.kommo.add_note(
-        json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }),
-    );
+    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": format!("Payment link for 2,000.00 USD: {LINK1}") } }));
     sqlx::query("UPDATE jobs SET attempt = 1").execute(&f.app.db.pool).await.unwrap();
     f.drain().await;
     assert_eq!(f.note_texts().len(), 1, "{:?}", f.note_texts());
@@ -388,7 +394,7 @@ async fn reentering_the_stage_reuses_the_link_and_a_new_amount_replaces_it() {
 
     assert_eq!(f.link_creates().len(), 2);
     assert_eq!(f.link_creates()[1].params["line_items"][0]["price_data"]["unit_amount"], "250000");
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake2");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK2);
     assert_eq!(f.stripe.link("plink_fake1").unwrap()["active"], false, "the old link no longer takes payments");
     assert_eq!(f.stripe.link("plink_fake2").unwrap()["active"], true);
 }
@@ -405,7 +411,7 @@ async fn two_issue_jobs_for_one_deal_running_at_once_make_one_link() {
 
     assert_eq!(f.link_creates().len(), 1, "the second job waited for the first and reused its link");
     assert_eq!(f.note_texts().len(), 1);
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK1);
     assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state = 'completed'").await, 2);
 }
 
@@ -420,9 +426,7 @@ async fn a_job_taking_over_an_abandoned_issue_reads_the_deals_notes_first() {
         .execute(&f.app.db.pool)
         .await
         .unwrap();
-    f.kommo.add_note(
-        json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": "Payment link for 2,000.00 USD: https://buy.stripe.com/test_fake1" } }),
-    );
+    f.kommo.add_note(json!({ "entity_id": LEAD, "note_type": "common", "params": { "text": format!("Payment link for 2,000.00 USD: {LINK1}") } }));
 
     f.drain().await;
 
@@ -502,7 +506,7 @@ async fn a_stripe_outage_is_retried_later_with_the_same_idempotency_key() {
     sqlx::query("UPDATE jobs SET run_at = now() WHERE state = 'retryable'").execute(&f.app.db.pool).await.unwrap();
     f.drain().await;
 
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK1);
     let keys: Vec<String> = f.link_creates().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
     assert_eq!(keys.len(), 4);
     assert!(keys.iter().all(|k| *k == keys[0]), "one key across attempts: {keys:?}");
@@ -753,6 +757,7 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     let attributes = &requests[0].document["data"]["attributes"];
     assert_eq!(attributes["custom_price"], 200000);
     assert_eq!(attributes["checkout_data"]["custom"]["kommo_lead_id"], LEAD.to_string());
+    assert_eq!(attributes["checkout_data"]["custom"]["kommo_contact_id"], "9012345", "the client travels with the order");
     assert_eq!(attributes["checkout_data"]["email"], "jane@client.example");
     assert_eq!(attributes["checkout_data"]["name"], "Jane Client");
     assert_eq!(attributes["product_options"]["name"], "Pro plan", "the trigger's product name");
@@ -770,7 +775,7 @@ async fn a_lemonsqueezy_trigger_puts_a_prefilled_checkout_in_the_card() {
     // Moving to the Stripe stage replaces the checkout with a Stripe link.
     f.deal_enters(TRIGGER_STAGE).await;
     f.drain().await;
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK1);
     assert_eq!(f.app.db.count("SELECT count(*) FROM payment_links WHERE status = 'replaced' AND provider = 'lemonsqueezy'").await, 1);
 }
 
@@ -1055,10 +1060,7 @@ async fn an_unpaid_link_brings_reminders_on_their_days_once_each() {
     let tasks = f.kommo.tasks();
     assert_eq!(tasks.len(), 1);
     let text = tasks[0]["text"].as_str().unwrap();
-    assert!(
-        text.contains("Remind the client about payment: 2,000.00 USD") && text.contains("https://buy.stripe.com/test_fake1") && text.contains("(reminder 1)"),
-        "{text}"
-    );
+    assert!(text.contains("Remind the client about payment: 2,000.00 USD") && text.contains(LINK1) && text.contains("(reminder 1)"), "{text}");
     assert_eq!(tasks[0]["responsible_user_id"], 504141);
 
     assert_eq!(reminders.run_once(issued + day * 6 + hour).await.unwrap(), 1);
@@ -1100,7 +1102,21 @@ async fn a_success_that_is_not_stripes_json_counts_as_invalid_and_is_retried() {
     assert!(!metrics.contains(r#"provider="stripe",endpoint="v1/payment_links",status="200""#), "{metrics}");
 
     f.drain_with_retries().await;
-    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1");
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], LINK1);
     let keys: Vec<String> = f.link_creates().iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
     assert!(keys.len() == 4 && keys.iter().all(|k| *k == keys[0]), "one key across tries: {keys:?}");
+}
+
+/// A deal without a contact still gets its link, without a prefilled email or contact id. (The
+/// metadata that carries the contact id goes to the subscription too: `stripe_client.rs`.)
+#[tokio::test]
+async fn the_contact_rides_in_every_metadata_and_a_deal_without_one_still_gets_its_link() {
+    let f = flow().await;
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["_embedded"] = json!({ "contacts": [] });
+    f.kommo.add_lead(lead);
+    f.deal_enters_stage().await;
+    f.drain().await;
+    assert_eq!(f.field(LINK_FIELD).unwrap()["value"], "https://buy.stripe.com/test_fake1", "no contact, no prefilled email");
+    assert!(f.link_creates()[0].params["metadata"].get("kommo_contact_id").is_none());
 }

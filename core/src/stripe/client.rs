@@ -156,6 +156,20 @@ pub struct PaymentLink {
     pub active: bool,
 }
 
+impl PaymentLink {
+    /// The link's URL with the client's `email` filled in on the payment page (Stripe takes
+    /// `prefilled_email` as a URL parameter of a Payment Link).
+    pub fn prefilled_for(&self, email: Option<&str>) -> String {
+        match (url::Url::parse(&self.url), email) {
+            (Ok(mut url), Some(email)) => {
+                url.query_pairs_mut().append_pair("prefilled_email", email);
+                url.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
 impl StripeClient {
     pub fn new(base: url::Url, secret_key: SecretString) -> StripeClient {
         let http =

@@ -152,6 +152,8 @@ async fn decide(
     let link = match active.filter(|link| link.amount() == Some(amount) && link.provider == provider.as_str()) {
         Some(link) => link,
         None => {
+            // The client: their contact id travels with the payment, their email prefills the page.
+            let contact = main_contact(&clients.kommo, lead).await?;
             // Configured extras first, so that they can never overwrite the deal's own keys.
             let mut metadata = trigger.custom.clone();
             metadata.extend([
@@ -159,6 +161,10 @@ async fn decide(
                 ("kommo_lead_id".to_owned(), lead_id.to_string()),
                 ("kommo_pay_account".to_owned(), account.slug.clone()),
             ]);
+            if let Some(contact) = &contact {
+                metadata.insert("kommo_contact_id".to_owned(), contact.id.to_string());
+            }
+            let email = contact.as_ref().and_then(|c| c.email.clone());
             let product_name = match &trigger.product_name {
                 Some(name) => name.clone(),
                 None if deal.name.trim().is_empty() => format!("Deal #{lead_id}"),
@@ -169,7 +175,7 @@ async fn decide(
                     let request = NewPaymentLink { product_name, amount, recurring: trigger.recurring, metadata, redirect_url: trigger.redirect_url.clone() };
                     let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
                     match clients.stripe()?.create_payment_link(&request, &key).await {
-                        Ok(created) => (created.id, created.url),
+                        Ok(created) => (created.id.clone(), created.prefilled_for(email.as_deref())),
                         Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
                         Err(error) => {
                             let text = format!("No payment link was issued for {amount}: Stripe refused it: {error}");
@@ -179,7 +185,7 @@ async fn decide(
                     }
                 }
                 TriggerProvider::LemonSqueezy { store_id, variant_id, expires_hours } => {
-                    let (email, name) = main_contact(&clients.kommo, lead).await?;
+                    let name = contact.and_then(|c| c.name);
                     let request = NewCheckout {
                         store_id: store_id.clone(),
                         variant_id: variant_id.clone(),
@@ -234,14 +240,21 @@ async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &D
     tell_manager(&context.pool, kommo, &clients.account.slug, deal, job_id, "payment_link.failed", text).await
 }
 
-/// The email and name of the deal's main contact, to prefill a checkout.
-async fn main_contact(kommo: &KommoClient, lead: &Value) -> Result<(Option<String>, Option<String>), JobError> {
+/// The deal's main contact, as a payment page knows the client.
+struct Contact {
+    id: i64,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+/// The deal's main contact (its first one when none is marked main); `None` for a deal without.
+async fn main_contact(kommo: &KommoClient, lead: &Value) -> Result<Option<Contact>, JobError> {
     let contacts = lead.pointer("/_embedded/contacts").and_then(Value::as_array).cloned().unwrap_or_default();
     let main = contacts.iter().find(|c| c["is_main"] == true).or(contacts.first());
     let Some(id) = main.and_then(|c| c.get("id")).and_then(kommo_pay_core::kommo::lenient_id) else {
-        return Ok((None, None));
+        return Ok(None);
     };
-    let Some(contact) = kommo.contact(id).await.map_err(kommo_failed)? else { return Ok((None, None)) };
+    let Some(contact) = kommo.contact(id).await.map_err(kommo_failed)? else { return Ok(Some(Contact { id, email: None, name: None })) };
     let email = contact
         .get("custom_fields_values")
         .and_then(Value::as_array)
@@ -250,5 +263,5 @@ async fn main_contact(kommo: &KommoClient, lead: &Value) -> Result<(Option<Strin
         .and_then(Value::as_str)
         .map(str::to_owned);
     let name = contact.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
-    Ok((email, name))
+    Ok(Some(Contact { id, email, name }))
 }
