@@ -94,6 +94,7 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
         salesbot_id = 77
         remind_after_days = 3
         max_reminders = 2
+        remind_salesbot_id = 78
         [accounts.lemonsqueezy]
         api_base_url = "{ls_url}"
         api_key_env = "LS_KEY"
@@ -1063,10 +1064,20 @@ async fn an_unpaid_link_brings_reminders_on_their_days_once_each() {
     assert!(text.contains("Remind the client about payment: 2,000.00 USD") && text.contains(LINK1) && text.contains("(reminder 1)"), "{text}");
     assert_eq!(tasks[0]["responsible_user_id"], 504141);
 
+    let reminder_bots = || f.kommo.bot_launches().iter().filter(|launch| launch["bot_id"] == 78).count();
+    assert_eq!(reminder_bots(), 1, "the reminder's Salesbot messages the client once");
+
     assert_eq!(reminders.run_once(issued + day * 6 + hour).await.unwrap(), 1);
     assert_eq!(reminders.run_once(issued + day * 30).await.unwrap(), 0, "two at most");
     f.drain().await;
     assert_eq!(f.kommo.tasks().len(), 2);
+    assert_eq!(reminder_bots(), 2, "once per reminder number");
+    // A retried reminder job (its fact recorded) launches nothing again.
+    sqlx::query("UPDATE jobs SET state = 'available', run_at = now() WHERE kind = 'deal.remind'").execute(&f.app.db.pool).await.unwrap();
+    f.drain().await;
+    assert_eq!(reminder_bots(), 2);
+    assert_eq!(f.kommo.tasks().len(), 2);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM events WHERE kind = 'payment_link.reminder_bot'").await, 2, "each launch in the log");
 }
 
 #[tokio::test]
@@ -1080,6 +1091,7 @@ async fn reminders_stop_once_the_deal_is_paid() {
 
     let reminders = kommo_pay_scheduler::Reminders::new(f.app.db.pool.clone(), f.config.accounts.clone(), f.config.jobs.clone());
     assert_eq!(reminders.run_once(issued + chrono::Duration::days(4)).await.unwrap(), 0);
+    assert!(f.kommo.bot_launches().iter().all(|launch| launch["bot_id"] != 78), "no reminder message after payment");
 }
 
 /// A proxy's HTML page answered with 200 is no success: it counts as `status="invalid"` in the

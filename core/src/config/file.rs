@@ -303,6 +303,14 @@ pub struct TriggerSection {
     pub max_reminders: u32,
     /// Days between reminders (default: remind_after_days).
     pub remind_every_days: Option<u32>,
+    /// A Salesbot launched for the deal at each reminder, so that Kommo messages the client
+    /// (WhatsApp, email…) with the link without a manager's click; once per reminder, never for a
+    /// paid, replaced, won or lost deal. Needs remind_after_days.
+    pub remind_salesbot_id: Option<i64>,
+    /// Whether each reminder also gives the manager a "remind the client" task (default true;
+    /// false with remind_salesbot_id to remind by message only).
+    #[serde(default = "yes")]
+    pub remind_task: bool,
     /// `payment` (one-time) or `subscription`.
     #[serde(default = "default_mode")]
     pub mode: String,

@@ -181,6 +181,10 @@ pub struct Reminders {
     pub after: chrono::Duration,
     pub every: chrono::Duration,
     pub max: u32,
+    /// Launched for the deal at each reminder (Kommo messages the client).
+    pub salesbot_id: Option<i64>,
+    /// The manager's "remind the client" task at each reminder.
+    pub task: bool,
 }
 
 #[derive(Debug, Clone)]

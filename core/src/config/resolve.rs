@@ -383,6 +383,15 @@ impl Validator<'_> {
             if k.fields.is_none() {
                 self.problem(&tkey, &format!("needs {key}.kommo.fields (run `kommo-pay kommo setup`)"));
             }
+            if t.remind_after_days.is_none() && (t.remind_salesbot_id.is_some() || !t.remind_task) {
+                self.problem(
+                    &format!("{tkey}.remind_after_days"),
+                    "is needed by remind_salesbot_id and remind_task: reminders start that many days after the link",
+                );
+            }
+            if !t.remind_task && t.remind_salesbot_id.is_none() {
+                self.problem(&format!("{tkey}.remind_task"), "is false, but no remind_salesbot_id reminds the client instead: a reminder would do nothing");
+            }
             let recurring = match (t.mode.as_str(), t.interval.as_deref()) {
                 _ if Provider::parse(&t.provider) == Some(Provider::LemonSqueezy) => None,
                 ("payment", None) => None,
@@ -427,6 +436,8 @@ impl Validator<'_> {
                     after: chrono::Duration::days(i64::from(after)),
                     every: chrono::Duration::days(i64::from(t.remind_every_days.unwrap_or(after).max(1))),
                     max: t.max_reminders,
+                    salesbot_id: t.remind_salesbot_id,
+                    task: t.remind_task,
                 }),
                 recurring,
                 redirect_url: t.redirect_url.clone(),
@@ -549,6 +560,22 @@ mod tests {
         }
         // The secret's value never appears in an error.
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn a_reminder_must_remind_someone() {
+        let fields = "fields = { payment_link = 1, payment_status = 2, payment_date = 3, payment_id = 4, paid_amount = 5, statuses = { not_issued = 10, awaiting = 11, paid = 12, overdue = 13, refunded = 14, partially_refunded = 15, cancelled = 16 } }";
+        let trigger = |extra: &str| {
+            let with_fields = VALID.replace("token_env = \"ACME_KOMMO_TOKEN\" }", &format!("token_env = \"ACME_KOMMO_TOKEN\" }}\n{fields}"));
+            format!("{with_fields}\n[[accounts.triggers]]\nname = \"invoice\"\npipeline_id = 1\nstatus_id = 2\nprovider = \"stripe\"\n{extra}\n")
+        };
+        let ok = Config::parse(&trigger("remind_after_days = 3\nremind_salesbot_id = 78\nremind_task = false"), "x.toml", &full_env());
+        let reminders = ok.unwrap().accounts.get("acme").unwrap().trigger("invoice").unwrap().reminders.unwrap();
+        assert_eq!((reminders.salesbot_id, reminders.task), (Some(78), false));
+        let err = Config::parse(&trigger("remind_after_days = 3\nremind_task = false"), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("remind_task: is false, but no remind_salesbot_id")), "{err}");
+        let err = Config::parse(&trigger("remind_salesbot_id = 78"), "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("remind_after_days: is needed")), "{err}");
     }
 
     #[test]

@@ -161,6 +161,21 @@ pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str,
     event_log::append_fact(pool, fact).await.map(drop).map_err(db_failed)
 }
 
+/// Launches Salesbot `bot` for lead `lead_id` for reminder `number`, once per job (the fact
+/// `payment_link.reminder_bot` records it). Kommo cannot be asked whether a bot ran, so a crash
+/// between the launch and its fact launches it again: at least once, as the link's own
+/// Salesbot (ADR 16).
+pub(super) async fn launch_once(pool: &PgPool, kommo: &KommoClient, account: &str, lead_id: i64, job_id: i64, bot: i64, number: i64) -> Result<(), JobError> {
+    let kind = "payment_link.reminder_bot";
+    let dedup_key = format!("{kind}:job:{job_id}");
+    if still_to_do(pool, account, &dedup_key, job_id).await?.is_none() {
+        return Ok(());
+    }
+    kommo.run_salesbot(bot, lead_id).await.map_err(kommo_failed)?;
+    let fact = Fact::of_job(account, kind, &dedup_key, lead_id, job_id, json!({ "salesbot_id": bot, "reminder": number }));
+    event_log::append_fact(pool, fact).await.map(drop).map_err(db_failed)
+}
+
 /// Where a job's task or note (fact `dedup_key`) stands, in one query: `None` when the log
 /// records it done; otherwise whether an earlier attempt of the job ran (and may have written to
 /// Kommo before it died, so Kommo is read before it is written).

@@ -1,6 +1,7 @@
 //! `deal.remind`: an unpaid link is due a reminder (the scheduler's `reminders` scan): the deal's
-//! manager gets a task to remind the client, unless the deal was paid, won, lost or got a new
-//! link meanwhile.
+//! manager gets a task to remind the client, and/or the trigger's reminder Salesbot messages the
+//! client, unless the deal was paid, won, lost or got a new link meanwhile. Each once per
+//! reminder, recorded in the log.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use kommo_pay_core::payment_links;
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::Value;
 
-use super::deal::{Deal, tell_manager};
+use super::deal::{Deal, launch_once, tell_manager};
 use super::{Context, db_failed, kommo_failed};
 use crate::JobError;
 
@@ -35,7 +36,15 @@ pub(super) async fn remind(context: Arc<Context>, job: ClaimedJob) -> Result<(),
         tracing::info!(lead_id = deal.id, "no reminder: the deal is closed");
         return Ok(());
     }
-    let amount = link.amount().map(|a| a.to_string()).unwrap_or_else(|| format!("{} {}", link.amount_minor, link.currency));
-    let text = format!("Remind the client about payment: {amount} is still unpaid. Link: {} (reminder {number})", link.url);
-    tell_manager(&context.pool, &clients.kommo, &account.slug, &deal, job.id, "payment_link.reminded", &text).await
+    // As the link's trigger says now (a trigger no longer configured: the manager's task).
+    let rule = account.trigger(&link.trigger).and_then(|t| t.reminders.as_ref());
+    if let Some(bot) = rule.and_then(|r| r.salesbot_id) {
+        launch_once(&context.pool, &clients.kommo, &account.slug, deal.id, job.id, bot, number).await?;
+    }
+    if rule.is_none_or(|r| r.task) {
+        let amount = link.amount().map(|a| a.to_string()).unwrap_or_else(|| format!("{} {}", link.amount_minor, link.currency));
+        let text = format!("Remind the client about payment: {amount} is still unpaid. Link: {} (reminder {number})", link.url);
+        tell_manager(&context.pool, &clients.kommo, &account.slug, &deal, job.id, "payment_link.reminded", &text).await?;
+    }
+    Ok(())
 }
