@@ -162,7 +162,7 @@ pub fn overdue_of(account: &str, run: &crate::dunning::Open, fact: Uuid, policie
 /// The `deal.alert` a dead letter raises, telling the deal's manager (hung off the dead job's
 /// event, or its dead-letter `fact`), with `attempts` (its kind's policy). None for a job of no
 /// deal, and alerts raise none of their own, so a blocked Kommo account cannot make them loop.
-pub fn alert_for(dead: &crate::queue::DeadJob, error: &str, fact: Option<Uuid>, attempts: i32) -> Option<NewJob> {
+pub fn alert_for(dead: &crate::queue::DeadLettered, error: &str, fact: Option<Uuid>, attempts: i32) -> Option<NewJob> {
     let lead_id = dead.lead_id.filter(|_| dead.kind != JobKind::AlertManager.as_str())?;
     Some(NewJob {
         kind: JobKind::AlertManager.as_str().into(),

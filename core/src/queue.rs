@@ -208,7 +208,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, 
              errors = errors || jsonb_build_array(jsonb_build_object('at', now(), 'attempt', attempt + 1, 'error', $5::text))
          WHERE id = $1 AND locked_by = $2 AND state = 'running'
          RETURNING id, kind, account, lead_id, event_id, attempt, max_attempts";
-    let failed = sqlx::query_as::<_, DeadJob>(FAILED).bind(id).bind(owner).bind(state).bind(run_at).bind(error);
+    let failed = sqlx::query_as::<_, DeadLettered>(FAILED).bind(id).bind(owner).bind(state).bind(run_at).bind(error);
     if fate != Fate::Dead {
         return Ok(failed.fetch_optional(pool).await?.is_some());
     }
@@ -235,7 +235,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, 
 
 /// A job as it was dead-lettered: what its fact and its alert say of it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeadJob {
+pub struct DeadLettered {
     pub id: i64,
     pub kind: String,
     pub account: String,
