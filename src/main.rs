@@ -46,6 +46,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
             println!("  {} (Kommo account {}): {}", account.slug, account.kommo.account_id, providers.join(", "));
         }
+        for notice in &config.notices {
+            println!("note: {notice}");
+        }
         not_connected(&config).await;
         return Ok(());
     }

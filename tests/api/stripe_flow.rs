@@ -100,6 +100,7 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
         api_key_env = "LS_KEY"
         webhook_secret_envs = ["LS_WHSEC"]
         test_mode = true
+        [accounts.deals]
         success_manager_id = 500
         refund_status_id = 67548640
         [accounts.lemonsqueezy.self_serve]
@@ -702,6 +703,7 @@ async fn a_cancelled_subscription_marks_the_deal_and_tells_its_manager() {
 
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
     assert!(f.kommo.tasks()[0]["text"].as_str().unwrap().contains("sub_test_1 was cancelled"));
+    assert_eq!(f.kommo.tasks()[0]["responsible_user_id"], 500, "the account's success manager, as for Lemon Squeezy");
 }
 
 #[tokio::test]
@@ -716,6 +718,7 @@ async fn partial_then_full_refunds_update_the_deal_forward_only() {
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
     assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "500.00");
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 67548640, "the account's needs-attention stage, as for Lemon Squeezy");
 
     f.stripe_sends(charge_refunded("evt_refund_2", "pi_r", 200000, 200000)).await;
     f.drain_with_retries().await;

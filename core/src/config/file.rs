@@ -263,6 +263,9 @@ pub struct AccountSection {
     /// Stages that issue a payment link when a deal enters them.
     #[serde(default)]
     pub triggers: Vec<TriggerSection>,
+    /// How deals are handled whichever provider the payment came through.
+    #[serde(default)]
+    pub deals: DealsSection,
 }
 
 fn default_overdue_grace_days() -> u32 {
@@ -274,6 +277,20 @@ fn default_currency() -> String {
 }
 
 /// A deal entering `pipeline_id`/`status_id` gets a payment link.
+/// How the account's deals are handled, for Stripe and Lemon Squeezy alike.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DealsSection {
+    /// The stage a paid deal moves to when its trigger names no `paid_status_id` (Lemon Squeezy
+    /// deals otherwise move to 142, won; Stripe deals otherwise stay where they are).
+    pub won_status_id: Option<i64>,
+    /// The "needs attention" stage a deal moves to when its payment is refunded.
+    pub refund_status_id: Option<i64>,
+    /// The customer-success manager who gets the task when a subscription is cancelled
+    /// (default: the deal's responsible manager).
+    pub success_manager_id: Option<i64>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSection {
@@ -465,10 +482,9 @@ pub struct LemonSqueezySection {
     /// The store whose orders and subscriptions reconciliation reads, besides the stores named
     /// by triggers (set it when self-serve buyers use a store no trigger names).
     pub store_id: Option<String>,
-    /// Stage to move a deal to when its order is refunded ("needs attention").
+    /// Moved to `[accounts.deals] refund_status_id` (for both providers); still read here.
     pub refund_status_id: Option<i64>,
-    /// The customer-success manager who gets the task when a subscription is cancelled (default:
-    /// the deal's responsible manager).
+    /// Moved to `[accounts.deals] success_manager_id` (for both providers); still read here.
     pub success_manager_id: Option<i64>,
     /// Deals for buyers who paid without one (self-serve).
     pub self_serve: Option<SelfServeSection>,

@@ -49,6 +49,8 @@ pub struct Config {
     pub ops_tokens: Vec<OpsToken>,
     pub metrics: MetricsConfig,
     pub accounts: Accounts,
+    /// What is valid but should change (a key that moved), for `config check` to say.
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +134,15 @@ pub struct Account {
     /// How long a subscription may stay unpaid after a failed charge before the deal is overdue.
     pub overdue_grace: chrono::Duration,
     pub triggers: Vec<Trigger>,
+    pub deals: DealHandling,
+}
+
+/// How the account's deals are handled, whichever provider the payment came through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DealHandling {
+    pub won_status_id: Option<i64>,
+    pub refund_status_id: Option<i64>,
+    pub success_manager_id: Option<i64>,
 }
 
 impl Account {
@@ -142,6 +153,12 @@ impl Account {
 
     pub fn trigger(&self, name: &str) -> Option<&Trigger> {
         self.triggers.iter().find(|t| t.name == name)
+    }
+
+    /// The stage a deal paid through `trigger`'s link moves to: the trigger's `paid_status_id`,
+    /// else the account's `won_status_id`.
+    pub fn won_stage(&self, trigger: Option<&str>) -> Option<i64> {
+        trigger.and_then(|name| self.trigger(name)).and_then(|t| t.paid_status_id).or(self.deals.won_status_id)
     }
 
     /// The Lemon Squeezy stores this account sells through: the configured one and the triggers'.
@@ -227,8 +244,6 @@ pub struct LemonSqueezyAccount {
     pub webhook_secrets: Vec<SecretString>,
     pub test_mode: bool,
     pub store_id: Option<String>,
-    pub refund_status_id: Option<i64>,
-    pub success_manager_id: Option<i64>,
     pub self_serve: Option<SelfServeSection>,
 }
 

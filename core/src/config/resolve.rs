@@ -20,7 +20,7 @@ pub const MIN_KOMMO_WEBHOOK_SECRET_LEN: usize = 24;
 impl Config {
     /// Validates the file and reads the secrets it names from `env`.
     pub fn resolve(file: ConfigFile, env: Env<'_>) -> Result<Config, Vec<String>> {
-        let mut v = Validator { env, problems: Vec::new() };
+        let mut v = Validator { env, problems: Vec::new(), notices: Vec::new() };
 
         let listen = v.check(
             "server.listen",
@@ -160,6 +160,7 @@ impl Config {
             ops_tokens,
             metrics: MetricsConfig { path: file.metrics.path, listen: metrics_listen },
             accounts: Accounts(accounts),
+            notices: v.notices,
         })
     }
 }
@@ -172,9 +173,15 @@ fn is_slug(s: &str) -> bool {
 struct Validator<'a> {
     env: Env<'a>,
     problems: Vec<String>,
+    /// What still works but should change (keys that moved).
+    notices: Vec<String>,
 }
 
 impl Validator<'_> {
+    fn notice(&mut self, key: &str, message: &str) {
+        self.notices.push(format!("{key}: {message}"));
+    }
+
     fn problem(&mut self, key: &str, message: &str) {
         self.problems.push(format!("{key}: {message}"));
     }
@@ -332,8 +339,6 @@ impl Validator<'_> {
                 webhook_secrets: webhook_secrets?,
                 test_mode: s.test_mode,
                 store_id: s.store_id.clone(),
-                refund_status_id: s.refund_status_id,
-                success_manager_id: s.success_manager_id,
                 self_serve: s.self_serve.clone(),
             })
         });
@@ -461,7 +466,34 @@ impl Validator<'_> {
         if self.problems.len() > problems_before {
             return None;
         }
+        // One set of deal-handling options for both providers; the Lemon Squeezy keys they
+        // started as are still read.
+        let mut deals = DealHandling {
+            won_status_id: section.deals.won_status_id,
+            refund_status_id: section.deals.refund_status_id,
+            success_manager_id: section.deals.success_manager_id,
+        };
+        if let Some(ls) = &section.lemonsqueezy {
+            for (name, old, new) in [
+                ("refund_status_id", ls.refund_status_id, &mut deals.refund_status_id),
+                ("success_manager_id", ls.success_manager_id, &mut deals.success_manager_id),
+            ] {
+                let Some(old) = old else { continue };
+                match *new {
+                    Some(set) if set != old => self.problem(
+                        &format!("{key}.lemonsqueezy.{name}"),
+                        &format!("is {old}, but {key}.deals.{name} is {set}: keep the one in [accounts.deals]"),
+                    ),
+                    _ => self.notice(
+                        &format!("{key}.lemonsqueezy.{name}"),
+                        &format!("moved to {key}.deals.{name} (it applies to Stripe deals too); still read here"),
+                    ),
+                }
+                *new = Some(old);
+            }
+        }
         Some(Account {
+            deals,
             default_currency: default_currency?,
             overdue_grace: chrono::Duration::days(i64::from(section.overdue_grace_days)),
             triggers,
@@ -560,6 +592,29 @@ mod tests {
         }
         // The secret's value never appears in an error.
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn deal_handling_is_one_set_for_both_providers_and_the_old_keys_still_work() {
+        let ls = "[accounts.lemonsqueezy]\napi_key_env = \"ACME_KOMMO_TOKEN\"\nwebhook_secret_envs = [\"ACME_WHSEC\"]\n";
+        let config = Config::parse(&format!("{VALID}\n[accounts.deals]\nrefund_status_id = 7\nwon_status_id = 9\n"), "x.toml", &full_env()).unwrap();
+        let deals = config.accounts.get("acme").unwrap().deals;
+        assert_eq!((deals.refund_status_id, deals.won_status_id, deals.success_manager_id), (Some(7), Some(9), None));
+        assert!(config.notices.is_empty());
+
+        let old = format!("{VALID}\n{ls}refund_status_id = 7\nsuccess_manager_id = 500\n");
+        let config = Config::parse(&old, "x.toml", &full_env()).unwrap();
+        let deals = config.accounts.get("acme").unwrap().deals;
+        assert_eq!((deals.refund_status_id, deals.success_manager_id), (Some(7), Some(500)), "still read");
+        assert!(
+            config.notices.iter().any(|n| n.contains("accounts[0].lemonsqueezy.refund_status_id: moved to accounts[0].deals.refund_status_id")),
+            "{:?}",
+            config.notices
+        );
+
+        let both = format!("{VALID}\n[accounts.deals]\nrefund_status_id = 8\n{ls}refund_status_id = 7\n");
+        let err = Config::parse(&both, "x.toml", &full_env()).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("keep the one in [accounts.deals]")), "{err}");
     }
 
     #[test]

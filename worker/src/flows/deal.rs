@@ -193,16 +193,23 @@ async fn still_to_do(pool: &PgPool, account: &str, dedup_key: &str, job_id: i64)
     Ok((!logged).then_some(tried_before))
 }
 
+/// What a deal's manager is told with a task: the fact's `kind`, the `text`, and who, when not
+/// the deal's responsible manager.
+pub(super) struct Tell<'a> {
+    pub kind: &'a str,
+    pub text: &'a str,
+    pub to: Option<i64>,
+}
+
 /// Sets the deal's payment status to `status` (picked from the configured options) and tells
-/// its manager `text` with a task.
+/// the deal's manager (or `tell.to`) with a task.
 pub(super) async fn mark_and_tell(
     context: &Context,
     clients: &AccountClients,
     job: &ClaimedJob,
     lead_id: i64,
     status: impl Fn(&StatusesSection) -> i64,
-    kind: &str,
-    text: &str,
+    tell: Tell<'_>,
 ) -> Result<(), JobError> {
     let kommo = &clients.kommo;
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
@@ -210,13 +217,16 @@ pub(super) async fn mark_and_tell(
         tracing::info!(lead_id, "the deal no longer exists");
         return Ok(());
     };
-    let deal = Deal::from_lead(&lead)?;
+    let mut deal = Deal::from_lead(&lead)?;
     let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
     if !deal.shows(&changes) {
         kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
     }
     fail::fail_point!("deal.status_written");
-    tell_manager(&context.pool, kommo, &clients.account.slug, &deal, job.id, kind, text).await
+    if tell.to.is_some() {
+        deal.responsible_user_id = tell.to;
+    }
+    tell_manager(&context.pool, kommo, &clients.account.slug, &deal, job.id, tell.kind, tell.text).await
 }
 
 /// Sets the deal's payment status field to the option `status`.

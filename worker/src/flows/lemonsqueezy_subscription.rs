@@ -122,7 +122,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 "The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back."
             );
             let mut deal = Deal::from_lead(&lead)?;
-            if let Some(manager) = account.lemonsqueezy.as_ref().and_then(|l| l.success_manager_id) {
+            if let Some(manager) = account.deals.success_manager_id {
                 deal.responsible_user_id = Some(manager);
             }
             tell_manager(pool, &clients.kommo, &account.slug, &deal, job.id, "subscription.cancelled", &text).await

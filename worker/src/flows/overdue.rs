@@ -12,7 +12,7 @@ use kommo_pay_core::dunning::{self, Failure, Run};
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::Value;
 
-use super::deal::{mark_and_tell, note_once};
+use super::deal::{Tell, mark_and_tell, note_once};
 use super::{AccountClients, Context, db_failed};
 use crate::JobError;
 
@@ -46,5 +46,5 @@ pub(super) async fn mark(context: Arc<Context>, job: ClaimedJob) -> Result<(), J
         run.what,
         run.failed_at.format("%Y-%m-%d")
     );
-    mark_and_tell(&context, clients, &job, run.lead_id, |s| s.overdue, "subscription.overdue", &text).await
+    mark_and_tell(&context, clients, &job, run.lead_id, |s| s.overdue, Tell { kind: "subscription.overdue", text: &text, to: None }).await
 }

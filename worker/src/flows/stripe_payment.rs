@@ -17,9 +17,9 @@ use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::deal::{Deal, mark_and_tell, note_once, tell_manager};
+use super::deal::{Deal, Tell, mark_and_tell, note_once, tell_manager, update_lead_once};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, RequiredClients, causing_event, db_failed, kommo_failed, stripe_failed};
@@ -66,7 +66,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         Some(id) => payment_links::by_id(pool, &account.slug, id).await.map_err(db_failed)?,
         None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
     };
-    let won_stage = link.and_then(|l| account.trigger(&l.trigger).and_then(|t| t.paid_status_id));
+    let won_stage = account.won_stage(link.as_ref().map(|l| l.trigger.as_str()));
     let note = format!("Payment received: {} via Stripe", payment.amount);
     settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note }).await?;
     deactivate_paid_links(clients, pool, lead_id, job.id).await
@@ -136,7 +136,8 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
     let id = event["data"]["object"]["id"].as_str().unwrap_or("?").to_owned();
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
-    mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, "subscription.cancelled", &text).await
+    let tell = Tell { kind: "subscription.cancelled", text: &text, to: clients.account.deals.success_manager_id };
+    mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, tell).await
 }
 
 /// `stripe.subscription_updated`: a snapshot of a subscription, stored like Lemon Squeezy's
@@ -196,6 +197,9 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     };
     let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
     let kommo = &clients.kommo;
+    if let Some(stage) = account.deals.refund_status_id {
+        update_lead_once(kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
+    }
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let text = format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount);
     note_once(pool, kommo, &account.slug, lead_id, job.id, "refund.noted", &text).await
