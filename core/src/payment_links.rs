@@ -42,6 +42,16 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: i64) -> Result<Op
     .await
 }
 
+/// The trigger of the deal's newest link, whatever its status: the trigger whose deal-handling
+/// options (its refund stage, its success manager) apply to the deal's payments.
+pub async fn trigger_of(pool: &PgPool, account: &str, lead_id: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT trigger FROM payment_links WHERE account = $1 AND lead_id = $2 ORDER BY issued_at DESC LIMIT 1")
+        .bind(account)
+        .bind(lead_id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The link job `job_id` issued for the deal, whatever its status now.
 pub async fn issued_by(pool: &PgPool, account: &str, lead_id: i64, job_id: i64) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND issued_by_job = $3 ORDER BY issued_at DESC LIMIT 1")

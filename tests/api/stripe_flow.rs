@@ -95,6 +95,7 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
         remind_after_days = 3
         max_reminders = 2
         remind_salesbot_id = 78
+        refund_status_id = 67548641
         [accounts.lemonsqueezy]
         api_base_url = "{ls_url}"
         api_key_env = "LS_KEY"
@@ -718,7 +719,7 @@ async fn partial_then_full_refunds_update_the_deal_forward_only() {
     f.drain_with_retries().await;
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
     assert_eq!(f.field(REFUNDED_FIELD).unwrap()["value"], "500.00");
-    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 67548640, "the account's needs-attention stage, as for Lemon Squeezy");
+    assert_eq!(f.kommo.lead(LEAD).unwrap()["status_id"], 67548641, "the trigger's own needs-attention stage, over the account's");
 
     f.stripe_sends(charge_refunded("evt_refund_2", "pi_r", 200000, 200000)).await;
     f.drain_with_retries().await;

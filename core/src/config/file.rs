@@ -320,6 +320,10 @@ pub struct TriggerSection {
     pub max_reminders: u32,
     /// Days between reminders (default: remind_after_days).
     pub remind_every_days: Option<u32>,
+    /// This trigger's deals' "needs attention" stage when refunded (default: `[accounts.deals]`).
+    pub refund_status_id: Option<i64>,
+    /// Who gets this trigger's deals' cancellation tasks (default: `[accounts.deals]`).
+    pub success_manager_id: Option<i64>,
     /// A Salesbot launched for the deal at each reminder, so that Kommo messages the client
     /// (WhatsApp, email…) with the link without a manager's click; once per reminder, never for a
     /// paid, replaced, won or lost deal. Needs remind_after_days.

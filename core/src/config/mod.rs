@@ -155,10 +155,15 @@ impl Account {
         self.triggers.iter().find(|t| t.name == name)
     }
 
-    /// The stage a deal paid through `trigger`'s link moves to: the trigger's `paid_status_id`,
-    /// else the account's `won_status_id`.
-    pub fn won_stage(&self, trigger: Option<&str>) -> Option<i64> {
-        trigger.and_then(|name| self.trigger(name)).and_then(|t| t.paid_status_id).or(self.deals.won_status_id)
+    /// How a deal whose link came from `trigger` is handled: the trigger's options (its
+    /// `paid_status_id` is its won stage), else the account's `[accounts.deals]`.
+    pub fn handling(&self, trigger: Option<&str>) -> DealHandling {
+        let Some(t) = trigger.and_then(|name| self.trigger(name)) else { return self.deals };
+        DealHandling {
+            won_status_id: t.paid_status_id.or(self.deals.won_status_id),
+            refund_status_id: t.refund_status_id.or(self.deals.refund_status_id),
+            success_manager_id: t.success_manager_id.or(self.deals.success_manager_id),
+        }
     }
 
     /// The Lemon Squeezy stores this account sells through: the configured one and the triggers'.
@@ -188,6 +193,8 @@ pub struct Trigger {
     pub redirect_url: Option<String>,
     pub move_to_status_id: Option<i64>,
     pub paid_status_id: Option<i64>,
+    pub refund_status_id: Option<i64>,
+    pub success_manager_id: Option<i64>,
     pub add_note: bool,
     pub salesbot_id: Option<i64>,
 }

@@ -448,6 +448,8 @@ impl Validator<'_> {
                 redirect_url: t.redirect_url.clone(),
                 move_to_status_id: t.move_to_status_id,
                 paid_status_id: t.paid_status_id,
+                refund_status_id: t.refund_status_id,
+                success_manager_id: t.success_manager_id,
                 add_note: t.add_note,
                 salesbot_id: t.salesbot_id,
             });
@@ -456,7 +458,7 @@ impl Validator<'_> {
         // Our own stage moves come back as webhooks: a move into a trigger stage would issue
         // links forever.
         for (i, t) in triggers.iter().enumerate() {
-            for (name, target) in [("move_to_status_id", t.move_to_status_id), ("paid_status_id", t.paid_status_id)] {
+            for (name, target) in [("move_to_status_id", t.move_to_status_id), ("paid_status_id", t.paid_status_id), ("refund_status_id", t.refund_status_id)] {
                 if target.is_some_and(|status| triggers.iter().any(|other| (other.pipeline_id, other.status_id) == (t.pipeline_id, status))) {
                     self.problem(&format!("{key}.triggers[{i}].{name}"), "is a trigger stage itself: the move would issue another link");
                 }

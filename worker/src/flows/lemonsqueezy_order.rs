@@ -60,7 +60,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     match (name, status.as_str()) {
         ("order_created", "paid") => {
             let link = payment_links::active_for(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
-            let won_stage = account.won_stage(link.as_ref().map(|l| l.trigger.as_str())).unwrap_or(WON);
+            let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id.unwrap_or(WON);
             let note = format!("Payment received: {total} — {product} (order #{number})");
             settle(&context, clients, &job, Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note }).await
         }
@@ -88,7 +88,8 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 job_id: job.id,
             };
             let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
-            if let Some(stage) = account.deals.refund_status_id {
+            let trigger = payment_links::trigger_of(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
+            if let Some(stage) = account.handling(trigger.as_deref()).refund_status_id {
                 update_lead_once(&clients.kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
             }
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };

@@ -122,7 +122,8 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 "The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back."
             );
             let mut deal = Deal::from_lead(&lead)?;
-            if let Some(manager) = account.deals.success_manager_id {
+            let trigger = kommo_pay_core::payment_links::trigger_of(pool, &account.slug, lead_id).await.map_err(db_failed)?;
+            if let Some(manager) = account.handling(trigger.as_deref()).success_manager_id {
                 deal.responsible_user_id = Some(manager);
             }
             tell_manager(pool, &clients.kommo, &account.slug, &deal, job.id, "subscription.cancelled", &text).await

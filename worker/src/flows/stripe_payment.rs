@@ -66,7 +66,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         Some(id) => payment_links::by_id(pool, &account.slug, id).await.map_err(db_failed)?,
         None => payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?,
     };
-    let won_stage = account.won_stage(link.as_ref().map(|l| l.trigger.as_str()));
+    let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id;
     let note = format!("Payment received: {} via Stripe", payment.amount);
     settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note }).await?;
     deactivate_paid_links(clients, pool, lead_id, job.id).await
@@ -136,7 +136,8 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
     let id = event["data"]["object"]["id"].as_str().unwrap_or("?").to_owned();
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
-    let tell = Tell { kind: "subscription.cancelled", text: &text, to: clients.account.deals.success_manager_id };
+    let trigger = payment_links::trigger_of(&context.pool, &clients.account.slug, lead_id).await.map_err(db_failed)?;
+    let tell = Tell { kind: "subscription.cancelled", text: &text, to: clients.account.handling(trigger.as_deref()).success_manager_id };
     mark_and_tell(&context, clients, &job, lead_id, |s| s.cancelled, tell).await
 }
 
@@ -197,7 +198,8 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     };
     let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
     let kommo = &clients.kommo;
-    if let Some(stage) = account.deals.refund_status_id {
+    let trigger = payment_links::trigger_of(pool, &account.slug, lead_id).await.map_err(db_failed)?;
+    if let Some(stage) = account.handling(trigger.as_deref()).refund_status_id {
         update_lead_once(kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
     }
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
