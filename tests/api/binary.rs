@@ -22,7 +22,8 @@ fn kommo_pay() -> Command {
 async fn serve_accepts_a_signed_webhook_rejects_a_tampered_one_and_stops_on_sigterm() {
     let db = TestDb::new().await;
     let config = write_config(&format!("{}\n[log]\nformat = \"json\"\n", test_config_text("")));
-    let mut child = kommo_pay().args(["serve", "--config"]).arg(&config).envs(test_env(&db.url)).stderr(Stdio::piped()).spawn().expect("kommo-pay starts");
+    let mut child =
+        Running(kommo_pay().args(["serve", "--config"]).arg(&config).envs(test_env(&db.url)).stderr(Stdio::piped()).spawn().expect("kommo-pay starts"));
 
     // The server logs the address it bound (port 0 = any free port).
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

@@ -281,18 +281,46 @@ where
     }
 }
 
+/// A `kommo-pay` process a test started, as a `Child`: killed when it goes out of scope, so a test
+/// that fails (panics) before it stops its processes leaves none running.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `kommo-pay ROLE --config CONFIG` with exactly `env` (and PATH), its output discarded.
-pub fn start_role(role: &str, config: &std::path::Path, env: &HashMap<String, String>) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
-        .args([role, "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("kommo-pay {role} starts: {e}"))
+pub fn start_role(role: &str, config: &std::path::Path, env: &HashMap<String, String>) -> Running {
+    Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+            .args([role, "--config"])
+            .arg(config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kommo-pay {role} starts: {e}")),
+    )
 }
 
 /// [`crate::fakes::account_config`] with `sections`, written to a temporary file for a `kommo-pay` process,
@@ -341,7 +369,7 @@ impl ProcessSetup {
         ProcessSetup { kommo, stripe, app: std::sync::Arc::new(app), config_path, env }
     }
 
-    pub fn start(&self, role: &str) -> std::process::Child {
+    pub fn start(&self, role: &str) -> Running {
         start_role(role, &self.config_path, &self.env)
     }
 }

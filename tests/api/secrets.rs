@@ -29,15 +29,17 @@ async fn no_secret_reaches_the_logs_the_event_log_errors_or_answers() {
     "#;
     let setup = ProcessSetup::deal_entered_stage(sections).await;
     let (kommo, stripe, db) = (&setup.kommo, &setup.stripe, &setup.app.db);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
-        .args(["serve", "--config"])
-        .arg(&setup.config_path)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(&setup.env)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kommo-pay starts");
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+            .args(["serve", "--config"])
+            .arg(&setup.config_path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&setup.env)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kommo-pay starts"),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut logs = Vec::new();
     let address = loop {

@@ -63,15 +63,17 @@ async fn one_trace_runs_from_the_webhook_through_the_job_to_the_provider_calls()
     let sections = "[log]\nformat = \"json\"\nfilter = \"info\"\n[server]\nlisten = \"127.0.0.1:0\"\n[worker]\npoll_interval_ms = 100";
     let (path, mut env) = account_config_file(sections, &db.url, &kommo.url, &stripe.url);
     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector_url);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(&env)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_kommo-pay"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let address = loop {
         let line = lines.next().expect("kommo-pay exited before listening").unwrap();
