@@ -96,31 +96,25 @@ impl RateLimiter {
 
     /// Nobody calls for this account until an operator clears `blocked_at`; returns since when.
     pub async fn block(&self, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-        sqlx::query_scalar(
-            "UPDATE api_limits SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(blocked_reason, $3)
-             WHERE provider = $1 AND account = $2 RETURNING blocked_at",
-        )
-        .bind(self.provider)
-        .bind(&self.account)
-        .bind(reason)
-        .fetch_one(&self.pool)
-        .await
+        block_account(&self.pool, self.provider, &self.account, reason).await
     }
 }
 
-/// Stops every call of `provider` for `account` (e.g. an uninstalled integration) until the
-/// block is lifted, as a 403 does; the row is made if the account has none yet.
-pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Stops every call of `provider` for `account` (Kommo's 403, an uninstalled integration) until
+/// the block is lifted; returns since when. The row is made if the account has none yet; a block
+/// already there keeps its first time and reason (what an operator or a reconnect must clear).
+pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO api_limits (provider, account, blocked_at, blocked_reason) VALUES ($1, $2, now(), $3)
-         ON CONFLICT (provider, account) DO UPDATE SET blocked_at = coalesce(api_limits.blocked_at, now()), blocked_reason = $3",
+         ON CONFLICT (provider, account) DO UPDATE
+         SET blocked_at = coalesce(api_limits.blocked_at, now()), blocked_reason = coalesce(api_limits.blocked_reason, $3)
+         RETURNING blocked_at",
     )
     .bind(provider)
     .bind(account)
     .bind(reason)
-    .execute(db)
+    .fetch_one(db)
     .await
-    .map(drop)
 }
 
 /// Lifts `account`'s block of `provider` if its reason starts with `cause` (connecting an

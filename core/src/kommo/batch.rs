@@ -124,6 +124,11 @@ impl Reader {
         Reader { queue }
     }
 
+    /// The one entity with `id` (a lead, a contact), if Kommo has it.
+    pub(super) async fn read_one(&self, id: i64) -> Result<Option<Value>, KommoError> {
+        Ok(self.read(vec![id]).await?.remove(&id).and_then(|found| found.into_iter().next()))
+    }
+
     /// The entities of each of `ids` (an id with none is missing from the map).
     pub(super) async fn read(&self, ids: Vec<i64>) -> Result<HashMap<i64, Vec<Value>>, KommoError> {
         if ids.is_empty() {

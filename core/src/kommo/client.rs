@@ -209,7 +209,7 @@ impl KommoClient {
         if let Some(lead) = read_ahead(id) {
             return lead;
         }
-        Ok(self.lead_reads.read(vec![id]).await?.remove(&id).and_then(|found| found.into_iter().next()))
+        self.lead_reads.read_one(id).await
     }
 
     /// The leads with `ids` that Kommo has, with their contact ids, in ⌈n / 250⌉ list requests.
@@ -219,7 +219,7 @@ impl KommoClient {
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
     pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        Ok(self.contact_reads.read(vec![id]).await?.remove(&id).and_then(|found| found.into_iter().next()))
+        self.contact_reads.read_one(id).await
     }
 
     /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.

@@ -207,6 +207,7 @@ pub async fn revoke(pool: &PgPool, account: &Account) -> Result<(), OauthError> 
     .await?;
     let reason = format!("{REVOKED}; connect it again with `kommo-pay kommo connect --account {}`", account.slug);
     crate::rate_limit::block_account(&mut *tx, Provider::Kommo, &account.slug, &reason).await?;
+    // (A block Kommo set before, a 403, keeps its reason: reconnecting does not lift it.)
     let key = format!("kommo.access_revoked:{}", uuid::Uuid::now_v7());
     let fact = Fact {
         account: &account.slug,
