@@ -241,3 +241,23 @@ async fn the_cli_says_who_is_not_connected_prints_the_consent_link_and_exchanges
     assert!(!run(&["config", "check"]).await.contains("not connected"));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// An account Kommo itself blocked (403) and then uninstalled: the block keeps Kommo's reason,
+/// and connecting again does not lift it (an operator's unblock does).
+#[tokio::test]
+async fn reconnecting_never_lifts_a_block_kommo_set() {
+    let f = install().await;
+    let state = f.consent().await;
+    f.kommo.issue_code("code-a", REDIRECT);
+    let referer = f.referer();
+    assert_eq!(f.redirect(&[("code", "code-a"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    let pool = &f.app.db.pool;
+    kommo_pay_core::rate_limit::block_account(pool, kommo_pay_core::provider::Provider::Kommo, ACCOUNT, "403 from GET api/v4/leads: blocked").await.unwrap();
+    oauth::revoke(pool, &f.account()).await.unwrap();
+
+    let state = f.consent().await;
+    f.kommo.issue_code("code-b", REDIRECT);
+    assert_eq!(f.redirect(&[("code", "code-b"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    let reason: Option<String> = sqlx::query_scalar("SELECT blocked_reason FROM api_limits WHERE account = 'acme'").fetch_one(pool).await.unwrap();
+    assert_eq!(reason.as_deref(), Some("403 from GET api/v4/leads: blocked"), "Kommo's block stays for an operator");
+}
