@@ -26,3 +26,12 @@ pub mod signature;
 pub mod stripe;
 pub mod subscriptions;
 pub mod telemetry;
+
+/// A JSON value as a person reads it: a string without its quotes, anything else as JSON
+/// (provider metadata and Kommo's values arrive as either).
+pub fn plain_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

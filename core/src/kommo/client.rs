@@ -24,6 +24,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Reader};
+use super::fields::LeadField;
 use crate::provider::Provider;
 use crate::rate_limit::{RateLimiter, Slot};
 
@@ -44,7 +45,13 @@ pub struct KommoClient {
     contact_reads: Reader,
     note_reads: Reader,
     task_reads: Reader,
+    /// The deals' custom fields, read at most every [`FIELDS_KEPT`]: checkout data is checked
+    /// against them on every paid order, and admins change fields rarely.
+    lead_fields: tokio::sync::Mutex<Option<(std::time::Instant, Arc<[LeadField]>)>>,
 }
+
+/// How long the deals' custom fields, once read, are taken as they were.
+const FIELDS_KEPT: Duration = Duration::from_secs(600);
 
 tokio::task_local! {
     /// A lead read for the running job together with its group's (one list request for many
@@ -198,6 +205,7 @@ impl KommoClient {
                 api.clone(),
                 List { path: "api/v4/tasks", query: "filter[entity_type]=leads&order[id]=desc", by: "entity_id", embedded: "tasks" },
             ),
+            lead_fields: tokio::sync::Mutex::new(None),
             api,
         }
     }
@@ -298,6 +306,20 @@ impl KommoClient {
                 break;
             }
         }
+        Ok(fields)
+    }
+
+    /// The deals' custom fields with their types and options, read once per [`FIELDS_KEPT`] for
+    /// every caller of the account (callers meanwhile wait for the one read).
+    pub async fn lead_fields(&self) -> Result<Arc<[LeadField]>, KommoError> {
+        let mut kept = self.lead_fields.lock().await;
+        if let Some((read_at, fields)) = kept.as_ref()
+            && read_at.elapsed() < FIELDS_KEPT
+        {
+            return Ok(fields.clone());
+        }
+        let fields: Arc<[LeadField]> = self.lead_custom_fields().await?.iter().filter_map(LeadField::from_api).collect();
+        *kept = Some((std::time::Instant::now(), fields.clone()));
         Ok(fields)
     }
 
@@ -504,10 +526,22 @@ pub(super) fn problem_detail(body: &[u8]) -> String {
     match serde_json::from_slice::<Value>(body) {
         Ok(problem) => {
             let detail = problem.get("detail").or_else(|| problem.get("title")).and_then(Value::as_str).unwrap_or("no detail");
-            match problem.get("validation-errors") {
-                Some(errors) => format!("{detail}: {errors}"),
-                None => detail.to_owned(),
-            }
+            // Each validation error as `path: detail (code)`, as a person reads it.
+            let errors: Vec<String> = problem
+                .get("validation-errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|item| item.get("errors").and_then(Value::as_array).cloned().unwrap_or_default())
+                .map(|error| {
+                    let text = |key: &str| error.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+                    match (text("path"), text("detail"), text("code")) {
+                        (path, detail, code) if detail.is_empty() => format!("{path}: {code}"),
+                        (path, detail, code) => format!("{path}: {detail} ({code})"),
+                    }
+                })
+                .collect();
+            if errors.is_empty() { detail.to_owned() } else { format!("{detail}: {}", errors.join("; ")) }
         }
         Err(_) => {
             let text = String::from_utf8_lossy(body);
@@ -529,7 +563,9 @@ mod tests {
     #[test]
     fn problem_details_from_json_html_and_nothing() {
         let validation = br#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id"}]}],"title":"Bad Request","status":400,"detail":"Request validation failed"}"#;
-        assert!(problem_detail(validation).starts_with("Request validation failed: [{"));
+        assert_eq!(problem_detail(validation), "Request validation failed: custom_fields_values.0.field_id: NotSupportedChoice");
+        let with_detail = br#"{"validation-errors":[{"request_id":"0","errors":[{"code":"InvalidValue","path":"name","detail":"too long"}]}],"detail":"Request validation failed"}"#;
+        assert_eq!(problem_detail(with_detail), "Request validation failed: name: too long (InvalidValue)");
         assert_eq!(problem_detail(b"<html>\n<head><title>403 Forbidden</title></head>\n</html>"), "<html> <head><title>403 Forbidden</title></head> </html>");
         assert_eq!(problem_detail(b""), "empty body");
         assert_eq!(retry_after(br#"{"title":"Too Many Requests","status":429,"retry_after":300}"#), Some(Duration::from_secs(300)));

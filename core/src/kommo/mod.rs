@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod client;
+pub mod fields;
 pub mod oauth;
 pub mod setup;
 pub mod webhook;

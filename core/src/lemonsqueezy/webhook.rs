@@ -92,6 +92,12 @@ impl LemonSqueezyEvent {
     }
 }
 
+/// What the checkout carried (`meta.custom_data`), values as text; empty when nothing.
+pub fn custom_data(event: &Value) -> std::collections::BTreeMap<String, String> {
+    let custom = event.pointer("/meta/custom_data").and_then(Value::as_object);
+    custom.into_iter().flatten().map(|(key, value)| (key.clone(), crate::plain_text(value))).collect()
+}
+
 /// The natural key of a delivery, so that retries and resends collapse into one event.
 ///
 /// - `order_created` and `subscription_payment_success|failed|recovered` happen once per order or

@@ -142,6 +142,17 @@ fn lead_id_of(object: Object) -> Option<i64> {
         .find_map(|metadata| metadata.kommo_lead_id.as_ref().and_then(crate::kommo::lenient_id))
 }
 
+/// Every metadata key/value an event's object carries, in the same places as its lead id (the
+/// object's own keys win over its subscription's). Stripe's metadata values are strings.
+pub fn carried_metadata(object: &Value) -> std::collections::BTreeMap<String, String> {
+    let places = ["/subscription_details/metadata", "/parent/subscription_details/metadata", "/metadata"];
+    let mut carried = std::collections::BTreeMap::new();
+    for metadata in places.iter().filter_map(|place| object.pointer(place)).filter_map(Value::as_object) {
+        carried.extend(metadata.iter().map(|(key, value)| (key.clone(), crate::plain_text(value))));
+    }
+    carried
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
