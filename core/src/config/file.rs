@@ -289,6 +289,14 @@ pub struct DealsSection {
     /// The customer-success manager who gets the task when a subscription is cancelled
     /// (default: the deal's responsible manager).
     pub success_manager_id: Option<i64>,
+    /// Deal fields filled from what a checkout carried (Lemon Squeezy's `checkout_data.custom`,
+    /// Stripe's metadata): key → Kommo deal field id, e.g. `{ utm_source = 1246600, plan =
+    /// 1246601 }`. Written when a paid order, session or invoice carries the key (a self-serve
+    /// buyer's new deal too). The value is checked against the field's type — text, numeric,
+    /// url, checkbox, date, select and multiselect by option label — and one the field cannot
+    /// take goes into a note on the deal instead. Keys starting with `kommo_` are kommo-pay's own.
+    #[serde(default)]
+    pub fields_from_checkout: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -387,6 +395,14 @@ pub struct FieldsSection {
     pub currency: Option<i64>,
     /// Enum ids of the payment status field's options.
     pub statuses: StatusesSection,
+}
+
+impl FieldsSection {
+    /// Every field kommo-pay reads or writes itself.
+    pub fn ids(&self) -> Vec<i64> {
+        let fixed = [self.payment_link, self.payment_status, self.payment_date, self.payment_id, self.paid_amount];
+        fixed.into_iter().chain([self.amount_due, self.refunded_amount, self.currency].into_iter().flatten()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -500,7 +516,9 @@ pub struct LemonSqueezySection {
 pub struct SelfServeSection {
     pub pipeline_id: i64,
     pub status_id: i64,
-    /// Managers taking turns (round robin, fair across all worker processes).
+    /// Managers taking turns (round robin, fair across all worker processes). A checkout whose
+    /// custom data has `manager_id` naming one of these (or of the rules' managers) goes to that
+    /// manager before any rule or turn; one naming someone else is noted and ignored.
     pub responsible_user_ids: Vec<i64>,
     /// Tags for the new deals.
     #[serde(default)]

@@ -135,6 +135,8 @@ pub struct Account {
     pub overdue_grace: chrono::Duration,
     pub triggers: Vec<Trigger>,
     pub deals: DealHandling,
+    /// `[accounts.deals] fields_from_checkout`: checkout data key → deal field id.
+    pub checkout_fields: std::collections::BTreeMap<String, i64>,
 }
 
 /// How the account's deals are handled, whichever provider the payment came through.

@@ -465,6 +465,19 @@ impl Validator<'_> {
             }
         }
 
+        // Checkout data fills deal fields, never the ones kommo-pay keeps itself.
+        let own_fields = k.fields.as_ref().map(|f| f.ids()).unwrap_or_default();
+        for (data_key, field) in &section.deals.fields_from_checkout {
+            let at = format!("{key}.deals.fields_from_checkout.{data_key}");
+            if data_key.starts_with("kommo_") {
+                self.problem(&at, "keys starting with kommo_ are kommo-pay's own metadata, not checkout data");
+            } else if *field <= 0 {
+                self.problem(&at, "must be a Kommo deal field id (a positive number)");
+            } else if own_fields.contains(field) {
+                self.problem(&at, &format!("field {field} is one of {key}.kommo.fields, which kommo-pay reads or writes itself"));
+            }
+        }
+
         if self.problems.len() > problems_before {
             return None;
         }
@@ -496,6 +509,7 @@ impl Validator<'_> {
         }
         Some(Account {
             deals,
+            checkout_fields: section.deals.fields_from_checkout,
             default_currency: default_currency?,
             overdue_grace: chrono::Duration::days(i64::from(section.overdue_grace_days)),
             triggers,
@@ -619,11 +633,36 @@ mod tests {
         assert!(err.problems.iter().any(|p| p.contains("keep the one in [accounts.deals]")), "{err}");
     }
 
+    /// The valid configuration with a `kommo.fields` line, for the checks that need one.
+    fn valid_with_fields() -> String {
+        VALID.replace("token_env = \"ACME_KOMMO_TOKEN\" }", &format!("token_env = \"ACME_KOMMO_TOKEN\" }}\n{FIELDS}"))
+    }
+
+    const FIELDS: &str = "fields = { payment_link = 1, payment_status = 2, payment_date = 3, payment_id = 4, paid_amount = 5, statuses = { not_issued = 10, awaiting = 11, paid = 12, overdue = 13, refunded = 14, partially_refunded = 15, cancelled = 16 } }";
+
+    #[test]
+    fn checkout_data_fills_deal_fields_but_never_kommo_pays_own() {
+        let with = |mapping: &str| {
+            let with_fields = valid_with_fields();
+            format!("{with_fields}\n[accounts.deals]\nfields_from_checkout = {{ {mapping} }}\n")
+        };
+        let config = Config::parse(&with("utm_source = 1246600, plan = 1246601"), "x.toml", &full_env()).unwrap();
+        let mapped = &config.accounts.get("acme").unwrap().checkout_fields;
+        assert_eq!(mapped.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), [("plan", 1246601), ("utm_source", 1246600)]);
+        let err = Config::parse(&with("kommo_lead_id = 1246600, paid = 5, odd = 0"), "x.toml", &full_env()).unwrap_err();
+        for expected in [
+            "fields_from_checkout.kommo_lead_id: keys starting with kommo_ are kommo-pay's own",
+            "fields_from_checkout.paid: field 5 is one of accounts[0].kommo.fields",
+            "fields_from_checkout.odd: must be a Kommo deal field id",
+        ] {
+            assert!(err.problems.iter().any(|p| p.contains(expected)), "{expected} in {err}");
+        }
+    }
+
     #[test]
     fn a_reminder_must_remind_someone() {
-        let fields = "fields = { payment_link = 1, payment_status = 2, payment_date = 3, payment_id = 4, paid_amount = 5, statuses = { not_issued = 10, awaiting = 11, paid = 12, overdue = 13, refunded = 14, partially_refunded = 15, cancelled = 16 } }";
         let trigger = |extra: &str| {
-            let with_fields = VALID.replace("token_env = \"ACME_KOMMO_TOKEN\" }", &format!("token_env = \"ACME_KOMMO_TOKEN\" }}\n{fields}"));
+            let with_fields = valid_with_fields();
             format!("{with_fields}\n[[accounts.triggers]]\nname = \"invoice\"\npipeline_id = 1\nstatus_id = 2\nprovider = \"stripe\"\n{extra}\n")
         };
         let ok = Config::parse(&trigger("remind_after_days = 3\nremind_salesbot_id = 78\nremind_task = false"), "x.toml", &full_env());
