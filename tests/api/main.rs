@@ -4,6 +4,7 @@
 mod any_order;
 mod bad_input;
 mod binary;
+mod checkout_fields;
 mod crash;
 mod crash_points;
 mod deploy;

@@ -35,6 +35,13 @@ pub(crate) const OVERDUE: i64 = 9024;
 pub(crate) const REFUNDED: i64 = 9025;
 pub(crate) const PARTIALLY_REFUNDED: i64 = 9026;
 pub(crate) const CANCELLED: i64 = 9027;
+/// Deal fields an admin made for checkout data, in the order the fake Kommo numbers them: a
+/// text, a select (options Pro = [`PLAN_PRO`], Basic), a numeric, a text.
+pub(crate) const UTM_FIELD: i64 = 1246500;
+pub(crate) const PLAN_FIELD: i64 = 1246501;
+pub(crate) const PLAN_PRO: i64 = 900100;
+pub(crate) const SEATS_FIELD: i64 = 1246502;
+pub(crate) const COUPON_FIELD: i64 = 1246503;
 
 pub(crate) struct Flow {
     pub(crate) config: Config,
@@ -104,6 +111,7 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
         [accounts.deals]
         success_manager_id = 500
         refund_status_id = 67548640
+        fields_from_checkout = {{ utm_source = {UTM_FIELD}, plan = {PLAN_FIELD}, seats = {SEATS_FIELD}, coupon = {COUPON_FIELD} }}
         [accounts.lemonsqueezy.self_serve]
         pipeline_id = {PIPELINE}
         status_id = 67548600
@@ -139,6 +147,14 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
         "id": 9012345, "name": "Jane Client",
         "custom_fields_values": [{ "field_id": 1, "field_code": "EMAIL", "values": [{ "value": "jane@client.example", "enum_code": "WORK" }] }]
     }));
+    for field in [
+        json!({ "type": "text", "name": "UTM source" }),
+        json!({ "type": "select", "name": "Plan", "enums": [{ "value": "Pro" }, { "value": "Basic" }] }),
+        json!({ "type": "numeric", "name": "Seats" }),
+        json!({ "type": "text", "name": "Coupon" }),
+    ] {
+        kommo.add_field(field);
+    }
     Flow { config, app, kommo, stripe, lemonsqueezy, worker, last_modified: std::cell::Cell::new(1764160000) }
 }
 

@@ -47,6 +47,8 @@ struct Fake {
     too_many: usize,
     /// Leads whose updates Kommo refuses (a validation error naming the item).
     refused_updates: Vec<i64>,
+    /// Fields whose every value Kommo refuses (as it refuses a text over its length).
+    refused_fields: Vec<i64>,
 }
 
 /// The integration's OAuth state at Kommo: the one valid refresh token and access token.
@@ -135,6 +137,18 @@ impl FakeKommo {
     /// its field does not take; the whole array is refused with it.
     pub fn refuse_updates_of(&self, id: i64) {
         self.state.lock().unwrap().refused_updates.push(id);
+    }
+
+    /// Every value written into field `id` is refused with a 400 naming the item, as Kommo
+    /// refuses a text it finds too long.
+    pub fn refuse_values_of_field(&self, id: i64) {
+        self.state.lock().unwrap().refused_fields.push(id);
+    }
+
+    /// An admin adds a deal field (`{type, name, enums?: [{value}]}`); its id (and its options'
+    /// ids) are Kommo's, as `POST /api/v4/leads/custom_fields` gives them.
+    pub fn add_field(&self, field: Value) -> Value {
+        create_field(&mut self.state.lock().unwrap(), field)
     }
 
     /// The Salesbot launches that reached Kommo, one per item of the batch launches.
@@ -294,11 +308,11 @@ async fn patch_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
     for (i, update) in updates.iter().enumerate() {
         let id = update["id"].as_i64().unwrap_or_default();
         let refusal = if !fake.leads.contains_key(&id) {
-            Some(("NotFound", "id", "lead not found"))
+            Some(("NotFound", "id".to_owned(), "lead not found"))
         } else if fake.refused_updates.contains(&id) {
-            Some(("NotSupportedChoice", "custom_fields_values.0.field_id", "the field does not take this value"))
+            Some(("NotSupportedChoice", "custom_fields_values.0.field_id".to_owned(), "the field does not take this value"))
         } else {
-            None
+            refused_value(&fake, update)
         };
         if let Some((code, path, detail)) = refusal {
             let body = json!({ "validation-errors": [{ "request_id": i.to_string(), "errors": [{ "code": code, "path": path, "detail": detail }] }],
@@ -313,6 +327,31 @@ async fn patch_leads(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
         updated.push(json!({ "id": id, "updated_at": 1764160000 }));
     }
     hal(200, json!({ "_embedded": { "leads": updated } }))
+}
+
+/// What Kommo's validation finds wrong with an update's custom field values: a value a known
+/// field's type cannot take (a select's unknown option, a number that is not one), or any value
+/// of a field set to refuse them.
+fn refused_value(fake: &Fake, update: &Value) -> Option<(&'static str, String, &'static str)> {
+    let written = update.get("custom_fields_values").and_then(Value::as_array)?;
+    written.iter().enumerate().find_map(|(j, entry)| {
+        let id = entry["field_id"].as_i64()?;
+        let path = format!("custom_fields_values.{j}.field_id");
+        if fake.refused_fields.contains(&id) {
+            return Some(("InvalidValue", path, "the value is too long"));
+        }
+        let field = fake.custom_fields.iter().find(|f| f["id"].as_i64() == Some(id))?;
+        let values = entry["values"].as_array().cloned().unwrap_or_default();
+        let bad = match field["type"].as_str().unwrap_or_default() {
+            "select" | "radiobutton" | "multiselect" => {
+                let options: Vec<&Value> = field["enums"].as_array().map(|e| e.iter().map(|o| &o["id"]).collect()).unwrap_or_default();
+                values.iter().any(|v| !options.contains(&&v["enum_id"]))
+            }
+            "numeric" | "monetary" => values.iter().any(|v| !(v["value"].is_number() || v["value"].as_str().is_some_and(|t| t.parse::<f64>().is_ok()))),
+            _ => false,
+        };
+        bad.then_some(("NotSupportedChoice", path, "the field does not take this value"))
+    })
 }
 
 fn apply_changes(lead: &mut Value, changes: &Value) {
@@ -413,6 +452,9 @@ async fn list_fields(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri:
         return answer;
     }
     let fields = state.lock().unwrap().custom_fields.clone();
+    if fields.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     hal(200, json!({ "_page": 1, "_links": { "self": { "href": uri.to_string() } }, "_embedded": { "custom_fields": fields } }))
 }
 
@@ -422,19 +464,21 @@ async fn add_fields(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: 
     }
     let requested: Vec<Value> = serde_json::from_slice(&body).unwrap();
     let mut fake = state.lock().unwrap();
-    let mut created = Vec::new();
-    for mut field in requested {
-        let n = fake.custom_fields.len() as i64;
-        field["id"] = json!(1246500 + n);
-        if let Some(enums) = field.get_mut("enums").and_then(Value::as_array_mut) {
-            for (i, option) in enums.iter_mut().enumerate() {
-                option["id"] = json!(900000 + n * 100 + i as i64);
-            }
-        }
-        fake.custom_fields.push(field.clone());
-        created.push(field);
-    }
+    let created: Vec<Value> = requested.into_iter().map(|field| create_field(&mut fake, field)).collect();
     hal(200, json!({ "_embedded": { "custom_fields": created } }))
+}
+
+/// A new field with Kommo's ids for it and its options.
+fn create_field(fake: &mut Fake, mut field: Value) -> Value {
+    let n = fake.custom_fields.len() as i64;
+    field["id"] = json!(1246500 + n);
+    if let Some(enums) = field.get_mut("enums").and_then(Value::as_array_mut) {
+        for (i, option) in enums.iter_mut().enumerate() {
+            option["id"] = json!(900000 + n * 100 + i as i64);
+        }
+    }
+    fake.custom_fields.push(field.clone());
+    field
 }
 
 /// `POST /api/v4/leads/complex`: leads created with their contact, ids from 30,000,000.

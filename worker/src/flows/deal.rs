@@ -6,6 +6,7 @@ use kommo_pay_core::event_log::{self, Fact};
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lenient_id;
 use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::plain_text;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -34,7 +35,7 @@ impl Deal {
             pipeline_id: id("pipeline_id").unwrap_or_default(),
             status_id: id("status_id").unwrap_or_default(),
             responsible_user_id: id("responsible_user_id"),
-            price: lead.get("price").filter(|p| !p.is_null()).map(text),
+            price: lead.get("price").filter(|p| !p.is_null()).map(plain_text),
             custom_fields: lead.get("custom_fields_values").and_then(Value::as_array).cloned().unwrap_or_default(),
         })
     }
@@ -45,7 +46,7 @@ impl Deal {
             .iter()
             .find(|f| f.get("field_id").and_then(lenient_id) == Some(field_id))
             .and_then(|f| f.pointer("/values/0/value"))
-            .map(text)
+            .map(plain_text)
             .filter(|v| !v.trim().is_empty())
     }
 
@@ -92,8 +93,8 @@ impl Deal {
 
 /// Kommo reads values back in its own types (a numeric field's `"99.5"` for the `99.5` written).
 fn same_value(shown: &Value, written: &Value) -> bool {
-    let number = |v: &Value| text(v).trim().parse::<f64>().ok();
-    shown == written || text(shown) == text(written) || number(shown).is_some_and(|n| Some(n) == number(written))
+    let number = |v: &Value| plain_text(v).trim().parse::<f64>().ok();
+    shown == written || plain_text(shown) == plain_text(written) || number(shown).is_some_and(|n| Some(n) == number(written))
 }
 
 /// Writes `changes` to lead `lead_id` unless its card already shows them. The card is read only
@@ -108,13 +109,6 @@ pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes:
         return Ok(());
     }
     kommo.update_lead(lead_id, changes).await.map_err(kommo_failed)
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// A custom field value to write: `{"field_id", "values": [{"value"}]}`.

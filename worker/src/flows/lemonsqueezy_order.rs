@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
+use kommo_pay_core::lemonsqueezy::webhook::custom_data;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::Received;
@@ -21,6 +22,9 @@ use super::deal::{Deal, tell_manager, update_lead_once};
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, causing_event, db_failed, kommo_failed};
 use crate::JobError;
+
+/// The custom data key that names the self-serve deal's manager (a Kommo user id).
+const MANAGER_CUSTOM_KEY: &str = "manager_id";
 
 /// Kommo's "won" stage, in every pipeline.
 const WON: i64 = 142;
@@ -62,7 +66,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let link = payment_links::active_for(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
             let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id.unwrap_or(WON);
             let note = format!("Payment received: {total} — {product} (order #{number})");
-            settle(&context, clients, &job, Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note }).await
+            settle(
+                &context,
+                clients,
+                &job,
+                Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note, carried: custom_data(&event) },
+            )
+            .await
         }
         ("order_created", "pending") => {
             tracing::info!(order = %id, "order pending: waiting for it to be paid");
@@ -141,9 +151,14 @@ async fn self_serve_deal(
     }
     let text = |pointer: &str| order.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
     let variant = order.pointer("/first_order_item/variant_id").map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
-    let responsible = match config.rules.iter().find(|rule| rule.variant_id == variant) {
-        Some(rule) => rule.responsible_user_id,
-        None => {
+    let carried = custom_data(event);
+    // A manager the checkout names (a sales page per manager) first, if they are one of ours.
+    let named = carried.get(MANAGER_CUSTOM_KEY).and_then(|id| id.trim().parse::<i64>().ok());
+    let configured = |id: &i64| config.responsible_user_ids.contains(id) || config.rules.iter().any(|rule| rule.responsible_user_id == *id);
+    let responsible = match (named.filter(configured), config.rules.iter().find(|rule| rule.variant_id == variant)) {
+        (Some(manager), _) => manager,
+        (None, Some(rule)) => rule.responsible_user_id,
+        (None, None) => {
             let turn = self_serve::next_turn(&context.pool, &account.slug).await.map_err(db_failed)?;
             config.responsible_user_ids[turn.rem_euclid(config.responsible_user_ids.len() as i64) as usize]
         }
@@ -171,10 +186,14 @@ async fn self_serve_deal(
     fail::fail_point!("self_serve.deal_created");
     self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;
     fail::fail_point!("self_serve.deal_recorded");
-    // What the buyer's checkout carried (UTM and the like) goes into the deal's feed.
-    if let Some(custom) = event.pointer("/meta/custom_data").and_then(Value::as_object).filter(|c| !c.is_empty()) {
-        let pairs: Vec<String> = custom.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();
-        let text = format!("Self-serve order {order_id}. {}", pairs.join(", "));
+    // What the buyer's checkout carried (UTM and the like) goes into the deal's feed as well as
+    // into the mapped fields (written with the payment).
+    if !carried.is_empty() {
+        let pairs: Vec<String> = carried.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let mut text = format!("Self-serve order {order_id}. {}", pairs.join(", "));
+        if let Some(manager) = named.filter(|id| !configured(id)) {
+            text.push_str(&format!(". The manager_id {manager} is not one of the self-serve managers, so the deal went to the next in turn"));
+        }
         clients.kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
     }
     tracing::info!(order = order_id, lead_id, responsible, "deal created for a self-serve buyer");

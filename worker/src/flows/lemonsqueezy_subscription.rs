@@ -58,7 +58,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                     return Ok(());
                 }
                 let note = format!("Payment received: {total} — subscription renewal (invoice {data_id})");
-                settle(&context, clients, &job, Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: None, note }).await
+                settle(
+                    &context,
+                    clients,
+                    &job,
+                    Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: None, note, carried: Default::default() },
+                )
+                .await
             }
             "subscription_payment_failed" => {
                 if payments::find(pool, &account.slug, Provider::LemonSqueezy, &payment.id).await.map_err(db_failed)?.is_some() {

@@ -1,6 +1,7 @@
 //! The payment flows: what each job kind does to deals, Kommo and the providers.
 
 mod alert;
+mod checkout_fields;
 mod deal;
 mod lemonsqueezy_order;
 mod lemonsqueezy_subscription;

@@ -2,6 +2,8 @@
 //! by the one job that holds its lease (ADR 0007), the deal's status computed from the record so
 //! that payments and refunds converge whatever their order.
 
+use std::collections::BTreeMap;
+
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning;
@@ -11,6 +13,7 @@ use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::json;
 
+use super::checkout_fields;
 use super::deal::{field_enum, field_value, update_lead_once};
 use super::{AccountClients, Context, db_failed, kommo_failed};
 use crate::JobError;
@@ -36,12 +39,15 @@ pub(super) struct Settlement<'a> {
     pub won_stage: Option<i64>,
     /// The note for the deal's feed.
     pub note: String,
+    /// What the checkout carried (custom data, metadata), for `[accounts.deals] fields_from_checkout`.
+    pub carried: BTreeMap<String, String>,
 }
 
 /// Records a payment once and, in the one job that wins the lease, brings the deal in line:
-/// status, date, amounts and payment id, the won stage while it stands paid, and the note.
+/// status, date, amounts and payment id, the won stage while it stands paid, the fields the
+/// checkout's data fills, and the note.
 pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &ClaimedJob, settlement: Settlement<'_>) -> Result<(), JobError> {
-    let Settlement { provider, payment, lead_id, won_stage, note } = settlement;
+    let Settlement { provider, payment, lead_id, won_stage, note, carried } = settlement;
     let account = &clients.account;
     let pool = &context.pool;
     let received = Received {
@@ -67,6 +73,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
         Application::Yours { resumed } => {
             write_payment_state(context, clients, lead_id, won_stage, job.attempt > 0 || resumed).await?;
             fail::fail_point!("payment.card_written");
+            checkout_fields::write(clients, lead_id, &carried, job.attempt > 0 || resumed).await?;
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             fail::fail_point!("payment.note_added");
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;

@@ -16,6 +16,7 @@ use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::stripe::webhook::carried_metadata;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 use serde_json::{Value, json};
 
@@ -68,7 +69,8 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     };
     let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id;
     let note = format!("Payment received: {} via Stripe", payment.amount);
-    settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note }).await?;
+    settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note, carried: carried_metadata(object) })
+        .await?;
     deactivate_paid_links(clients, pool, lead_id, job.id).await
 }
 
@@ -101,7 +103,13 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 return Ok(());
             }
             let note = format!("Payment received: {} via Stripe (subscription invoice {id})", payment.amount);
-            settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage: None, note }).await?;
+            settle(
+                &context,
+                clients,
+                &job,
+                Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage: None, note, carried: carried_metadata(invoice) },
+            )
+            .await?;
             deactivate_paid_links(clients, &context.pool, lead_id, job.id).await
         }
         "invoice.payment_failed" => {
