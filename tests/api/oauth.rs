@@ -71,6 +71,14 @@ impl Install {
         self.kommo.url.trim_start_matches("http://").to_owned()
     }
 
+    /// A whole installation: consent, Kommo hands out `code`, its redirect connects the account.
+    async fn installs_with(&self, code: &str) {
+        let state = self.consent().await;
+        self.kommo.issue_code(code, REDIRECT);
+        let (status, page) = self.redirect(&[("code", code), ("state", &state), ("referer", &self.referer())]).await;
+        assert_eq!(status, 200, "{page}");
+    }
+
     /// Kommo's redirect to ingest after the admin allowed access.
     async fn redirect(&self, pairs: &[(&str, &str)]) -> (u16, String) {
         let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
@@ -162,10 +170,7 @@ async fn bad_callbacks_are_refused_with_a_reason_and_store_nothing() {
 #[tokio::test]
 async fn the_signed_revocation_hook_disconnects_the_account_and_a_new_installation_reconnects_it() {
     let f = install().await;
-    let state = f.consent().await;
-    f.kommo.issue_code("code-a", REDIRECT);
-    let referer = f.referer();
-    assert_eq!(f.redirect(&[("code", "code-a"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    f.installs_with("code-a").await;
 
     let revoke = |signature: String| {
         let url = format!("{}/oauth/kommo/revoked?client_uuid={CLIENT_ID}&account_id={KOMMO_ACCOUNT_ID}&signature={signature}", f.app.address);
@@ -198,9 +203,7 @@ async fn the_signed_revocation_hook_disconnects_the_account_and_a_new_installati
     assert!(metrics.contains(r#"kommo_pay_provider_blocked{provider="kommo",account="acme"} 1"#), "{metrics}");
 
     // Installing again lifts the block its uninstall set.
-    let state = f.consent().await;
-    f.kommo.issue_code("code-b", REDIRECT);
-    assert_eq!(f.redirect(&[("code", "code-b"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    f.installs_with("code-b").await;
     f.client().webhooks().await.unwrap();
 }
 
@@ -247,17 +250,12 @@ async fn the_cli_says_who_is_not_connected_prints_the_consent_link_and_exchanges
 #[tokio::test]
 async fn reconnecting_never_lifts_a_block_kommo_set() {
     let f = install().await;
-    let state = f.consent().await;
-    f.kommo.issue_code("code-a", REDIRECT);
-    let referer = f.referer();
-    assert_eq!(f.redirect(&[("code", "code-a"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    f.installs_with("code-a").await;
     let pool = &f.app.db.pool;
     kommo_pay_core::rate_limit::block_account(pool, kommo_pay_core::provider::Provider::Kommo, ACCOUNT, "403 from GET api/v4/leads: blocked").await.unwrap();
     oauth::revoke(pool, &f.account()).await.unwrap();
 
-    let state = f.consent().await;
-    f.kommo.issue_code("code-b", REDIRECT);
-    assert_eq!(f.redirect(&[("code", "code-b"), ("state", &state), ("referer", &referer)]).await.0, 200);
+    f.installs_with("code-b").await;
     let reason: Option<String> = sqlx::query_scalar("SELECT blocked_reason FROM api_limits WHERE account = 'acme'").fetch_one(pool).await.unwrap();
     assert_eq!(reason.as_deref(), Some("403 from GET api/v4/leads: blocked"), "Kommo's block stays for an operator");
 }
