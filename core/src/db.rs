@@ -11,6 +11,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::config::DatabaseConfig;
 
 /// The migrations in `migrations/`, compiled into the binary.
+/// The session advisory lock the leading scheduler holds: "kommo-pay" as a number, the same in
+/// every process (`scheduler::leader` takes it; the ops overview asks who holds it).
+pub const SCHEDULER_LOCK_KEY: i64 = 0x6b6f_6d6d_6f70_6179;
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A pool for `config`. Waits for the database for up to about half a minute at start-up (a

@@ -51,12 +51,20 @@ impl RateLimiter {
         let max_wait = PgInterval::try_from(MAX_WAIT).expect("the longest wait fits an interval");
         let (wait, reserved, blocked_at, blocked_reason): (f64, bool, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
             // In SET every expression reads the row as it was: the offer is computed once.
-            "INSERT INTO api_limits AS s (provider, account, next_slot, offered_slot) VALUES ($1, $2, now() + $3, now())
+            "INSERT INTO api_limits AS s (provider, account, next_slot, offered_slot, window_requests) VALUES ($1, $2, now() + $3, now(), 1)
              ON CONFLICT (provider, account) DO UPDATE SET
                  offered_slot = greatest(s.next_slot, now(), coalesce(s.paused_until, now())),
                  next_slot = CASE WHEN s.blocked_at IS NULL AND greatest(s.next_slot, now(), coalesce(s.paused_until, now())) <= now() + $4
                                   THEN greatest(s.next_slot, now(), coalesce(s.paused_until, now())) + $3
-                                  ELSE s.next_slot END
+                                  ELSE s.next_slot END,
+                 -- Requests in ten-second windows, for the console's requests per second.
+                 last_window_requests = CASE WHEN s.window_start > now() - interval '10 seconds' THEN s.last_window_requests
+                                             WHEN s.window_start > now() - interval '20 seconds' THEN s.window_requests
+                                             ELSE 0 END,
+                 window_requests = CASE WHEN s.window_start > now() - interval '10 seconds' THEN s.window_requests ELSE 0 END
+                                   + CASE WHEN s.blocked_at IS NULL AND greatest(s.next_slot, now(), coalesce(s.paused_until, now())) <= now() + $4
+                                          THEN 1 ELSE 0 END,
+                 window_start = CASE WHEN s.window_start > now() - interval '10 seconds' THEN s.window_start ELSE now() END
              RETURNING greatest(extract(epoch FROM offered_slot - now())::float8, 0), offered_slot <= now() + $4, blocked_at, blocked_reason",
         )
         .bind(self.provider)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Quick start: runs the whole test suite against a real PostgreSQL. Starts the project's
-# private cluster (deploy/local/postgres.sh) unless DATABASE_URL is set; each test creates and
-# drops its own database on that server. Extra arguments go to the test runner.
+# Quick start: runs the whole test suite against a real PostgreSQL and a real browser. Starts the
+# project's private cluster (deploy/local/postgres.sh) unless DATABASE_URL is set; each test
+# creates and drops its own database on that server. Installs Chromium and ChromeDriver for the
+# console's browser tests when they are missing (deploy/local/browser.sh). Extra arguments go to
+# the test runner.
 #
 # Style is part of the suite: unformatted code (rustfmt.toml) or any clippy warning fails it
 # before a test runs, so main never drifts from either.
@@ -12,6 +14,7 @@ cd "$here/../.."
 if [ -z "${DATABASE_URL:-}" ]; then
   eval "export $("$here/postgres.sh" start)"
 fi
+"$here/browser.sh"
 cargo fmt --all --check || { echo "test.sh: code is not formatted; run cargo fmt --all" >&2; exit 1; }
 cargo clippy --workspace --all-targets --quiet -- -D warnings || { echo "test.sh: clippy has warnings (above)" >&2; exit 1; }
 

@@ -12,6 +12,7 @@
 //! | 503 | the event could not be committed: the provider will retry |
 
 mod appender;
+mod console;
 mod error;
 mod metrics;
 mod routes;
@@ -41,6 +42,7 @@ pub(crate) struct AppState {
     ops_tokens: Vec<OpsToken>,
     appender: appender::Appender,
     metrics: metrics::Metrics,
+    console: console::ConsoleState,
 }
 
 /// What an accepted delivery gets back.
@@ -79,6 +81,7 @@ impl Application {
             job_policies: config.jobs.clone(),
             ops_tokens: config.ops_tokens.clone(),
             metrics: metrics::Metrics::install(),
+            console: console::ConsoleState { idle: config.console_idle, throttle: console::Throttle::new(), runs: console::Runs::default() },
         };
         Ok(Application { listener, router: routes::router(std::sync::Arc::new(state), config.server.body_limit_bytes, &config.metrics.path) })
     }

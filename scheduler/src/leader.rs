@@ -17,8 +17,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-/// The advisory lock's key: "kommo-pay scheduler" as a number, the same in every process.
-const LOCK_KEY: i64 = 0x6b6f_6d6d_6f70_6179;
+use kommo_pay_core::db::SCHEDULER_LOCK_KEY as LOCK_KEY;
 
 /// Whether this process leads, updated by a background task until dropped.
 pub struct Leadership {

@@ -5,6 +5,8 @@ mod any_order;
 mod bad_input;
 mod binary;
 mod checkout_fields;
+mod console;
+mod console_browser;
 mod crash;
 mod crash_points;
 mod deploy;

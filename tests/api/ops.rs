@@ -84,7 +84,7 @@ fn conforms(method: String, path: &str, status: u16, body: &Value) {
 
 /// `n` dead jobs of `kind` for lead `lead`, each with two failed attempts, caused by one Stripe
 /// event; returns their ids.
-async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i64> {
+pub(crate) async fn bury(db: &TestDb, n: i64, kind: &str, lead: i64, error: &str) -> Vec<i64> {
     let event = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, payload) VALUES ($1, $2, 'stripe', 'checkout.session.completed', $3, $4, '{}')",

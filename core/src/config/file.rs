@@ -182,13 +182,22 @@ impl Default for MetricsSection {
     }
 }
 
-/// The ops API (`/ops/v1/…` on the ingest server). Without tokens it refuses every request.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+/// The ops API (`/ops/v1/…`) and the ops console (`/console`) on the ingest server. Without
+/// tokens both refuse every request.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSection {
-    /// Who may call the ops API: each token's name is recorded in the log with what its holder
-    /// did.
+    /// Who may call the ops API and sign in to the console: each token's name is recorded in the
+    /// log with what its holder did.
     pub tokens: Vec<OpsTokenSection>,
+    /// A console session unused for this long ends, in minutes.
+    pub console_idle_minutes: u64,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        Self { tokens: Vec::new(), console_idle_minutes: 30 }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

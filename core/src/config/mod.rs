@@ -47,6 +47,8 @@ pub struct Config {
     pub jobs: JobPolicies,
     /// The ops API's bearer tokens, by operator name.
     pub ops_tokens: Vec<OpsToken>,
+    /// A console session unused for this long ends.
+    pub console_idle: Duration,
     pub metrics: MetricsConfig,
     pub accounts: Accounts,
     /// What is valid but should change (a key that moved), for `config check` to say.

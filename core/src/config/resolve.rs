@@ -102,14 +102,21 @@ impl Config {
             || file.metrics.path.len() < 2
             || file.metrics.path.starts_with("/webhooks/")
             || file.metrics.path.starts_with("/ops/")
+            || file.metrics.path.starts_with("/console")
         {
-            v.problem("metrics.path", &format!("{:?} is not a path of its own: start it with '/', away from /webhooks/ and /ops/", file.metrics.path));
+            v.problem(
+                "metrics.path",
+                &format!("{:?} is not a path of its own: start it with '/', away from /webhooks/, /ops/ and /console", file.metrics.path),
+            );
         }
         let metrics_listen = file
             .metrics
             .listen
             .as_deref()
             .and_then(|listen| v.check("metrics.listen", listen.parse::<SocketAddr>().map_err(|e| format!("{listen:?} is not an address and port: {e}"))));
+        if file.ops.console_idle_minutes == 0 {
+            v.problem("ops.console_idle_minutes", "must be at least 1");
+        }
         let mut ops_tokens: Vec<OpsToken> = Vec::new();
         for (i, t) in file.ops.tokens.iter().enumerate() {
             let key = format!("ops.tokens[{i}]");
@@ -158,6 +165,7 @@ impl Config {
             scheduler: file.scheduler,
             jobs,
             ops_tokens,
+            console_idle: Duration::from_secs(file.ops.console_idle_minutes * 60),
             metrics: MetricsConfig { path: file.metrics.path, listen: metrics_listen },
             accounts: Accounts(accounts),
             notices: v.notices,

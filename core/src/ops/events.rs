@@ -78,7 +78,7 @@ pub struct JobSummary {
     pub replay_of: Option<i64>,
 }
 
-const SOURCES: [&str; 4] = [Provider::Kommo.as_str(), Provider::Stripe.as_str(), Provider::LemonSqueezy.as_str(), Source::Internal.as_str()];
+pub const SOURCES: [&str; 4] = [Provider::Kommo.as_str(), Provider::Stripe.as_str(), Provider::LemonSqueezy.as_str(), Source::Internal.as_str()];
 const SUMMARY: &str = "seq, id, account, source, kind, dedup_key, lead_id, received_at, caused_by_job";
 pub(super) const JOB_SUMMARY: &str = "id, kind, state, attempt, max_attempts, created_at, finished_at, errors -> -1 ->> 'error' AS last_error, replay_of";
 

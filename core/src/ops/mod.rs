@@ -6,10 +6,16 @@
 //! - `dead_letters`: list, count, show, replay and discard dead jobs.
 //! - `queue_stats`: the queue by state, kind and account; the oldest waiting job; what runs.
 //! - `history`: a deal's payment history, from the log alone.
+//! - `deals`: one deal: its history, what its card should show, its jobs.
+//! - `accounts`: each account's health (paused, blocked, hooks, reconciliation, token, budget).
+//! - `activity`: the last 24 hours by hour.
 //!
 //! Every operator action is appended to the log with the operator's name and reason.
 
+pub mod accounts;
+pub mod activity;
 pub mod dead_letters;
+pub mod deals;
 pub mod events;
 pub mod history;
 pub mod openapi;

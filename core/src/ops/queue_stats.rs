@@ -21,6 +21,9 @@ pub struct QueueStats {
     /// an uninstalled OAuth integration (connecting it again lifts it).
     pub blocked: Vec<Blocked>,
     pub running: Vec<Running>,
+    /// The scheduler process that leads now (its connection's `application_name`); absent when
+    /// no scheduler runs.
+    pub scheduler_leader: Option<String>,
 }
 
 /// A provider account whose calls stop, since when and why.
@@ -115,5 +118,12 @@ pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
     .fetch_all(pool)
     .await?;
     let blocked = blocks(pool).await?.into_iter().filter_map(|(_, _, blocked)| blocked).collect();
-    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, waiting_for_rate_limit, blocked, running })
+    let scheduler_leader = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = $1",
+    )
+    .bind(crate::db::SCHEDULER_LOCK_KEY)
+    .fetch_optional(pool)
+    .await?;
+    Ok(QueueStats { by_state, by_kind, by_account, oldest_runnable_age_secs, waiting_for_rate_limit, blocked, running, scheduler_leader })
 }

@@ -38,6 +38,7 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize, metrics_path: &str
         .route("/readyz", get(health::ready))
         .route(metrics_path, get(health::metrics))
         .merge(ops::router(state.clone()))
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             // The span names the route template, never the URI: Kommo's URL ends in the account's

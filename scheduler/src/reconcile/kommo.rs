@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
-    check_webhooks(clients).await?;
+    check_webhooks(pool, clients).await?;
     let account = &clients.account;
     if account.triggers.is_empty() {
         return Ok(Vec::new());
@@ -74,11 +74,12 @@ async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, a
 
 /// Kommo disables a hook that keeps failing, and after an API block; nothing arrives until an
 /// admin saves it again. Says so in the log and the metric on every round while it lasts.
-async fn check_webhooks(clients: &AccountClients) -> anyhow::Result<()> {
+async fn check_webhooks(pool: &PgPool, clients: &AccountClients) -> anyhow::Result<()> {
     let hooks = clients.kommo.webhooks().await.context("listing Kommo webhooks")?;
     let disabled: Vec<String> = hooks.iter().filter(|hook| hook.get("disabled") == Some(&Value::Bool(true))).map(|hook| hook["id"].to_string()).collect();
     let account = clients.account.slug.clone();
     metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.clone()).set(disabled.len() as f64);
+    kommo_pay_core::ops::accounts::record_webhook_check(pool, &account, &disabled).await?;
     if !disabled.is_empty() {
         // Ids only: a destination holds our URL secret.
         tracing::error!(account, hooks = ?disabled, "Kommo disabled webhooks of this account: open Settings → Integrations and save the webhook again");
