@@ -2,130 +2,16 @@
 //! against the real ingest application. `deploy/local/test.sh` installs Debian's `chromium` and
 //! `chromium-driver` when they are missing (`deploy/local/browser.sh`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::json;
 
+use crate::browser::Browser;
 use crate::helpers::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const NO_BROWSER: &str = "\n\nThe console's browser tests need Debian's chromium and chromium-driver\n\
-    (/usr/bin/chromium, /usr/bin/chromedriver). `deploy/local/test.sh` installs them, or run\n\
-    `deploy/local/browser.sh` yourself.\n\n";
-
-/// A headless Chromium session and the chromedriver serving it (killed when dropped).
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: TempDir,
-}
-
-/// A directory removed when dropped: the browser's empty profile.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Browser {
-    async fn start() -> Browser {
-        assert!(std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(), "{NO_BROWSER}");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}{NO_BROWSER}"));
-        let profile = TempDir(std::env::temp_dir().join(format!("kommo-pay-chromium-{}", uuid::Uuid::new_v4())));
-        // The flags keep Chromium off the network it has no use for here (and that this machine's
-        // closed network refuses, many connections at a time).
-        let args = [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .chain([format!("--user-data-dir={}", profile.0.display())])
-        .collect::<Vec<_>>();
-        let capabilities = json!({ "goog:chromeOptions": { "binary": CHROMIUM, "args": args } });
-        let capabilities = capabilities.as_object().unwrap().clone();
-        let webdriver = format!("http://127.0.0.1:{port}");
-        let mut browser = None;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while browser.is_none() {
-            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new()).capabilities(capabilities.clone()).connect(&webdriver).await {
-                Ok(client) => browser = Some(client),
-                Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "chromedriver did not start a Chromium session: {e}{NO_BROWSER}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Browser { client: browser.unwrap(), driver, _profile: profile }
-    }
-
-    async fn text(&self) -> String {
-        self.client.find(Locator::Css("body")).await.unwrap().text().await.unwrap()
-    }
-
-    async fn path(&self) -> String {
-        let url = self.client.current_url().await.unwrap();
-        match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_owned(),
-        }
-    }
-
-    async fn fill(&self, css: &str, text: &str) {
-        let field = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
-        field.clear().await.unwrap();
-        field.send_keys(text).await.unwrap();
-    }
-
-    async fn click(&self, css: &str) {
-        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
-    }
-
-    /// Polls the page until its text contains `wanted`.
-    async fn until_text(&self, wanted: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = self.text().await;
-            if text.contains(wanted) {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "the page never showed {wanted:?}; it shows:\n{text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn sign_in(&self, app: &TestApp, token: &str) {
-        self.client.goto(&format!("{}/console", app.address)).await.unwrap();
-        self.fill("#token", token).await;
-        self.click("form.sign-in button").await;
-    }
+async fn sign_in(browser: &Browser, app: &TestApp, token: &str) {
+    browser.client.goto(&format!("{}/console", app.address)).await.unwrap();
+    browser.fill("#token", token).await;
+    browser.click("form.sign-in button").await;
 }
 
 #[tokio::test]
@@ -157,7 +43,7 @@ async fn a_forged_form_without_the_csrf_token_is_refused() {
     let app = spawn_app().await;
     let dead = crate::ops::bury(&app.db, 1, "deal.payment", 78, "Kommo answered 400").await;
     let browser = Browser::start().await;
-    browser.sign_in(&app, OPS_TOKEN_ALICE).await;
+    sign_in(&browser, &app, OPS_TOKEN_ALICE).await;
     browser.until_text("Signed in as alice").await;
     browser.client.goto(&format!("{}/console/jobs/{}", app.address, dead[0])).await.unwrap();
     // The page's own form, with its CSRF token taken out, as a forger's copy would be.
@@ -174,7 +60,7 @@ async fn dead_letters_found_by_filter_are_counted_replayed_and_audited_on_the_de
     crate::ops::bury(&app.db, 3, "deal.payment", 78, "Kommo answered 400: status_id: not found").await;
     crate::ops::bury(&app.db, 2, "payment_link.issue", 79, "Stripe answered 500").await;
     let browser = Browser::start().await;
-    browser.sign_in(&app, OPS_TOKEN_ALICE).await;
+    sign_in(&browser, &app, OPS_TOKEN_ALICE).await;
     browser.until_text("Signed in as alice").await;
 
     browser.client.goto(&format!("{}/console/dead-letters", app.address)).await.unwrap();

@@ -4,6 +4,7 @@
 mod any_order;
 mod bad_input;
 mod binary;
+mod browser;
 mod checkout_fields;
 mod console;
 mod console_browser;

@@ -47,7 +47,7 @@ async fn collector() -> (String, Arc<Mutex<Vec<Span>>>) {
             ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
         }),
     );
-    (crate::fakes::serve(router).await, spans)
+    (crate::fakes::serve(router, "127.0.0.1:0").await, spans)
 }
 
 #[tokio::test]

@@ -74,6 +74,11 @@ pub struct FakeKommo {
 
 impl FakeKommo {
     pub async fn start() -> FakeKommo {
+        FakeKommo::start_on("127.0.0.1:0").await
+    }
+
+    /// The fake on `address` (the sandbox's fixed ports).
+    pub async fn start_on(address: &str) -> FakeKommo {
         let state = Arc::new(Mutex::new(Fake::default()));
         let router = Router::new()
             .route("/api/v4/leads/{id}", get(get_lead))
@@ -89,7 +94,7 @@ impl FakeKommo {
             .route("/api/v4/events", get(list_events))
             .route("/api/v4/webhooks", get(list_webhooks))
             .with_state(state.clone());
-        FakeKommo { url: super::serve(router).await, state }
+        FakeKommo { url: super::serve(router, address).await, state }
     }
 
     pub fn add_lead(&self, lead: Value) {

@@ -39,9 +39,14 @@ pub struct FakeLemonSqueezy {
 
 impl FakeLemonSqueezy {
     pub async fn start() -> FakeLemonSqueezy {
+        FakeLemonSqueezy::start_on("127.0.0.1:0").await
+    }
+
+    /// The fake on `address` (the sandbox's fixed ports).
+    pub async fn start_on(address: &str) -> FakeLemonSqueezy {
         let state = Arc::new(Mutex::new(Fake::default()));
         let router = Router::new().route("/v1/checkouts", post(create_checkout)).route("/v1/{resource}", axum::routing::get(list)).with_state(state.clone());
-        FakeLemonSqueezy { url: super::serve(router).await, state }
+        FakeLemonSqueezy { url: super::serve(router, address).await, state }
     }
 
     pub fn fail_next(&self, status: u16, body: Value) {

@@ -4,9 +4,9 @@ pub mod kommo;
 pub mod lemonsqueezy;
 pub mod stripe;
 
-/// Serves `router` on a free loopback port; returns its base URL.
-pub async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Serves `router` on `address` (port 0: a free one); returns its base URL.
+pub async fn serve(router: axum::Router, address: &str) -> String {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap_or_else(|e| panic!("cannot listen on {address}: {e}"));
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{address}")

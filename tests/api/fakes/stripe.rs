@@ -35,6 +35,8 @@ struct Fake {
     delay: Option<std::time::Duration>,
     /// Everything that happened, as the events API lists it.
     events: Vec<Value>,
+    /// Deals (`metadata[kommo_lead_id]`) whose links Stripe fails to create, every time.
+    failing_leads: Vec<String>,
 }
 
 /// A scripted answer's body: Stripe's JSON, or a page that is not JSON (a proxy's).
@@ -51,13 +53,18 @@ pub struct FakeStripe {
 
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
+        FakeStripe::start_on("127.0.0.1:0").await
+    }
+
+    /// The fake on `address` (the sandbox's fixed ports).
+    pub async fn start_on(address: &str) -> FakeStripe {
         let state = Arc::new(Mutex::new(Fake::default()));
         let router = Router::new()
             .route("/v1/payment_links", post(create_link))
             .route("/v1/payment_links/{id}", post(update_link))
             .route("/v1/events", axum::routing::get(list_events))
             .with_state(state.clone());
-        FakeStripe { url: super::serve(router).await, state }
+        FakeStripe { url: super::serve(router, address).await, state }
     }
 
     /// The next request is answered `status` with `body` (and `Stripe-Should-Retry` if given).
@@ -84,6 +91,16 @@ impl FakeStripe {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every link created so far.
+    pub fn links(&self) -> Vec<Value> {
+        self.state.lock().unwrap().links.values().cloned().collect()
+    }
+
+    /// Every link creation for deal `lead_id` is answered 500, as during an outage of Stripe's.
+    pub fn fail_links_of_lead(&self, lead_id: i64) {
+        self.state.lock().unwrap().failing_leads.push(lead_id.to_string());
     }
 
     pub fn link(&self, id: &str) -> Option<Value> {
@@ -136,6 +153,12 @@ async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, 
     let mut fake = state.lock().unwrap();
     if let Some((status, body, retry)) = fake.failures.pop_front() {
         return scripted(status, body, retry);
+    }
+    if let Some(lead) = request.params["metadata"]["kommo_lead_id"].as_str()
+        && fake.failing_leads.iter().any(|failing| failing == lead)
+    {
+        let (status, body) = stripe_error(500, "api_error", "", "An unknown error occurred", "");
+        return answer(status, body, Some(true));
     }
     let key = request.idempotency_key.clone().unwrap_or_default();
     if let Some(reply) = fake.replies.get(&key) {
