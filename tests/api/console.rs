@@ -377,3 +377,46 @@ async fn sign_out_idle_time_and_a_removed_token_each_end_a_session() {
     sqlx::query("UPDATE console_sessions SET last_seen_at = now() - interval '31 minutes'").execute(&app.db.pool).await.unwrap();
     assert_eq!(again.get("/console").await.status, 303);
 }
+
+#[tokio::test]
+async fn the_overview_shows_each_accounts_health_and_unblocks_a_blocked_account() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, OPS_TOKEN_ALICE).await;
+    kommo_pay_core::rate_limit::block_account(
+        &app.db.pool,
+        kommo_pay_core::provider::Provider::Kommo,
+        ACCOUNT,
+        "Kommo answered 403: the integration is blocked",
+    )
+    .await
+    .unwrap();
+    kommo_pay_core::ops::accounts::record_webhook_check(&app.db.pool, KOMMO_ONLY_ACCOUNT, &["4242".to_owned()]).await.unwrap();
+    sqlx::query("INSERT INTO reconcile_cursors (account, provider, read_until) VALUES ($1, 'stripe', now() - interval '90 seconds')")
+        .bind(ACCOUNT)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let overview = session.get("/console").await.body;
+    for shown in [
+        "kommo blocked since",
+        "Kommo answered 403: the integration is blocked",
+        "1 disabled by Kommo: 4242",
+        "stripe: 90 s behind",
+        "long-lived token",
+        "0.0 / 5",
+    ] {
+        assert!(overview.contains(shown), "the overview shows {shown:?}:\n{overview}");
+    }
+    assert!(overview.contains("Scheduler leader: <strong class=\"bad\">none"), "no scheduler runs here");
+
+    let refused = session.post(&format!("/console/accounts/{ACCOUNT}/unblock"), &[("provider", "kommo")]).await;
+    assert_eq!(refused.status, 400, "a reason is required");
+    let unblocked =
+        session.post(&format!("/console/accounts/{ACCOUNT}/unblock"), &[("provider", "kommo"), ("reason", "admin re-enabled the integration")]).await;
+    assert_eq!((unblocked.status, unblocked.location()), (303, "/console"));
+    assert_eq!(app.db.count("SELECT count(*) FROM api_limits WHERE blocked_at IS NOT NULL").await, 0);
+    let operator: String =
+        sqlx::query_scalar("SELECT payload ->> 'operator' FROM events WHERE kind = 'provider.unblocked'").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(operator, "alice");
+    assert!(!session.get("/console").await.body.contains("blocked since"));
+}
