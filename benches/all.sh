@@ -4,7 +4,7 @@
 #   benches/all.sh            (about ten minutes after the release build)
 #
 # Runs benches/ingest.sh (10 s per step), benches/queue.sh (100,000 jobs), benches/flow.sh and
-# benches/agency.sh with their defaults; each prints its own table. Run it on an otherwise idle
+# benches/agency.sh and benches/console.sh with their defaults; each prints its own table. Run it on an otherwise idle
 # machine.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -13,3 +13,4 @@ echo "== ingest";  "$here/ingest.sh" 10
 echo "== queue";   "$here/queue.sh" 100000
 echo "== flow";    "$here/flow.sh"
 echo "== agency";  "$here/agency.sh"
+echo "== console"; "$here/console.sh"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Console benchmark: every console page's answer time over a large database (1,000,000 events
-# over 30 days in 20 accounts, a completed job for every other event, 10,000 dead letters),
+# over 30 days in 20 accounts, a completed job for every other event of the last 7 days as
+# housekeeping keeps them, 10,000 dead letters),
 # signed in, one request at a time, against the project's private PostgreSQL, in a database of
 # its own made anew at each run.
 #

@@ -19,6 +19,8 @@ async fn main() {
     let token = std::env::var("KOMMO_PAY_OPS_TOKEN").expect("KOMMO_PAY_OPS_TOKEN holds the ops token to sign in with");
     std::fs::create_dir_all(&out).expect("the output directory can be made");
     let browser = Browser::start().await;
+    // Tall enough for a whole page of the demo's data in one picture.
+    browser.client.set_window_size(1280, 1500).await.unwrap();
     let shoot = async |name: &str| {
         let png = browser.client.screenshot().await.expect("a screenshot");
         std::fs::write(out.join(format!("{name}.png")), png).expect("the screenshot is written");

@@ -74,7 +74,7 @@ struct Sandbox {
     stripe_secret: String,
     /// What the demo has done so far, one line each; "done" last.
     progress: Mutex<Vec<String>>,
-    /// Plays so far: each play's deals get ids of their own.
+    /// The last play: each play's deals get ids of their own.
     plays: Mutex<i64>,
 }
 
@@ -98,7 +98,8 @@ async fn main() {
         kommo_secret: env("ACME_KOMMO_WEBHOOK_SECRET", "local-demo-kommo-url-secret-0123456789"),
         stripe_secret: env("ACME_STRIPE_WEBHOOK_SECRET", "whsec_local_demo"),
         progress: Mutex::new(Vec::new()),
-        plays: Mutex::new(0),
+        // Deal ids of their own even across restarts of the sandbox over the same database.
+        plays: Mutex::new(chrono::Utc::now().timestamp() % 100_000),
     });
     let control = Router::new().route("/demo", get(progress).post(play)).with_state(sandbox);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8180").await.expect("the sandbox's control port 8180 is free");
@@ -195,9 +196,9 @@ fn metadata(lead: i64) -> Value {
     json!({ "kommo_account_id": KOMMO_ACCOUNT_ID.to_string(), "kommo_lead_id": lead.to_string() })
 }
 
-/// Plays the demo once (play `play`: its deals are 10,000 × play + 1…8).
+/// Plays the demo once (play `play`: its deals are 100 × play + 1…8).
 async fn demo(s: &Sandbox, play: i64) -> Result<(), String> {
-    let ids: Vec<i64> = (1..=DEALS.len() as i64).map(|n| play * 10_000 + n).collect();
+    let ids: Vec<i64> = (1..=DEALS.len() as i64).map(|n| play * 100 + n).collect();
     for (&lead, (name, budget, fate)) in ids.iter().zip(DEALS) {
         let contact = lead + 500_000;
         s.kommo.add_contact(json!({

@@ -160,6 +160,7 @@ pub async fn run(command: Command, pool: &PgPool, config: &Config, json: bool, o
             println!("by account:");
             print_table(&["account", "state", "count"], stats.by_account.iter().map(|c| vec![c.key.clone(), c.state.clone(), c.count.to_string()]));
             println!("oldest runnable job has waited {:.1} s", stats.oldest_runnable_age_secs);
+            println!("scheduler leader: {}", stats.scheduler_leader.as_deref().unwrap_or("none (no scheduler runs)"));
             if !stats.waiting_for_rate_limit.is_empty() {
                 println!("waiting for a provider's rate limit (deferred, no attempt used):");
                 print_table(

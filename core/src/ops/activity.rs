@@ -31,12 +31,17 @@ pub async fn last_day(pool: &PgPool) -> Result<Vec<Hour>, OpsError> {
              SELECT date_trunc('hour', received_at) AS hour, count(*) AS n FROM events
              WHERE received_at >= date_trunc('hour', now()) - interval '23 hours' GROUP BY 1
          ),
+         -- Two scans, each on its state's partial index (jobs_finished, jobs_dead).
          finished AS (
-             SELECT date_trunc('hour', finished_at) AS hour, count(*) FILTER (WHERE state = 'completed') AS completed,
-                    count(*) FILTER (WHERE state = 'dead') AS dead
-             FROM jobs WHERE state IN ('completed', 'dead') AND finished_at >= date_trunc('hour', now()) - interval '23 hours' GROUP BY 1
+             SELECT hour, sum(completed) AS completed, sum(dead) AS dead FROM (
+                 SELECT date_trunc('hour', finished_at) AS hour, 1 AS completed, 0 AS dead FROM jobs
+                 WHERE state = 'completed' AND finished_at >= date_trunc('hour', now()) - interval '23 hours'
+                 UNION ALL
+                 SELECT date_trunc('hour', finished_at), 0, 1 FROM jobs
+                 WHERE state = 'dead' AND finished_at >= date_trunc('hour', now()) - interval '23 hours'
+             ) f GROUP BY 1
          )
-         SELECT h.hour, coalesce(r.n, 0), coalesce(f.completed, 0), coalesce(f.dead, 0)
+         SELECT h.hour, coalesce(r.n, 0), coalesce(f.completed, 0)::int8, coalesce(f.dead, 0)::int8
          FROM hours h LEFT JOIN received r USING (hour) LEFT JOIN finished f USING (hour) ORDER BY h.hour",
     )
     .fetch_all(pool)

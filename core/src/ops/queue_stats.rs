@@ -80,21 +80,56 @@ pub struct Running {
     pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
-fn counts(key: &str) -> String {
-    format!("SELECT {key} AS key, state, count(*) AS count FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
+/// Jobs by state, and how long the oldest runnable job has waited, in seconds: the queue's depth,
+/// as the metrics gauges read it at each scrape.
+pub async fn depth(pool: &PgPool) -> Result<(Vec<Count>, f64), sqlx::Error> {
+    let by_state = sqlx::query_as("SELECT '' AS key, state, count(*) AS count FROM jobs GROUP BY 2 ORDER BY 2").fetch_all(pool).await?;
+    Ok((by_state, oldest_runnable_age_secs(pool).await?))
 }
 
-/// Jobs by state, and how long the oldest runnable job has waited, in seconds: the queue's depth,
-/// as `stats` shows it and the metrics gauges read it at each scrape.
-pub async fn depth(pool: &PgPool) -> Result<(Vec<Count>, f64), sqlx::Error> {
-    let by_state = sqlx::query_as(super::sql(counts("''"))).fetch_all(pool).await?;
-    let oldest_runnable_age_secs = sqlx::query_scalar(
+async fn oldest_runnable_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0) FROM jobs
          WHERE state IN ('available', 'retryable') AND run_at <= now()",
     )
     .fetch_one(pool)
+    .await
+}
+
+/// Which jobs a count covers.
+#[derive(Clone, Copy, PartialEq)]
+enum Covered {
+    All,
+    /// Waiting, running and dead: read through those states' partial indexes, so it stays quick
+    /// however many days of finished jobs the table keeps.
+    Live,
+}
+
+/// Jobs by state, by kind and state, and by account and state, in one pass.
+async fn counts(pool: &PgPool, covered: Covered) -> Result<(Vec<Count>, Vec<Count>, Vec<Count>), sqlx::Error> {
+    let jobs = match covered {
+        Covered::All => "jobs",
+        Covered::Live => {
+            "(SELECT kind, account, state FROM jobs WHERE state IN ('available', 'retryable')
+              UNION ALL SELECT kind, account, state FROM jobs WHERE state = 'running'
+              UNION ALL SELECT kind, account, state FROM jobs WHERE state = 'dead') live"
+        }
+    };
+    let rows: Vec<(Option<String>, Option<String>, String, i64)> = sqlx::query_as(super::sql(format!(
+        "SELECT kind, account, state, count(*) FROM {jobs} GROUP BY GROUPING SETS ((state), (kind, state), (account, state)) ORDER BY 1, 2, 3"
+    )))
+    .fetch_all(pool)
     .await?;
-    Ok((by_state, oldest_runnable_age_secs))
+    let (mut by_state, mut by_kind, mut by_account) = (Vec::new(), Vec::new(), Vec::new());
+    // `kind` and `account` are never NULL in the table: NULL here means "not grouped by".
+    for (kind, account, state, count) in rows {
+        match (kind, account) {
+            (Some(kind), _) => by_kind.push(Count { key: kind, state, count }),
+            (None, Some(account)) => by_account.push(Count { key: account, state, count }),
+            (None, None) => by_state.push(Count { key: String::new(), state, count }),
+        }
+    }
+    Ok((by_state, by_kind, by_account))
 }
 
 /// The jobs that wait for a provider's rate limit, by provider and account.
@@ -107,10 +142,20 @@ pub async fn waiting(pool: &PgPool) -> Result<Vec<Waiting>, sqlx::Error> {
     .await
 }
 
+/// The whole queue, finished jobs included (the ops API and CLI).
 pub async fn stats(pool: &PgPool) -> Result<QueueStats, OpsError> {
-    let (by_state, oldest_runnable_age_secs) = depth(pool).await?;
-    let by_kind = sqlx::query_as(super::sql(counts("kind"))).fetch_all(pool).await?;
-    let by_account = sqlx::query_as(super::sql(counts("account"))).fetch_all(pool).await?;
+    stats_of(pool, Covered::All).await
+}
+
+/// The same without finished jobs (completed, replayed, discarded): the console's overview,
+/// which shows finished jobs per hour instead.
+pub async fn live(pool: &PgPool) -> Result<QueueStats, OpsError> {
+    stats_of(pool, Covered::Live).await
+}
+
+async fn stats_of(pool: &PgPool, covered: Covered) -> Result<QueueStats, OpsError> {
+    let (by_state, by_kind, by_account) = counts(pool, covered).await?;
+    let oldest_runnable_age_secs = oldest_runnable_age_secs(pool).await?;
     let waiting_for_rate_limit = waiting(pool).await?;
     let running = sqlx::query_as(
         "SELECT id, kind, account, lead_id, attempt, locked_by, locked_at, heartbeat_at FROM jobs WHERE state = 'running' ORDER BY locked_at, id LIMIT 1000",

@@ -10,7 +10,7 @@ use kommo_pay_core::ops::{OpsError, deals, history};
 use maud::{Markup, html};
 
 use super::session::SignedIn;
-use super::{Answer, Fields, NOTHING, render, short_id, state_badge, when};
+use super::{Answer, Fields, NOTHING, render, state_badge, when};
 use crate::AppState;
 
 /// A deal's account and id from the URL, checked (the path extractor's own error would be JSON).
@@ -101,14 +101,14 @@ pub(super) async fn page(State(state): State<Arc<AppState>>, signed: SignedIn, P
         section {
             h2 { "Timeline" }
             table.timeline {
-                thead { tr { th { "When" } th { "Source" } th { "What" } th.n { "Amount" } th { "Status" } th { "Event" } } }
+                thead { tr { th { "When" } th { "Source" } th { "What" } th.n { "Amount" } th { "Status" } th { "Log" } } }
                 tbody {
                     @for e in &deal.entries {
                         tr class={ "entry " (e.source) } {
                             td { (when(&e.at)) } td { (e.source) } td { (e.what) }
                             td.n.amount { @if let Some(amount) = &e.amount { (amount) } }
                             td { @if let Some(status) = &e.status { (status) } }
-                            td { a href={ "/console/events/" (e.event_id) } { (short_id(&e.event_id)) } }
+                            td { a href={ "/console/events/" (e.event_id) } { "#" (e.seq) } }
                         }
                     }
                 }

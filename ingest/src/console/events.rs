@@ -11,7 +11,7 @@ use kommo_pay_core::ops::events::{self, EventFilter, SOURCES};
 use maud::html;
 
 use super::session::{Posted, SignedIn};
-use super::{Answer, Fields, NOTHING, csrf, deal_link, options, pretty, render, short_id, when};
+use super::{Answer, Fields, NOTHING, csrf, deal_link, options, pretty, render, when};
 use crate::AppState;
 
 /// A time from the form: RFC 3339, or what a `datetime-local` input sends (taken as UTC, as the
@@ -53,13 +53,13 @@ pub(super) async fn list(State(state): State<Arc<AppState>>, signed: SignedIn, u
         }
         @if found.items.is_empty() { p { "No event matches." } } @else {
             table {
-                thead { tr { th { "Received" } th { "Account" } th { "Source" } th { "Kind" } th { "Deal" } th { "Event" } } }
+                thead { tr { th { "Received" } th { "Account" } th { "Source" } th { "Kind" } th { "Deal" } th { "Log" } } }
                 tbody {
                     @for e in &found.items {
                         tr {
                             td { (when(&e.received_at)) } td { (e.account) } td { (e.source) } td { (e.kind) }
                             td { @match e.lead_id { Some(lead) => (deal_link(&e.account, lead)), None => (NOTHING) } }
-                            td { a href={ "/console/events/" (e.id) } { (short_id(&e.id)) } }
+                            td { a href={ "/console/events/" (e.id) } { "#" (e.seq) } }
                         }
                     }
                 }

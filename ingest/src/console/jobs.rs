@@ -11,7 +11,7 @@ use kommo_pay_core::ops::events::JobSummary;
 use maud::{Markup, html};
 
 use super::session::SignedIn;
-use super::{Answer, NOTHING, deal_link, pretty, render, short_id, state_badge, when};
+use super::{Answer, NOTHING, deal_link, pretty, render, state_badge, when};
 use crate::AppState;
 
 pub(super) fn table(jobs: &[JobSummary]) -> Markup {
@@ -52,7 +52,7 @@ pub(super) async fn page(State(state): State<Arc<AppState>>, signed: SignedIn, P
             @if let Some(of) = job.replay_of { dt { "Replays" } dd { a href={ "/console/jobs/" (of) } { "job " (of) } } }
             @if let Some(by) = detail.replayed_as { dt { "Replayed as" } dd { a href={ "/console/jobs/" (by) } { "job " (by) } } }
             @if let Some(event) = &detail.event {
-                dt { "Caused by" } dd { a href={ "/console/events/" (event.id) } { (event.source) " " (event.kind) " " (short_id(&event.id)) } }
+                dt { "Caused by" } dd { a href={ "/console/events/" (event.id) } { (event.source) " " (event.kind) " #" (event.seq) } }
             }
         }
         @if job.state == "dead" {

@@ -215,9 +215,9 @@ impl Fields {
     }
 }
 
-/// A time as the pages show it: UTC to the second.
-fn when(at: &DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+/// A time as the pages show it: UTC to the second, never broken over two lines.
+fn when(at: &DateTime<Utc>) -> Markup {
+    html! { time datetime=(at.to_rfc3339()) { (at.format("%Y-%m-%d %H:%M:%S UTC")) } }
 }
 
 /// JSON, indented, for reading.
@@ -247,8 +247,3 @@ fn options<'a>(choices: impl IntoIterator<Item = &'a str>, selected: Option<&str
 
 /// A small amount of text that must not be mistaken for markup, e.g. a dash for "nothing".
 const NOTHING: PreEscaped<&str> = PreEscaped("&mdash;");
-
-/// An event id shortened for a table (its page shows it whole).
-fn short_id(id: &uuid::Uuid) -> String {
-    id.simple().to_string()[..8].to_owned()
-}

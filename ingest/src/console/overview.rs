@@ -17,12 +17,13 @@ use super::session::{Posted, SignedIn};
 use super::{Answer, NOTHING, chart, csrf, render, state_badge, when};
 use crate::AppState;
 
-/// The states a job passes through, in the order the tables show them.
-const STATES: [&str; 7] = ["available", "retryable", "running", "completed", "dead", "replayed", "discarded"];
+/// The states of the live queue, in the order the tables show them (finished jobs are counted per
+/// hour in the charts).
+const STATES: [&str; 4] = ["available", "retryable", "running", "dead"];
 
 pub(super) async fn page(State(state): State<Arc<AppState>>, signed: SignedIn) -> Answer {
     let health = accounts::health(&state.pool, &state.accounts).await?;
-    let queue = queue_stats::stats(&state.pool).await?;
+    let queue = queue_stats::live(&state.pool).await?;
     let dead = dead_letters::counts(&state.pool, &DeadFilter::default()).await?;
     let hours = activity::last_day(&state.pool).await?;
     let body = html! {
@@ -39,6 +40,7 @@ pub(super) async fn page(State(state): State<Arc<AppState>>, signed: SignedIn) -
                 p {
                     "Oldest runnable job waiting: " strong { (format!("{:.0} s", queue.oldest_runnable_age_secs)) }
                     " · running now: " strong { (queue.running.len()) }
+                    " · completed in 24 h: " strong { (hours.iter().map(|h| h.completed).sum::<i64>()) }
                 }
                 (by_state(&queue.by_state))
                 @if !queue.waiting_for_rate_limit.is_empty() {
@@ -76,8 +78,8 @@ pub(super) async fn page(State(state): State<Arc<AppState>>, signed: SignedIn) -
             div { h2 { "Jobs per hour" } (chart::bars(&hours, &[chart::Series::Completed, chart::Series::Dead])) }
         }
         section {
-            h2 { "Jobs by kind" } (pivot(&queue.by_kind))
-            h2 { "Jobs by account" } (pivot(&queue.by_account))
+            h2 { "Waiting, running and dead jobs by kind" } (pivot(&queue.by_kind))
+            h2 { "… and by account" } (pivot(&queue.by_account))
         }
     };
     Ok(render(StatusCode::OK, "Overview", signed.shown(), body))
