@@ -408,6 +408,14 @@ async fn the_overview_shows_each_accounts_health_and_unblocks_a_blocked_account(
         assert!(overview.contains(shown), "the overview shows {shown:?}:\n{overview}");
     }
     assert!(overview.contains("Scheduler leader: <strong class=\"bad\">none"), "no scheduler runs here");
+    // Requests sent for the account count against its budget (those of the last ten seconds).
+    let budget = kommo_pay_core::rate_limit::RateLimiter::new(app.db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, KOMMO_ONLY_ACCOUNT, 1000.0);
+    for _ in 0..20 {
+        budget.acquire().await.unwrap();
+    }
+    let health = kommo_pay_core::ops::accounts::health(&app.db.pool, &test_config(&app.db.url, "").accounts).await.unwrap();
+    let rate = health.iter().find(|h| h.account == KOMMO_ONLY_ACCOUNT).unwrap().kommo_requests_per_second;
+    assert!(rate >= 2.0, "20 requests in the last ten seconds are at least 2 per second: {rate}");
 
     let refused = session.post(&format!("/console/accounts/{ACCOUNT}/unblock"), &[("provider", "kommo")]).await;
     assert_eq!(refused.status, 400, "a reason is required");

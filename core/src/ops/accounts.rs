@@ -26,7 +26,7 @@ pub struct AccountHealth {
     pub reconciled: Vec<Reconciled>,
     /// For an OAuth integration: the stored token's state (absent for a long-lived token).
     pub oauth: Option<OauthState>,
-    /// Kommo requests per second over the last ten-second window.
+    /// Kommo requests per second over the last ten to twenty seconds.
     pub kommo_requests_per_second: f64,
     /// The configured budget (`requests_per_second`).
     pub kommo_limit: f64,
@@ -55,8 +55,10 @@ pub async fn health(pool: &PgPool, accounts: &Accounts) -> Result<Vec<AccountHea
     type Limit = (String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>, f64);
     let limits: Vec<Limit> = sqlx::query_as(
         "SELECT provider, account, paused_until, blocked_at, blocked_reason,
-                CASE WHEN window_start > now() - interval '2 seconds' THEN last_window_requests / 10.0
-                     WHEN window_start > now() - interval '10 seconds' THEN window_requests / extract(epoch FROM now() - window_start)
+                -- The window running now, with the ten seconds before it when they had requests.
+                CASE WHEN window_start > now() - interval '10 seconds'
+                     THEN (window_requests + last_window_requests)
+                          / (greatest(extract(epoch FROM now() - window_start), 1) + CASE WHEN last_window_requests > 0 THEN 10 ELSE 0 END)
                      WHEN window_start > now() - interval '20 seconds' THEN window_requests / 10.0
                      ELSE 0 END::float8
          FROM api_limits",
