@@ -99,8 +99,13 @@ impl Browser {
         Browser { client, driver, port, session, _profile: profile }
     }
 
+    /// The page's text; empty while a page is being replaced by the next (a click that
+    /// submits a form returns before the next page is there).
     pub async fn text(&self) -> String {
-        self.client.find(Locator::Css("body")).await.unwrap().text().await.unwrap()
+        match self.client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     pub async fn path(&self) -> String {
