@@ -10,6 +10,7 @@ mod console;
 mod console_browser;
 mod crash;
 mod crash_points;
+mod demo;
 mod deploy;
 mod event_log;
 mod fairness;

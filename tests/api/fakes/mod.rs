@@ -1,5 +1,6 @@
 //! Fakes of the external SaaS APIs, speaking their real wire formats, on loopback port 0.
 
+pub mod demo;
 pub mod kommo;
 pub mod lemonsqueezy;
 pub mod stripe;
