@@ -31,11 +31,6 @@ impl RetryPolicy {
         let nominal = self.base.saturating_mul(1u32 << exponent).min(self.cap);
         nominal.div_f64(2.0).mul_f64(1.0 + jitter.clamp(0.0, 1.0))
     }
-
-    /// Whether `failed` failures have used up the attempts.
-    pub fn exhausted(&self, failed: i32) -> bool {
-        failed >= self.max_attempts
-    }
 }
 
 #[cfg(test)]
@@ -62,11 +57,5 @@ mod tests {
     fn huge_attempt_numbers_do_not_overflow() {
         assert_eq!(POLICY.delay(i32::MAX, 1.0), Duration::from_secs(60));
         assert_eq!(POLICY.delay(0, 1.0), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn attempts_are_used_up_at_max_attempts() {
-        assert!(!POLICY.exhausted(4));
-        assert!(POLICY.exhausted(5));
     }
 }
