@@ -223,13 +223,17 @@ pub async fn discard(
     act(pool, selection, Action::Discard, operator, reason, dry_run, progress).await
 }
 
-#[derive(Clone, Copy)]
-enum Action {
+/// What an operator does to a selection of dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// See [`replay`].
     Replay,
+    /// See [`discard`].
     Discard,
 }
 
-async fn act(
+/// [`replay`] or [`discard`], chosen by `action` (for callers that hold the choice as a value).
+pub async fn act(
     pool: &PgPool,
     selection: &Selection,
     action: Action,

@@ -10,7 +10,6 @@ use super::OpsError;
 use super::events::{JOB_SUMMARY, JobSummary};
 use super::history::{self, Entry};
 use crate::config::Accounts;
-use crate::money::{Currency, Money};
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Deal {
@@ -75,7 +74,7 @@ pub struct Failure {
 
 /// An amount as people read it ("49.90 EUR"), or the raw figures when the code is no currency.
 fn shown(minor: i64, code: &str) -> String {
-    Currency::parse(code).map_or_else(|_| format!("{minor} {code} (minor units)"), |currency| Money::from_minor(minor, currency).to_string())
+    history::to_money((minor, code.to_owned())).map_or_else(|| format!("{minor} {code} (minor units)"), |money| money.to_string())
 }
 
 /// Deal `lead_id` of `account`; not found when the account is not configured or kommo-pay has

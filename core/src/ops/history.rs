@@ -70,7 +70,7 @@ fn entry(seq: i64, at: DateTime<Utc>, source: String, kind: String, event_id: Uu
 }
 
 /// An amount in minor units and its currency code, when the code is one.
-fn to_money((minor, code): (i64, String)) -> Option<Money> {
+pub(super) fn to_money((minor, code): (i64, String)) -> Option<Money> {
     Currency::parse(&code).ok().map(|currency| Money::from_minor(minor, currency))
 }
 

@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect};
 use kommo_pay_core::ops::OpsError;
-use kommo_pay_core::ops::dead_letters::{self, DeadFilter, Selection};
+use kommo_pay_core::ops::dead_letters::{self, Action, DeadFilter, Selection};
 use maud::{Markup, html};
 
-use super::runs::Action;
+use super::runs::Shown as _;
 use super::session::{Posted, SignedIn};
 use super::{Answer, Fields, NOTHING, csrf, deal_link, options, render, when};
 use crate::AppState;
@@ -46,11 +46,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>, signed: SignedIn, u
     let found = dead_letters::list(&state.pool, &filter(&fields, true)?).await?;
     let matching: i64 = counts.iter().map(|c| c.count).sum();
     let kinds: std::collections::BTreeSet<&str> = counts.iter().map(|c| c.kind.as_str()).collect();
-    let next = found.next_cursor.as_ref().map(|cursor| {
-        let kept = fields.0.iter().filter(|(k, _)| k != "cursor").map(|(k, v)| (k.as_str(), v.as_str()));
-        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).append_pair("cursor", cursor).finish();
-        format!("/console/dead-letters?{query}")
-    });
+    let next = found.next_cursor.as_ref().map(|cursor| fields.next_page("/console/dead-letters", cursor));
     let body = html! {
         form.filters method="get" action="/console/dead-letters" {
             label { "Account" select name="account" { (options(state.accounts.iter().map(|a| a.slug.as_str()), fields.get("account"))) } }
@@ -129,7 +125,7 @@ async fn act(state: &AppState, posted: Posted, action: Action) -> Answer {
         let id = state.console.runs.start(state.pool.clone(), action, chosen, signed.operator.clone(), reason);
         return Ok(Redirect::to(&format!("/console/dead-letters/runs/{id}")).into_response());
     }
-    let outcome = action.run(&state.pool, &chosen, &signed.operator, "dry run", true, &mut |_, _| {}).await?;
+    let outcome = dead_letters::act(&state.pool, &chosen, action, &signed.operator, "dry run", true, &mut |_, _| {}).await?;
     let what = match &chosen {
         Selection::Ids(ids) => format!("the {} selected dead letter{}", ids.len(), if ids.len() == 1 { "" } else { "s" }),
         Selection::Matching(_) => described(&fields),

@@ -36,11 +36,7 @@ fn filter(fields: &Fields) -> Result<EventFilter, OpsError> {
 pub(super) async fn list(State(state): State<Arc<AppState>>, signed: SignedIn, uri: Uri) -> Answer {
     let fields = Fields::query(&uri);
     let found = events::list(&state.pool, &filter(&fields)?).await?;
-    let next = found.next_cursor.as_ref().map(|cursor| {
-        let kept = fields.0.iter().filter(|(k, _)| k != "cursor").map(|(k, v)| (k.as_str(), v.as_str()));
-        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).append_pair("cursor", cursor).finish();
-        format!("/console/events?{query}")
-    });
+    let next = found.next_cursor.as_ref().map(|cursor| fields.next_page("/console/events", cursor));
     let body = html! {
         form.filters method="get" action="/console/events" {
             label { "Account" select name="account" { (options(state.accounts.iter().map(|a| a.slug.as_str()), fields.get("account"))) } }

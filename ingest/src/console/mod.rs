@@ -209,6 +209,14 @@ impl Fields {
         self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// The link to the next page of a list at `path`: these fields, with `cursor` in place of
+    /// any cursor they had.
+    fn next_page(&self, path: &str, cursor: &str) -> String {
+        let kept = self.0.iter().filter(|(k, _)| k != "cursor").map(|(k, v)| (k.as_str(), v.as_str()));
+        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).append_pair("cursor", cursor).finish();
+        format!("{path}?{query}")
+    }
+
     /// A whole number, or a 400 naming the field.
     fn number(&self, name: &str, what: &str) -> Result<Option<i64>, OpsError> {
         self.get(name).map(|text| text.parse::<i64>().map_err(|_| OpsError::BadRequest(format!("{what} {text:?} is not a number")))).transpose()

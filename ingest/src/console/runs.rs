@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use kommo_pay_core::ops::dead_letters::{self, Outcome, Selection};
+use kommo_pay_core::ops::dead_letters::{self, Action, Outcome, Selection};
 use kommo_pay_core::ops::{Operator, OpsError};
 use maud::html;
 use sqlx::PgPool;
@@ -23,43 +23,29 @@ use crate::AppState;
 /// Runs whose progress stays visible.
 const KEPT: usize = 100;
 
-#[derive(Clone, Copy)]
-pub(super) enum Action {
-    Replay,
-    Discard,
+/// How the pages name an action and where its form posts.
+pub(super) trait Shown {
+    fn verb(self) -> &'static str;
+    fn path(self) -> &'static str;
+    fn explained(self) -> &'static str;
 }
 
-impl Action {
-    pub async fn run(
-        self,
-        pool: &PgPool,
-        selection: &Selection,
-        operator: &Operator,
-        reason: &str,
-        dry_run: bool,
-        progress: &mut (dyn FnMut(i64, i64) + Send),
-    ) -> Result<Outcome, OpsError> {
-        match self {
-            Action::Replay => dead_letters::replay(pool, selection, operator, reason, dry_run, progress).await,
-            Action::Discard => dead_letters::discard(pool, selection, operator, reason, dry_run, progress).await,
-        }
-    }
-
-    pub fn verb(self) -> &'static str {
+impl Shown for Action {
+    fn verb(self) -> &'static str {
         match self {
             Action::Replay => "Replay",
             Action::Discard => "Discard",
         }
     }
 
-    pub fn path(self) -> &'static str {
+    fn path(self) -> &'static str {
         match self {
             Action::Replay => "replay",
             Action::Discard => "discard",
         }
     }
 
-    pub fn explained(self) -> &'static str {
+    fn explained(self) -> &'static str {
         match self {
             Action::Replay => "Each gets a new job with the same arguments and fresh attempts; the dead one stays, marked replayed.",
             Action::Discard => "They stay for the record, marked discarded, and are not run again.",
@@ -97,7 +83,7 @@ impl Runs {
                 let mut run = seen.lock().expect("the run lock is never held across a panic");
                 (run.done, run.matched) = (done, matched);
             };
-            let ended = action.run(&pool, &selection, &operator, &reason, false, &mut progress).await;
+            let ended = dead_letters::act(&pool, &selection, action, &operator, &reason, false, &mut progress).await;
             if let Err(error) = &ended {
                 tracing::error!(error = %error, operator = %operator.0, "console bulk action stopped");
             }
