@@ -34,19 +34,20 @@ fi
 cargo build --release --quiet --bin kommo-pay --example queue_bench
 
 # A database made anew and migrated by the driver's own binary: each is measured with its own
-# schema (indexes cost every write).
+# schema (indexes cost every write). Each binary reads the example configuration of its own
+# revision (an older one refuses keys added since).
 fresh_database() {
   psql "$server_url/postgres" -qAtc "DROP DATABASE IF EXISTS kommo_pay_queue_bench WITH (FORCE)" -c "CREATE DATABASE kommo_pay_queue_bench"
-  (set -a; . deploy/local/example.env; "$1" migrate --config deploy/local/kommo-pay.toml >/dev/null)
+  (set -a; . "$2/deploy/local/example.env"; "$1" migrate --config "$2/deploy/local/kommo-pay.toml" >/dev/null)
 }
 
 for processes in 1 2; do
   for driver in "${drivers[@]}"; do
     case "$driver" in
-      this) bin=target/release ; examples=target/release/examples ; label=this ;;
-      *) bin=target/baseline-bin-$driver ; examples=$bin ; label="baseline $driver" ;;
+      this) bin=target/release ; examples=target/release/examples ; label=this ; source_tree=. ;;
+      *) bin=target/baseline-bin-$driver ; examples=$bin ; label="baseline $driver" ; source_tree=target/baseline-$driver ;;
     esac
-    fresh_database "$bin/kommo-pay"
+    fresh_database "$bin/kommo-pay" "$source_tree"
     printf '%-18s ' "$label"
     "$examples/queue_bench" "$DATABASE_URL" "$jobs" "$processes" 2>/dev/null
   done

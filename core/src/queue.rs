@@ -125,7 +125,11 @@ pub struct ClaimedJob {
 /// (benches/queue.sh).
 pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64, max_per_account: i64) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+    // JIT off for this transaction: the planner cannot estimate the recursive scan of accounts
+    // and guesses a hundred of them, which lifts a claim's cost over `jit_above_cost` whenever
+    // the statistics show a backlog; compiling then took 70–170 ms per claim, and throughput fell
+    // to a seventh at random (benches/queue.sh, ADR 15). Set with the lock: no extra round trip.
+    sqlx::query("SELECT set_config('jit', 'off', true), pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
     let mut jobs: Vec<ClaimedJob> = sqlx::query_as(
         "WITH RECURSIVE waiting (account) AS (
              (SELECT account FROM jobs WHERE state IN ('available', 'retryable') ORDER BY account LIMIT 1)
