@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use fakes::kommo::FakeKommo;
 use serde_json::json;
 
-const PIPELINE: i64 = 8572511;
-const STAGE: i64 = 67548619;
+use fakes::accounts::{PIPELINE, TRIGGER_STAGE as STAGE};
 const LINK_FIELD: i64 = 901;
 const SECRET: &str = "bench-kommo-secret-0123456789abcdef";
 /// The configured rate (the default) and what each fake Kommo enforces.
@@ -276,31 +275,11 @@ fn most_in_a_second(kommo: &FakeKommo) -> usize {
 fn config(listen: std::net::SocketAddr, all: &[Account], stripe_url: &str) -> String {
     let mut text = format!("[server]\nlisten = \"{listen}\"\n[log]\nfilter = \"warn\"\n");
     for account in all {
-        text.push_str(&format!(
-            r#"
-[[accounts]]
-slug = "{slug}"
-[accounts.kommo]
-account_id = {id}
-base_url = "{kommo}"
-webhook_secret_env = "KOMMO_SECRET"
-auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-fields = {{ payment_link = 901, payment_status = 902, payment_date = 903, payment_id = 904, paid_amount = 905, statuses = {{ not_issued = 1, awaiting = 2, paid = 3, overdue = 4, refunded = 5, partially_refunded = 6, cancelled = 7 }} }}
-[accounts.stripe]
-api_base_url = "{stripe_url}"
-secret_key_env = "STRIPE_KEY"
-webhook_secret_envs = ["STRIPE_WHSEC"]
-requests_per_second = 100
-[[accounts.triggers]]
-name = "invoice"
-pipeline_id = {PIPELINE}
-status_id = {STAGE}
-provider = "stripe"
-"#,
-            slug = account.slug,
-            id = account.id,
-            kommo = account.kommo.url,
-        ));
+        text.push_str(
+            &fakes::accounts::AccountToml::standard(&account.slug, account.id, &account.kommo.url, stripe_url)
+                .stripe_key("requests_per_second = 100")
+                .to_string(),
+        );
     }
     text
 }

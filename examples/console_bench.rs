@@ -8,6 +8,10 @@
 //! Prints one row per page: p50, p95 and the slowest answer, in milliseconds, beside the floor
 //! (the stylesheet: HTTP and the session check without a query of the page's own).
 
+#[allow(dead_code)]
+#[path = "../tests/api/fakes/mod.rs"]
+mod fakes;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -18,20 +22,7 @@ const TOKEN: &str = "bench-ops-token-0123456789abcdef0123456789";
 
 fn config(url: &str) -> Config {
     let accounts: String = (1..=ACCOUNTS)
-        .map(|n| {
-            format!(
-                r#"
-                [[accounts]]
-                slug = "agency-{n:02}"
-                [accounts.kommo]
-                account_id = {id}
-                base_url = "https://client{n}.kommo.com"
-                webhook_secret_env = "SECRET"
-                auth = {{ kind = "long_lived_token", token_env = "SECRET" }}
-                "#,
-                id = 1_000_000 + n
-            )
-        })
+        .map(|n| fakes::accounts::AccountToml::new(&format!("agency-{n:02}"), 1_000_000 + n as i64, &format!("https://client{n}.kommo.com")).to_string())
         .collect();
     let text = format!(
         r#"
@@ -45,7 +36,8 @@ fn config(url: &str) -> Config {
         {accounts}
         "#
     );
-    let env: HashMap<&str, &str> = [("SECRET", "bench-secret-0123456789abcdef0123456789"), ("TOKEN", TOKEN), ("DATABASE_URL", url)].into();
+    let env: HashMap<&str, &str> =
+        [("KOMMO_SECRET", "bench-secret-0123456789abcdef0123456789"), ("KOMMO_TOKEN", "bench-kommo-token"), ("TOKEN", TOKEN), ("DATABASE_URL", url)].into();
     Config::parse(&text, "console bench", &|name| env.get(name).map(|v| v.to_string())).expect("the bench's configuration is valid")
 }
 

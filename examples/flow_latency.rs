@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use kommo_pay_core::config::Config;
 use serde_json::json;
 
-/// The trigger stage of `fakes::account_config`.
-const PIPELINE: i64 = 8572511;
-const STAGE: i64 = 67548619;
+use fakes::accounts::{PIPELINE, TRIGGER_STAGE as STAGE};
 
 #[tokio::main]
 async fn main() {
@@ -35,7 +33,8 @@ async fn main() {
     let kommo = fakes::kommo::FakeKommo::start().await;
     let stripe = fakes::stripe::FakeStripe::start().await;
     let sections = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"error\"";
-    let text = fakes::account_config(sections, "bench", 1, &kommo.url, &stripe.url, "add_note = false");
+    let account = fakes::accounts::AccountToml::standard("bench", 1, &kommo.url, &stripe.url).kommo("requests_per_second = 50").trigger_key("add_note = false");
+    let text = format!("{sections}\n{account}");
     let secret = "bench-kommo-secret-0123456789abcdef";
     let env: HashMap<&str, String> = HashMap::from([
         ("DATABASE_URL", url.clone()),

@@ -123,18 +123,7 @@ fn the_example_config_is_valid_with_its_example_env() {
 async fn kommo_setup_creates_the_missing_fields_once_and_prints_their_config() {
     let kommo = crate::fakes::kommo::FakeKommo::start().await;
     let db = TestDb::new().await;
-    let account = format!(
-        r#"
-        [[accounts]]
-        slug = "{ACCOUNT}"
-        [accounts.kommo]
-        account_id = {KOMMO_ACCOUNT_ID}
-        base_url = "{}"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        "#,
-        kommo.url
-    );
+    let account = crate::fakes::accounts::AccountToml::new(ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url).to_string();
     let config = write_config(&account);
     let mut env = test_env(&db.url);
     env.insert("KOMMO_TOKEN".into(), crate::fakes::kommo::TOKEN.into());

@@ -87,6 +87,13 @@ fn with_database(server_url: &str, name: &str) -> String {
 
 /// The configuration file tests run with; `server_extra` adds `[server]` keys (TOML).
 pub fn test_config_text(server_extra: &str) -> String {
+    use crate::fakes::accounts::AccountToml;
+    let account = AccountToml::new(ACCOUNT, KOMMO_ACCOUNT_ID, "https://acme.kommo.com")
+        .stripe_key(r#"secret_key_env = "STRIPE_KEY""#)
+        .stripe_key(r#"webhook_secret_envs = ["STRIPE_WHSEC", "STRIPE_WHSEC_OLD"]"#)
+        .set("[accounts.lemonsqueezy]", r#"api_key_env = "LS_KEY""#)
+        .set("[accounts.lemonsqueezy]", r#"webhook_secret_envs = ["LS_WHSEC"]"#);
+    let kommo_only = AccountToml::new(KOMMO_ONLY_ACCOUNT, 1000001, "https://other.kommo.com");
     format!(
         r#"
         [server]
@@ -100,28 +107,7 @@ pub fn test_config_text(server_extra: &str) -> String {
         [ops]
         tokens = [{{ name = "alice", token_env = "OPS_TOKEN_ALICE" }}, {{ name = "bob", token_env = "OPS_TOKEN_BOB" }}]
 
-        [[accounts]]
-        slug = "{ACCOUNT}"
-        [accounts.kommo]
-        account_id = {KOMMO_ACCOUNT_ID}
-        base_url = "https://acme.kommo.com"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        [accounts.stripe]
-        secret_key_env = "STRIPE_KEY"
-        webhook_secret_envs = ["STRIPE_WHSEC", "STRIPE_WHSEC_OLD"]
-        [accounts.lemonsqueezy]
-        api_key_env = "LS_KEY"
-        webhook_secret_envs = ["LS_WHSEC"]
-
-        [[accounts]]
-        slug = "{KOMMO_ONLY_ACCOUNT}"
-        [accounts.kommo]
-        account_id = 1000001
-        base_url = "https://other.kommo.com"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        "#
+        {account}{kommo_only}"#
     )
 }
 
@@ -331,7 +317,7 @@ pub fn account_config_file(
     kommo_url: &str,
     stripe_url: &str,
 ) -> (std::path::PathBuf, std::collections::HashMap<String, String>) {
-    let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, kommo_url, stripe_url, "");
+    let text = crate::fakes::account_config(sections, ACCOUNT, KOMMO_ACCOUNT_ID, kommo_url, stripe_url);
     let path = std::env::temp_dir().join(format!("kommo-pay-test-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, text).unwrap();
     let mut env = test_env(database_url);

@@ -9,6 +9,7 @@ use kommo_pay_core::config::Config;
 use kommo_pay_core::kommo::client::{KommoClient, KommoError};
 use kommo_pay_core::kommo::oauth;
 
+use crate::fakes::accounts::AccountToml;
 use crate::fakes::kommo::FakeKommo;
 use crate::helpers::*;
 
@@ -34,15 +35,10 @@ async fn install() -> Install {
         r#"
         [server]
         listen = "127.0.0.1:0"
-        [[accounts]]
-        slug = "{ACCOUNT}"
-        [accounts.kommo]
-        account_id = {KOMMO_ACCOUNT_ID}
-        base_url = "{url}"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "oauth", client_id = "{CLIENT_ID}", client_secret_env = "KOMMO_CLIENT_SECRET", redirect_uri = "{REDIRECT}" }}
-        "#,
-        url = kommo.url,
+        {account}"#,
+        account = AccountToml::new(ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url).kommo(&format!(
+            r#"auth = {{ kind = "oauth", client_id = "{CLIENT_ID}", client_secret_env = "KOMMO_CLIENT_SECRET", redirect_uri = "{REDIRECT}" }}"#
+        )),
     );
     let mut env: HashMap<String, String> = test_env(&db.url);
     env.insert("KOMMO_CLIENT_SECRET".into(), CLIENT_SECRET.into());

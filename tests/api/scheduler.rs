@@ -115,10 +115,9 @@ async fn housekeeping_refreshes_oauth_tokens_of_idle_accounts_before_they_expire
     let db = TestDb::new().await;
     let kommo = FakeKommo::start().await;
     kommo.enable_oauth("integration-uuid", "client-secret", "first-refresh-token", 86400);
-    let text = crate::fakes::account_config("", ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url, "http://127.0.0.1:9", "").replace(
-        r#"auth = { kind = "long_lived_token", token_env = "KOMMO_TOKEN" }"#,
-        r#"auth = { kind = "oauth", client_id = "integration-uuid", client_secret_env = "KOMMO_CLIENT_SECRET", redirect_uri = "https://kommo-pay.example/oauth", refresh_token_env = "KOMMO_REFRESH_TOKEN" }"#,
-    );
+    let text = crate::fakes::accounts::AccountToml::new(ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url)
+        .kommo(r#"auth = { kind = "oauth", client_id = "integration-uuid", client_secret_env = "KOMMO_CLIENT_SECRET", redirect_uri = "https://kommo-pay.example/oauth", refresh_token_env = "KOMMO_REFRESH_TOKEN" }"#)
+        .to_string();
     let mut env = test_env(&db.url);
     env.insert("KOMMO_CLIENT_SECRET".into(), "client-secret".into());
     env.insert("KOMMO_REFRESH_TOKEN".into(), "first-refresh-token".into());
