@@ -227,3 +227,109 @@ async fn crash_after_an_overdue_deals_status_was_written() {
     assert_eq!(f.kommo.tasks().len(), 1);
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], OVERDUE);
 }
+
+/// Every test below crashes a job once and ends with every job completed.
+async fn crashed_once_and_finished(f: &Flow, point: &str) {
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").await, 1, "the job crashed at {point} once");
+    let left: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT kind, state, errors FROM jobs WHERE state <> 'completed'").fetch_all(&f.app.db.pool).await.unwrap();
+    assert!(left.is_empty(), "every job completed after the crash at {point}: {left:?}");
+}
+
+/// PATCHes that set the payment status to `option`.
+fn status_patches(f: &Flow, option: i64) -> usize {
+    f.patches(|value| value["field_id"] == STATUS_FIELD && value["values"][0]["enum_id"] == option)
+}
+
+/// A Lemon Squeezy subscription cancelled and later expired, crashing at `point` once: one task
+/// for the success manager, one PATCH to Cancelled.
+async fn lemonsqueezy_subscription_ending_crashing_at(point: &str) {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:00:00.000000Z", true)).await;
+    f.drain_with_retries().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.lemonsqueezy_sends(&ls_subscription("subscription_cancelled", "cancelled", "2026-12-01T09:00:00.000000Z", true)).await;
+    f.drain_with_retries().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_expired", "expired", "2026-12-26T12:26:23.000000Z", true)).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    crashed_once_and_finished(&f, point).await;
+    let tasks = f.kommo.tasks();
+    assert_eq!(tasks.len(), 1, "crashed at {point}: {tasks:?}");
+    assert_eq!(tasks[0]["responsible_user_id"], 500, "for the customer-success manager");
+    assert_eq!(status_patches(&f, CANCELLED), 1, "crashed at {point}");
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], CANCELLED);
+}
+
+/// A Lemon Squeezy subscription renewed, crashing at `point` once: one PATCH to Paid, one note.
+async fn lemonsqueezy_renewal_crashing_at(point: &str) {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:26:23.000000Z", true)).await;
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_success", "801", "initial")).await;
+    f.drain_with_retries().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_success", "802", "renewal")).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    crashed_once_and_finished(&f, point).await;
+    assert_eq!(f.note_texts(), ["Payment received: 49.00 USD — subscription renewal (invoice 802)"], "crashed at {point}");
+    assert_eq!(status_patches(&f, PAID), 1, "crashed at {point}");
+}
+
+/// A Lemon Squeezy renewal that fails, crashing after its note: one note, no change of status.
+#[tokio::test]
+async fn crash_after_a_lemonsqueezy_failed_renewals_note_was_added() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:26:23.000000Z", true)).await;
+    f.drain_with_retries().await;
+    fail::cfg("deal.note_added", "1*panic").unwrap();
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_failed", "803", "renewal")).await;
+    f.drain_with_retries().await;
+    fail::remove("deal.note_added");
+    crashed_once_and_finished(&f, "deal.note_added").await;
+    let failures = f.note_texts().into_iter().filter(|t| t.starts_with("The subscription payment of 49.00 USD")).count();
+    assert_eq!(failures, 1, "{:?}", f.note_texts());
+    assert!(f.field(STATUS_FIELD).is_none(), "Lemon Squeezy retries the card first");
+}
+
+/// A paid Lemon Squeezy order refunded in part, crashing at `point` once: one PATCH of the
+/// refunded amount, one move to the needs-attention stage, one task.
+async fn lemonsqueezy_refund_crashing_at(point: &str) {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_order("order_created", "paid", 0, Some(LEAD))).await;
+    f.drain_with_retries().await;
+    fail::cfg(point, "1*panic").unwrap();
+    f.lemonsqueezy_sends(&ls_order("order_refunded", "partial_refund", 50000, Some(LEAD))).await;
+    f.drain_with_retries().await;
+    fail::remove(point);
+    crashed_once_and_finished(&f, point).await;
+    assert_eq!(f.patches(|value| value["field_id"] == REFUNDED_FIELD), 1, "crashed at {point}");
+    let moved = |update: &Value| update["status_id"] == 67548640;
+    let stage_moves =
+        f.kommo.requests().iter().filter(|r| r.method == axum::http::Method::PATCH && r.body.as_array().is_some_and(|b| b.iter().any(moved))).count();
+    assert_eq!(stage_moves, 1, "crashed at {point}");
+    assert_eq!(f.kommo.tasks().len(), 1, "crashed at {point}: {:?}", f.kommo.tasks());
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PARTIALLY_REFUNDED);
+}
+
+macro_rules! lemonsqueezy_crash_at {
+    ($($test:ident: $scenario:ident at $point:literal,)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            $scenario($point).await;
+        }
+    )*};
+}
+
+lemonsqueezy_crash_at! {
+    crash_after_a_lemonsqueezy_cancellation_was_stored: lemonsqueezy_subscription_ending_crashing_at at "subscription.stored",
+    crash_after_a_lemonsqueezy_cancellations_task_was_added: lemonsqueezy_subscription_ending_crashing_at at "deal.task_added",
+    crash_after_a_lemonsqueezy_expiry_was_written_to_the_card: lemonsqueezy_subscription_ending_crashing_at at "deal.status_written",
+    crash_after_a_lemonsqueezy_renewal_was_recorded: lemonsqueezy_renewal_crashing_at at "payment.recorded",
+    crash_after_a_lemonsqueezy_renewal_was_written_to_the_card: lemonsqueezy_renewal_crashing_at at "payment.card_written",
+    crash_after_a_lemonsqueezy_renewals_note_was_added: lemonsqueezy_renewal_crashing_at at "payment.note_added",
+    crash_after_a_lemonsqueezy_refund_was_recorded: lemonsqueezy_refund_crashing_at at "refund.recorded",
+    crash_after_a_lemonsqueezy_refund_was_written_to_the_card: lemonsqueezy_refund_crashing_at at "refund.card_written",
+    crash_after_a_lemonsqueezy_refunds_stage_move: lemonsqueezy_refund_crashing_at at "refund.stage_moved",
+    crash_after_a_lemonsqueezy_refunds_task_was_added: lemonsqueezy_refund_crashing_at at "deal.task_added",
+}

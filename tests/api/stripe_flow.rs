@@ -8,6 +8,7 @@ use kommo_pay_core::config::Config;
 use kommo_pay_worker::{Context, Worker, handlers};
 use serde_json::{Value, json};
 
+use crate::fakes::accounts::AccountToml;
 use crate::fakes::kommo::{FakeKommo, TOKEN};
 use crate::fakes::lemonsqueezy::FakeLemonSqueezy;
 use crate::fakes::stripe::FakeStripe;
@@ -63,75 +64,78 @@ pub(crate) async fn flow_at(requests_per_second: u32) -> Flow {
     let stripe = FakeStripe::start().await;
     let lemonsqueezy = FakeLemonSqueezy::start().await;
     let db = TestDb::new().await;
+    let account = AccountToml::new(ACCOUNT, KOMMO_ACCOUNT_ID, &kommo.url)
+        .key(r#"default_currency = "USD""#)
+        .kommo(&format!("requests_per_second = {requests_per_second}"))
+        .set(
+            "[accounts.kommo.fields]",
+            &format!(
+                "payment_link = {LINK_FIELD}
+                payment_status = {STATUS_FIELD}
+                payment_date = {DATE_FIELD}
+                payment_id = {PAYMENT_ID_FIELD}
+                paid_amount = {PAID_AMOUNT_FIELD}
+                refunded_amount = {REFUNDED_FIELD}
+                statuses = {{ not_issued = {NOT_ISSUED}, awaiting = {AWAITING}, paid = {PAID}, overdue = {OVERDUE}, refunded = {REFUNDED}, \
+                              partially_refunded = {PARTIALLY_REFUNDED}, cancelled = {CANCELLED} }}"
+            ),
+        )
+        .stripe(&stripe.url)
+        .stripe_key("requests_per_second = 100")
+        .trigger("invoice", "stripe", PIPELINE, TRIGGER_STAGE)
+        .trigger_key(&format!(
+            "paid_status_id = 142
+            move_to_status_id = {LINK_SENT_STAGE}
+            salesbot_id = 77
+            remind_after_days = 3
+            max_reminders = 2
+            remind_salesbot_id = 78
+            refund_status_id = 67548641"
+        ))
+        .set(
+            "[accounts.lemonsqueezy]",
+            &format!(
+                r#"api_base_url = "{ls_url}"
+                api_key_env = "LS_KEY"
+                webhook_secret_envs = ["LS_WHSEC"]
+                test_mode = true"#,
+                ls_url = lemonsqueezy.url
+            ),
+        )
+        .set(
+            "[accounts.deals]",
+            &format!(
+                "success_manager_id = 500
+                refund_status_id = 67548640
+                fields_from_checkout = {{ utm_source = {UTM_FIELD}, plan = {PLAN_FIELD}, seats = {SEATS_FIELD}, coupon = {COUPON_FIELD} }}"
+            ),
+        )
+        .set(
+            "[accounts.lemonsqueezy.self_serve]",
+            &format!(
+                r#"pipeline_id = {PIPELINE}
+                status_id = 67548600
+                responsible_user_ids = [11, 12, 13]
+                tags = ["self-serve"]
+                rules = [{{ variant_id = "99999", responsible_user_id = 77 }}]"#
+            ),
+        )
+        .trigger("checkout", "lemonsqueezy", PIPELINE, LS_STAGE)
+        .trigger_key(
+            r#"store_id = "12345"
+            variant_id = "67890"
+            checkout_expires_hours = 72
+            product_name = "Pro plan"
+            custom = { campaign = "black-friday", kommo_lead_id = "never overrides the deal's" }"#,
+        );
     let text = format!(
         r#"
         [server]
         listen = "127.0.0.1:0"
         [ops]
         tokens = [{{ name = "alice", token_env = "OPS_TOKEN_ALICE" }}]
-        [[accounts]]
-        slug = "{ACCOUNT}"
-        default_currency = "USD"
-        [accounts.kommo]
-        account_id = {KOMMO_ACCOUNT_ID}
-        base_url = "{kommo_url}"
-        webhook_secret_env = "KOMMO_SECRET"
-        auth = {{ kind = "long_lived_token", token_env = "KOMMO_TOKEN" }}
-        requests_per_second = {requests_per_second}
-        [accounts.kommo.fields]
-        payment_link = {LINK_FIELD}
-        payment_status = {STATUS_FIELD}
-        payment_date = {DATE_FIELD}
-        payment_id = {PAYMENT_ID_FIELD}
-        paid_amount = {PAID_AMOUNT_FIELD}
-        refunded_amount = {REFUNDED_FIELD}
-        statuses = {{ not_issued = {NOT_ISSUED}, awaiting = {AWAITING}, paid = {PAID}, overdue = 9024, refunded = 9025, partially_refunded = 9026, cancelled = 9027 }}
-        [accounts.stripe]
-        api_base_url = "{stripe_url}"
-        secret_key_env = "STRIPE_KEY"
-        webhook_secret_envs = ["STRIPE_WHSEC"]
-        requests_per_second = 100
-        [[accounts.triggers]]
-        name = "invoice"
-        pipeline_id = {PIPELINE}
-        status_id = {TRIGGER_STAGE}
-        provider = "stripe"
-        paid_status_id = 142
-        move_to_status_id = {LINK_SENT_STAGE}
-        salesbot_id = 77
-        remind_after_days = 3
-        max_reminders = 2
-        remind_salesbot_id = 78
-        refund_status_id = 67548641
-        [accounts.lemonsqueezy]
-        api_base_url = "{ls_url}"
-        api_key_env = "LS_KEY"
-        webhook_secret_envs = ["LS_WHSEC"]
-        test_mode = true
-        [accounts.deals]
-        success_manager_id = 500
-        refund_status_id = 67548640
-        fields_from_checkout = {{ utm_source = {UTM_FIELD}, plan = {PLAN_FIELD}, seats = {SEATS_FIELD}, coupon = {COUPON_FIELD} }}
-        [accounts.lemonsqueezy.self_serve]
-        pipeline_id = {PIPELINE}
-        status_id = 67548600
-        responsible_user_ids = [11, 12, 13]
-        tags = ["self-serve"]
-        rules = [{{ variant_id = "99999", responsible_user_id = 77 }}]
-        [[accounts.triggers]]
-        name = "checkout"
-        pipeline_id = {PIPELINE}
-        status_id = {LS_STAGE}
-        provider = "lemonsqueezy"
-        store_id = "12345"
-        variant_id = "67890"
-        checkout_expires_hours = 72
-        product_name = "Pro plan"
-        custom = {{ campaign = "black-friday", kommo_lead_id = "never overrides the deal's" }}
-        "#,
-        kommo_url = kommo.url,
-        stripe_url = stripe.url,
-        ls_url = lemonsqueezy.url,
+        {account}
+        "#
     );
     let mut env: HashMap<String, String> = test_env(&db.url);
     env.insert("KOMMO_TOKEN".into(), TOKEN.into());
@@ -1036,6 +1040,24 @@ async fn lemonsqueezy_subscription_payments_find_their_deal_through_the_subscrip
     assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID, "recovered: paid again");
     let open: i64 = sqlx::query_scalar("SELECT count(*) FROM dunning").fetch_one(&f.app.db.pool).await.unwrap();
     assert_eq!(open, 0, "the run of failures ended with the payment");
+}
+
+/// Lemon Squeezy sends a subscription's events in no set order: a renewal that comes before
+/// the `subscription_created` naming its deal waits for it instead of being dead-lettered.
+#[tokio::test]
+async fn a_lemonsqueezy_renewal_before_its_subscription_created_waits_and_then_pays_the_deal() {
+    let f = flow().await;
+    f.lemonsqueezy_sends(&ls_invoice("subscription_payment_success", "802", "renewal")).await;
+    f.drain().await;
+    let (state, errors): (String, Value) = sqlx::query_as("SELECT state, errors FROM jobs").fetch_one(&f.app.db.pool).await.unwrap();
+    assert_eq!(state, "retryable", "{errors}");
+    assert!(errors.to_string().contains("names no deal yet"), "{errors}");
+
+    f.lemonsqueezy_sends(&ls_subscription("subscription_created", "active", "2026-11-26T12:26:23.000000Z", true)).await;
+    f.drain_with_retries().await;
+    assert_eq!(f.note_texts(), ["Payment received: 49.00 USD — subscription renewal (invoice 802)"]);
+    assert_eq!(f.field(STATUS_FIELD).unwrap()["enum_id"], PAID);
+    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
 //! Lemon Squeezy: checkouts, orders and subscriptions, as merchant of record.
 
 pub mod client;
+pub mod event;
 pub mod webhook;

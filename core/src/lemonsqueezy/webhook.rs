@@ -4,12 +4,14 @@
 //! event id. Deliveries are deduplicated on natural keys (see [`LemonSqueezyEvent::dedup_key`]).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::event::Object;
 use crate::event_log::{PayloadError, raw_json};
 use crate::signature::{self, SignatureError};
 
@@ -32,17 +34,25 @@ pub fn signature_header(secret: &str, body: &[u8]) -> String {
 /// The `checkout_data.custom` key under which checkouts carry the Kommo lead id.
 pub const LEAD_ID_CUSTOM_KEY: &str = "kommo_lead_id";
 
+/// A delivery, parsed once: by ingest from the request's body, by the worker from the stored
+/// payload (the same bytes), by reconciliation from a listed object.
 #[derive(Debug, Clone)]
 pub struct LemonSqueezyEvent {
     /// `meta.event_name` (the signed one; `X-Event-Name` is not signed).
     pub kind: String,
+    /// `data.id`: the order's, subscription's or invoice's id.
+    pub id: String,
     pub dedup_key: String,
     pub test_mode: bool,
     pub lead_id: Option<i64>,
+    /// What the checkout carried (`meta.custom_data`), values as text; empty when nothing.
+    pub custom: BTreeMap<String, String>,
+    /// `data` typed by its `type`.
+    pub object: Object,
     pub payload: Box<RawValue>,
 }
 
-// What ingest reads of a delivery: typed and borrowed, so the rest is only scanned.
+// The envelope: typed and borrowed where only read, the attributes kept for the typed object.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
@@ -62,17 +72,12 @@ struct Meta<'a> {
 
 #[derive(Deserialize)]
 struct Data<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
     /// A numeric string in practice; numbers are accepted too.
     id: Option<Value>,
-    #[serde(borrow)]
-    attributes: Option<Attributes<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-struct Attributes<'a> {
-    refunded_amount: Option<Value>,
-    #[serde(borrow)]
-    updated_at: Option<Cow<'a, str>>,
+    #[serde(default)]
+    attributes: Value,
 }
 
 impl LemonSqueezyEvent {
@@ -86,16 +91,13 @@ impl LemonSqueezyEvent {
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(PayloadError::new("data.id is missing")),
         };
-        let dedup_key = dedup_key(&kind, &id, &data.attributes.unwrap_or_default());
-        let lead_id = meta.custom_data.as_ref().and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
-        Ok(LemonSqueezyEvent { kind: kind.into_owned(), dedup_key, test_mode: meta.test_mode, lead_id, payload: raw_json(body)? })
+        let dedup_key = dedup_key(&kind, &id, &data.attributes);
+        let custom_data = meta.custom_data.as_ref().and_then(Value::as_object);
+        let lead_id = custom_data.and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
+        let custom = custom_data.into_iter().flatten().map(|(key, value)| (key.clone(), crate::plain_text(value))).collect();
+        let object = Object::decode(data.kind.as_deref().unwrap_or_default(), &id, &data.attributes);
+        Ok(LemonSqueezyEvent { kind: kind.into_owned(), id, dedup_key, test_mode: meta.test_mode, lead_id, custom, object, payload: raw_json(body)? })
     }
-}
-
-/// What the checkout carried (`meta.custom_data`), values as text; empty when nothing.
-pub fn custom_data(event: &Value) -> std::collections::BTreeMap<String, String> {
-    let custom = event.pointer("/meta/custom_data").and_then(Value::as_object);
-    custom.into_iter().flatten().map(|(key, value)| (key.clone(), crate::plain_text(value))).collect()
 }
 
 /// The natural key of a delivery, so that retries and resends collapse into one event.
@@ -107,13 +109,13 @@ pub fn custom_data(event: &Value) -> std::collections::BTreeMap<String, String> 
 /// - Everything else (`subscription_*` snapshots, license keys, unknown events) is a snapshot of
 ///   an object that changes over time: add `updated_at`. Two snapshots with the same `updated_at`
 ///   under one event name carry the same state.
-fn dedup_key(kind: &str, id: &str, attributes: &Attributes<'_>) -> String {
-    let refunded_amount = match &attributes.refunded_amount {
+fn dedup_key(kind: &str, id: &str, attributes: &Value) -> String {
+    let refunded_amount = match attributes.get("refunded_amount") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     };
-    let updated_at = attributes.updated_at.as_deref().unwrap_or("-");
+    let updated_at = attributes.get("updated_at").and_then(Value::as_str).unwrap_or("-");
     match kind {
         "order_created" | "subscription_payment_success" | "subscription_payment_failed" | "subscription_payment_recovered" => format!("{kind}:{id}"),
         "order_refunded" | "subscription_payment_refunded" => format!("{kind}:{id}:{refunded_amount}"),
@@ -172,6 +174,17 @@ mod tests {
         assert_eq!(lead(r#"{"kommo_lead_id":15318175}"#), Some(15318175));
         assert_eq!(lead(r#"{"kommo_lead_id":"abc"}"#), None);
         assert_eq!(lead("null"), None);
+    }
+
+    #[test]
+    fn the_object_is_typed_by_its_type_and_the_custom_data_read_as_text() {
+        let custom = r#"{"kommo_lead_id":15318175,"utm_source":"site"}"#;
+        let event = LemonSqueezyEvent::parse(&body("order_created", "1001", r#"{"status":"paid","total":200000,"currency":"USD"}"#, custom)).unwrap();
+        assert_eq!((event.id.as_str(), event.lead_id), ("1001", Some(15318175)));
+        assert_eq!(event.custom.get("kommo_lead_id").map(String::as_str), Some("15318175"));
+        assert_eq!(event.custom.get("utm_source").map(String::as_str), Some("site"));
+        let Object::Order(order) = event.object else { panic!("an order: {:?}", event.object) };
+        assert_eq!((order.status.as_str(), order.total.minor, order.total.currency.as_str()), ("paid", 200000, "USD"));
     }
 
     #[test]

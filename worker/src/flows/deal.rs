@@ -223,9 +223,12 @@ pub(super) async fn mark_and_tell(
     tell_manager(&context.pool, kommo, &clients.account.slug, &deal, job.id, tell.kind, tell.text).await
 }
 
-/// Sets the deal's payment status field to the option `status`.
-pub(super) async fn set_payment_status(clients: &AccountClients, lead_id: i64, status: i64) -> Result<(), JobError> {
+/// Sets the deal's payment status field to the option `status`; a retry of `job` reads the card
+/// first, so a PATCH an earlier attempt sent is not sent again.
+pub(super) async fn set_payment_status(clients: &AccountClients, job: &ClaimedJob, lead_id: i64, status: i64) -> Result<(), JobError> {
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status)] });
-    clients.kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)
+    update_lead_once(&clients.kommo, lead_id, &changes, job.attempt > 0).await?;
+    fail::fail_point!("deal.status_written");
+    Ok(())
 }

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use chrono::{DateTime, Utc};
-use kommo_pay_core::lemonsqueezy::webhook::custom_data;
-use kommo_pay_core::money::{Currency, Money};
+use chrono::Utc;
+use kommo_pay_core::lemonsqueezy::event::{Object, Order};
+use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
+use kommo_pay_core::money::Money;
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::Received;
 use kommo_pay_core::provider::Provider;
@@ -20,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::deal::{Deal, tell_manager, update_lead_once};
 use super::settle::{Payment, Settlement, record_refund, settle};
-use super::{AccountClients, Context, causing_event, db_failed, kommo_failed};
+use super::{AccountClients, Context, causing_lemonsqueezy_event, db_failed, kommo_failed};
 use crate::JobError;
 
 /// The custom data key that names the self-serve deal's manager (a Kommo user id).
@@ -32,36 +33,31 @@ const WON: i64 = 142;
 pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let account = &clients.account;
-    let event = causing_event(&context.pool, &job).await?;
-    let name = event.pointer("/meta/event_name").and_then(Value::as_str).unwrap_or_default();
-    let id = match event.pointer("/data/id") {
-        Some(Value::String(id)) => id.clone(),
-        Some(other) => other.to_string(),
-        None => return Err(JobError::permanent(anyhow!("an order event without data.id"))),
+    let event = causing_lemonsqueezy_event(&context.pool, &job).await?;
+    let Object::Order(order) = &event.object else {
+        return Err(JobError::permanent(anyhow!("{} is about {:?}, not an order", event.kind, event.object)));
     };
-    let order = &event["data"]["attributes"];
-    let text = |key: &str| order.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let currency = Currency::parse(&text("currency")).map_err(JobError::permanent)?;
-    let total = Money::from_minor(order.get("total").and_then(Value::as_i64).unwrap_or(0), currency);
-    let number = order.get("order_number").map(|n| n.to_string().trim_matches('"').to_owned()).unwrap_or_else(|| id.clone());
-    let product = order.pointer("/first_order_item/product_name").and_then(Value::as_str).unwrap_or("an order").to_owned();
-    let status = text("status");
+    let (name, id) = (event.kind.as_str(), &event.id);
+    let total = order.total.money().map_err(JobError::permanent)?;
+    let number = &order.number;
+    let product = if order.product_name.is_empty() { "an order" } else { &order.product_name };
+    let status = order.status.as_str();
     let lead_id = match job.lead_id {
         Some(lead_id) => lead_id,
         // A self-serve buyer: the deal made for this order earlier, or a new one once it is paid.
-        None => match self_serve::lead_of(&context.pool, &account.slug, Provider::LemonSqueezy, &id).await.map_err(db_failed)? {
+        None => match self_serve::lead_of(&context.pool, &account.slug, Provider::LemonSqueezy, id).await.map_err(db_failed)? {
             Some(lead_id) => lead_id,
-            None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &id, &number, &event, total).await?,
+            None if name == "order_created" && status == "paid" => self_serve_deal(&context, clients, &job, &event, order, total).await?,
             None => {
                 tracing::info!(order = %id, name, status, "an order without a deal, and not a paid one: nothing to do");
                 return Ok(());
             }
         },
     };
-    let at = DateTime::parse_from_rfc3339(&text("created_at")).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
+    let at = order.created_at.unwrap_or_else(Utc::now);
     let payment = Payment { id: id.clone(), link_id: None, amount: total, at, billed_for: None };
 
-    match (name, status.as_str()) {
+    match (name, status) {
         ("order_created", "paid") => {
             let link = payment_links::active_for(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
             let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id.unwrap_or(WON);
@@ -70,7 +66,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 &context,
                 clients,
                 &job,
-                Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note, carried: custom_data(&event) },
+                Settlement { provider: Provider::LemonSqueezy, payment: &payment, lead_id, won_stage: Some(won_stage), note, carried: event.custom.clone() },
             )
             .await
         }
@@ -85,11 +81,11 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             tell_manager(&context.pool, &clients.kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "payment.failed", &text).await
         }
         ("order_refunded", _) => {
-            let refunded_total = order.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
+            let refunded_total = order.refunded_amount;
             let received = Received {
                 account: &account.slug,
                 provider: Provider::LemonSqueezy,
-                payment_id: &id,
+                payment_id: id,
                 lead_id,
                 link_id: None,
                 amount: total,
@@ -102,6 +98,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             if let Some(stage) = account.handling(trigger.as_deref()).refund_status_id {
                 update_lead_once(&clients.kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
             }
+            fail::fail_point!("refund.stage_moved");
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let whole = if refunded_total >= total.minor() { "in full" } else { "partly" };
             let text = format!("Lemon Squeezy order #{number} ({product}) was refunded {whole}: {refunded} of {total}. Check with the client why.");
@@ -121,18 +118,17 @@ async fn self_serve_deal(
     context: &Context,
     clients: &AccountClients,
     job: &ClaimedJob,
-    order_id: &str,
-    number: &str,
-    event: &Value,
+    event: &LemonSqueezyEvent,
+    order: &Order,
     total: Money,
 ) -> Result<i64, JobError> {
+    let (order_id, number) = (event.id.as_str(), &order.number);
     let account = &clients.account;
     let config = account
         .lemonsqueezy
         .as_ref()
         .and_then(|l| l.self_serve.as_ref())
         .ok_or_else(|| JobError::permanent(anyhow!("order {order_id} names no deal, and the account has no [accounts.lemonsqueezy.self_serve] section")))?;
-    let order = &event["data"]["attributes"];
     // The order number in the deal's name is what finds a deal an interrupted attempt created.
     let marker = format!("(order #{number})");
     match self_serve::claim(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, job.id).await.map_err(db_failed)? {
@@ -149,13 +145,11 @@ async fn self_serve_deal(
             }
         }
     }
-    let text = |pointer: &str| order.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let variant = order.pointer("/first_order_item/variant_id").map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
-    let carried = custom_data(event);
+    let carried = &event.custom;
     // A manager the checkout names (a sales page per manager) first, if they are one of ours.
     let named = carried.get(MANAGER_CUSTOM_KEY).and_then(|id| id.trim().parse::<i64>().ok());
     let configured = |id: &i64| config.responsible_user_ids.contains(id) || config.rules.iter().any(|rule| rule.responsible_user_id == *id);
-    let responsible = match (named.filter(configured), config.rules.iter().find(|rule| rule.variant_id == variant)) {
+    let responsible = match (named.filter(configured), config.rules.iter().find(|rule| rule.variant_id == order.variant_id)) {
         (Some(manager), _) => manager,
         (None, Some(rule)) => rule.responsible_user_id,
         (None, None) => {
@@ -163,8 +157,8 @@ async fn self_serve_deal(
             config.responsible_user_ids[turn.rem_euclid(config.responsible_user_ids.len() as i64) as usize]
         }
     };
-    let buyer = if text("/user_name").is_empty() { text("/user_email") } else { text("/user_name") };
-    let product = text("/first_order_item/product_name");
+    let buyer = if order.user_name.is_empty() { &order.user_email } else { &order.user_name };
+    let product = &order.product_name;
     let whole_units = total.minor() / 10i64.pow(total.currency().exponent());
     let tags: Vec<Value> = config.tags.iter().map(|t| json!({ "name": t })).collect();
     let lead = json!({
@@ -178,7 +172,7 @@ async fn self_serve_deal(
             "contacts": [{
                 "first_name": buyer,
                 "responsible_user_id": responsible,
-                "custom_fields_values": [{ "field_code": "EMAIL", "values": [{ "value": text("/user_email"), "enum_code": "WORK" }] }]
+                "custom_fields_values": [{ "field_code": "EMAIL", "values": [{ "value": order.user_email, "enum_code": "WORK" }] }]
             }]
         }
     });

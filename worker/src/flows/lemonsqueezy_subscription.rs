@@ -8,55 +8,54 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use kommo_pay_core::dunning::Failure;
-use kommo_pay_core::money::{Currency, Money};
+use kommo_pay_core::lemonsqueezy::event::Object;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
-use serde_json::Value;
 
 use super::deal::{Deal, set_payment_status, tell_manager};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
-use super::{Context, causing_event, db_failed, kommo_failed};
+use super::{Context, causing_lemonsqueezy_event, db_failed, kommo_failed};
 use crate::JobError;
 
 pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let account = &clients.account;
     let pool = &context.pool;
-    let event = causing_event(pool, &job).await?;
-    let name = event.pointer("/meta/event_name").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let attrs = &event["data"]["attributes"];
-    let text = |key: &str| attrs.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let id_of = |value: Option<&Value>| match value {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    let data_id = id_of(event.pointer("/data/id")).ok_or_else(|| JobError::permanent(anyhow!("a subscription event without data.id")))?;
-    let time = |key: &str| DateTime::parse_from_rfc3339(&text(key)).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
+    let event = causing_lemonsqueezy_event(pool, &job).await?;
+    let name = event.kind.as_str();
+    let data_id = &event.id;
     // Payment events are about an invoice; the subscription is an attribute.
-    let is_payment = name.starts_with("subscription_payment_");
-    let subscription_id = if is_payment { id_of(attrs.get("subscription_id")).unwrap_or_default() } else { data_id.clone() };
+    let subscription_id = match &event.object {
+        Object::SubscriptionInvoice(invoice) => invoice.subscription_id.clone(),
+        _ => data_id.clone(),
+    };
+    if let Object::SubscriptionInvoice(invoice) = &event.object
+        && matches!(name, "subscription_payment_success" | "subscription_payment_recovered")
+        && invoice.billing_reason == "initial"
+    {
+        tracing::info!(invoice = %data_id, "the first invoice is the order's money, counted with order_created");
+        return Ok(());
+    }
     let mapped = subscriptions::lead_of(pool, &account.slug, Provider::LemonSqueezy, &subscription_id).await.map_err(db_failed)?;
-    let lead_id = mapped
-        .or(job.lead_id)
-        .ok_or_else(|| JobError::permanent(anyhow!("subscription {subscription_id} names no deal: no subscription_created with a kommo_lead_id was seen")))?;
+    // Lemon Squeezy sends a subscription's events at about the same time, in no set order: an
+    // invoice may come before the `subscription_created` that maps it to its deal, so its job
+    // waits and tries again (and dead-letters only when the mapping never comes).
+    let lead_id = mapped.or(job.lead_id).ok_or_else(|| {
+        JobError::retryable(anyhow!("subscription {subscription_id} names no deal yet: no subscription_created with a kommo_lead_id has been seen"))
+    })?;
     let fields = account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
 
-    if is_payment {
-        let currency = Currency::parse(&text("currency")).map_err(JobError::permanent)?;
-        let total = Money::from_minor(attrs.get("total").and_then(Value::as_i64).unwrap_or(0), currency);
-        let payment = Payment { id: format!("invoice-{data_id}"), link_id: None, amount: total, at: time("created_at"), billed_for: None };
-        return match name.as_str() {
+    if let Object::SubscriptionInvoice(invoice) = &event.object {
+        let total = invoice.total.money().map_err(JobError::permanent)?;
+        let payment =
+            Payment { id: format!("invoice-{data_id}"), link_id: None, amount: total, at: invoice.created_at.unwrap_or_else(Utc::now), billed_for: None };
+        return match name {
             "subscription_payment_success" | "subscription_payment_recovered" => {
-                if text("billing_reason") == "initial" {
-                    tracing::info!(invoice = %data_id, "the first invoice is the order's money, counted with order_created");
-                    return Ok(());
-                }
                 let note = format!("Payment received: {total} — subscription renewal (invoice {data_id})");
                 settle(
                     &context,
@@ -84,7 +83,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
                 charge_failed(&context, clients, &job, failure).await
             }
             "subscription_payment_refunded" => {
-                let refunded_total = attrs.get("refunded_amount").and_then(Value::as_i64).unwrap_or(0);
+                let refunded_total = invoice.refunded_amount;
                 let received = Received {
                     account: &account.slug,
                     provider: Provider::LemonSqueezy,
@@ -105,25 +104,28 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
         };
     }
 
+    let Object::Subscription(subscription) = &event.object else {
+        return Err(JobError::permanent(anyhow!("{name} is about {:?}, not a subscription", event.object)));
+    };
     let snapshot = Snapshot {
         account: &account.slug,
         provider: Provider::LemonSqueezy,
         subscription_id: &subscription_id,
         lead_id,
-        status: &text("status"),
-        updated_at: time("updated_at"),
+        status: &subscription.status,
+        updated_at: subscription.updated_at.unwrap_or_else(Utc::now),
     };
     // A snapshot saying the subscription is not being paid opens a run of failures, in case the
     // payment event was lost; one saying it is paid ends them (decided where it is stored).
-    let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", text("product_name"), snapshot.status);
+    let what = format!("the subscription to {} (Lemon Squeezy subscription {subscription_id}, {})", subscription.product_name, snapshot.status);
     let stored = subscriptions::store(pool, &snapshot, job.id, &what).await.map_err(db_failed)?;
     let newest = stored.newest;
-    match name.as_str() {
+    fail::fail_point!("subscription.stored");
+    match name {
         "subscription_cancelled" => {
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
-            let ends =
-                attrs.get("ends_at").and_then(Value::as_str).map(|e| e.get(..10).unwrap_or(e).to_owned()).unwrap_or_else(|| "the end of the period".into());
-            let product = text("product_name");
+            let ends = subscription.ends_on.as_deref().unwrap_or("the end of the period");
+            let product = &subscription.product_name;
             let text = format!(
                 "The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back."
             );
@@ -134,8 +136,8 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             }
             tell_manager(pool, &clients.kommo, &account.slug, &deal, job.id, "subscription.cancelled", &text).await
         }
-        "subscription_expired" if newest => set_payment_status(clients, lead_id, fields.statuses.cancelled).await,
-        "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, lead_id, fields.statuses.paid).await,
+        "subscription_expired" if newest => set_payment_status(clients, &job, lead_id, fields.statuses.cancelled).await,
+        "subscription_resumed" | "subscription_unpaused" if newest => set_payment_status(clients, &job, lead_id, fields.statuses.paid).await,
         _ => {
             tracing::info!(name, subscription = %subscription_id, newest, run = ?stored.run, "subscription snapshot stored");
             Ok(())

@@ -21,6 +21,7 @@ use kommo_pay_core::http::Failed;
 use kommo_pay_core::jobs::JobKind;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
+use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
@@ -123,16 +124,32 @@ fn db_failed(error: sqlx::Error) -> JobError {
 
 /// The `event_id` a job's arguments name, and that event's payload.
 async fn causing_event(pool: &PgPool, job: &ClaimedJob) -> Result<Value, JobError> {
-    let id = job
-        .args
-        .get("event_id")
-        .and_then(Value::as_str)
-        .and_then(|id| id.parse::<uuid::Uuid>().ok())
-        .ok_or_else(|| JobError::permanent(anyhow!("the job's arguments name no event_id")))?;
+    let id = causing_event_id(job)?;
     sqlx::query_scalar("SELECT payload FROM events WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
         .map_err(db_failed)?
         .ok_or_else(|| JobError::permanent(anyhow!("event {id} is not in the log")))
+}
+
+/// The Lemon Squeezy event a job's arguments name, decoded from the log by the parser ingest
+/// ran on the delivery.
+async fn causing_lemonsqueezy_event(pool: &PgPool, job: &ClaimedJob) -> Result<LemonSqueezyEvent, JobError> {
+    let id = causing_event_id(job)?;
+    let payload: String = sqlx::query_scalar("SELECT payload::text FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_failed)?
+        .ok_or_else(|| JobError::permanent(anyhow!("event {id} is not in the log")))?;
+    LemonSqueezyEvent::parse(payload.as_bytes()).map_err(|e| JobError::permanent(anyhow!("event {id}: {e}")))
+}
+
+fn causing_event_id(job: &ClaimedJob) -> Result<uuid::Uuid, JobError> {
+    job.args
+        .get("event_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .ok_or_else(|| JobError::permanent(anyhow!("the job's arguments name no event_id")))
 }
