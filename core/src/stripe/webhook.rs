@@ -5,14 +5,15 @@
 //! schemes (test mode's fake `v0`) are ignored, which also blocks downgrades.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::event::{Object, Wire};
 use crate::event_log::{PayloadError, raw_json};
 use crate::signature::{self, SignatureError};
 
@@ -62,7 +63,9 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", signature::sign_hex(secret, &[t.as_bytes(), b".", body]))
 }
 
-/// The parts of a Stripe event the log needs; the whole event is kept as the payload.
+/// A Stripe event, parsed once: by ingest from the request's body, by the worker from the stored
+/// payload (the same bytes), by reconciliation from the events API. The whole event is kept as
+/// the payload.
 #[derive(Debug, Clone)]
 pub struct StripeEvent {
     /// `evt_…`: Stripe's own id, our dedup key.
@@ -70,16 +73,23 @@ pub struct StripeEvent {
     /// The event type, e.g. `checkout.session.completed`.
     pub kind: String,
     pub livemode: bool,
+    /// When Stripe created the event: the time of the change it announces.
+    pub created: Option<DateTime<Utc>>,
     /// The Kommo lead, when our metadata travelled with the object.
     pub lead_id: Option<i64>,
+    /// Every metadata key the object carries, as text (its own keys win over its
+    /// subscription's): what checkout data the deal's fields may take.
+    pub metadata: BTreeMap<String, String>,
+    /// `data.object`, typed.
+    pub object: Object,
     pub payload: Box<RawValue>,
 }
 
 /// The metadata key under which payment links carry the Kommo lead id.
 pub const LEAD_ID_METADATA_KEY: &str = "kommo_lead_id";
 
-// What ingest reads of an event: typed and borrowed, so that the rest of the body is only
-// scanned, not built into a tree (ingest's CPU per event is what bounds its rate).
+// The envelope: typed and borrowed where only read; the object's fields we read, the rest of
+// the body only scanned, not built into a tree (ingest's CPU per event bounds its rate).
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
@@ -88,35 +98,13 @@ struct Envelope<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default)]
     livemode: bool,
+    created: Option<i64>,
     data: Option<Data>,
 }
 
 #[derive(Deserialize)]
 struct Data {
-    object: Option<Object>,
-}
-
-#[derive(Deserialize)]
-struct Object {
-    metadata: Option<Metadata>,
-    parent: Option<Parent>,
-    /// Invoices before API 2025-03-31.basil.
-    subscription_details: Option<Details>,
-}
-
-#[derive(Deserialize)]
-struct Parent {
-    subscription_details: Option<Details>,
-}
-
-#[derive(Deserialize)]
-struct Details {
-    metadata: Option<Metadata>,
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    kommo_lead_id: Option<Value>,
+    object: Option<Wire>,
 }
 
 impl StripeEvent {
@@ -128,29 +116,17 @@ impl StripeEvent {
         }
         let kind = envelope.kind.filter(|k| !k.is_empty()).ok_or_else(|| PayloadError::new("the event has no \"type\""))?;
         let object = envelope.data.and_then(|d| d.object).ok_or_else(|| PayloadError::new("the event has no data.object"))?;
-        Ok(StripeEvent { id: id.into_owned(), kind: kind.into_owned(), livemode: envelope.livemode, lead_id: lead_id_of(object), payload: raw_json(body)? })
+        Ok(StripeEvent {
+            id: id.into_owned(),
+            kind: kind.into_owned(),
+            livemode: envelope.livemode,
+            created: envelope.created.and_then(|t| DateTime::from_timestamp(t, 0)),
+            lead_id: object.lead_id(LEAD_ID_METADATA_KEY),
+            metadata: object.carried(),
+            object: object.decode(),
+            payload: raw_json(body)?,
+        })
     }
-}
-
-/// Finds our lead id in the object's metadata: on the object itself (checkout sessions, payment
-/// intents, charges, subscriptions) or in the subscription snapshot of an invoice (`parent.
-/// subscription_details` since API 2025-03-31.basil, `subscription_details` before).
-fn lead_id_of(object: Object) -> Option<i64> {
-    [object.metadata, object.parent.and_then(|p| p.subscription_details).and_then(|d| d.metadata), object.subscription_details.and_then(|d| d.metadata)]
-        .into_iter()
-        .flatten()
-        .find_map(|metadata| metadata.kommo_lead_id.as_ref().and_then(crate::kommo::lenient_id))
-}
-
-/// Every metadata key/value an event's object carries, in the same places as its lead id (the
-/// object's own keys win over its subscription's). Stripe's metadata values are strings.
-pub fn carried_metadata(object: &Value) -> std::collections::BTreeMap<String, String> {
-    let places = ["/subscription_details/metadata", "/parent/subscription_details/metadata", "/metadata"];
-    let mut carried = std::collections::BTreeMap::new();
-    for metadata in places.iter().filter_map(|place| object.pointer(place)).filter_map(Value::as_object) {
-        carried.extend(metadata.iter().map(|(key, value)| (key.clone(), crate::plain_text(value))));
-    }
-    carried
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
+use kommo_pay_core::stripe::webhook::StripeEvent;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -122,34 +123,32 @@ fn db_failed(error: sqlx::Error) -> JobError {
     JobError::retryable(error)
 }
 
-/// The `event_id` a job's arguments name, and that event's payload.
-async fn causing_event(pool: &PgPool, job: &ClaimedJob) -> Result<Value, JobError> {
-    let id = causing_event_id(job)?;
-    sqlx::query_scalar("SELECT payload FROM events WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_failed)?
-        .ok_or_else(|| JobError::permanent(anyhow!("event {id} is not in the log")))
+/// The Stripe event a job's arguments name, decoded from the log by the parser ingest ran on the
+/// delivery.
+async fn causing_stripe_event(pool: &PgPool, job: &ClaimedJob) -> Result<StripeEvent, JobError> {
+    let (id, payload) = causing_payload(pool, job).await?;
+    StripeEvent::parse(payload.as_bytes()).map_err(|e| JobError::permanent(anyhow!("event {id}: {e}")))
 }
 
-/// The Lemon Squeezy event a job's arguments name, decoded from the log by the parser ingest
-/// ran on the delivery.
+/// The Lemon Squeezy event a job's arguments name, decoded like [`causing_stripe_event`].
 async fn causing_lemonsqueezy_event(pool: &PgPool, job: &ClaimedJob) -> Result<LemonSqueezyEvent, JobError> {
-    let id = causing_event_id(job)?;
-    let payload: String = sqlx::query_scalar("SELECT payload::text FROM events WHERE id = $1")
+    let (id, payload) = causing_payload(pool, job).await?;
+    LemonSqueezyEvent::parse(payload.as_bytes()).map_err(|e| JobError::permanent(anyhow!("event {id}: {e}")))
+}
+
+/// The `event_id` a job's arguments name, and that event's payload as stored.
+async fn causing_payload(pool: &PgPool, job: &ClaimedJob) -> Result<(uuid::Uuid, String), JobError> {
+    let id = job
+        .args
+        .get("event_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .ok_or_else(|| JobError::permanent(anyhow!("the job's arguments name no event_id")))?;
+    let payload = sqlx::query_scalar("SELECT payload::text FROM events WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
         .map_err(db_failed)?
         .ok_or_else(|| JobError::permanent(anyhow!("event {id} is not in the log")))?;
-    LemonSqueezyEvent::parse(payload.as_bytes()).map_err(|e| JobError::permanent(anyhow!("event {id}: {e}")))
-}
-
-fn causing_event_id(job: &ClaimedJob) -> Result<uuid::Uuid, JobError> {
-    job.args
-        .get("event_id")
-        .and_then(Value::as_str)
-        .and_then(|id| id.parse::<uuid::Uuid>().ok())
-        .ok_or_else(|| JobError::permanent(anyhow!("the job's arguments name no event_id")))
+    Ok((id, payload))
 }

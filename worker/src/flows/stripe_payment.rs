@@ -16,50 +16,48 @@ use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
-use kommo_pay_core::stripe::webhook::carried_metadata;
+use kommo_pay_core::stripe::event::Object;
+use kommo_pay_core::stripe::webhook::StripeEvent;
 use kommo_pay_core::subscriptions::{self, Snapshot};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::deal::{Deal, Tell, mark_and_tell, note_once, tell_manager, update_lead_once};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
-use super::{AccountClients, Context, RequiredClients, causing_event, db_failed, kommo_failed, stripe_failed};
+use super::{AccountClients, Context, RequiredClients, causing_stripe_event, db_failed, kommo_failed, stripe_failed};
 use crate::JobError;
 
 pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let account = &clients.account;
     let pool = &context.pool;
-    let event = causing_event(pool, &job).await?;
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
-    let object = &event["data"]["object"];
-    let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
-
-    let payment = match kind {
-        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-            if text("mode").as_deref() != Some("payment") {
+    let event = causing_stripe_event(pool, &job).await?;
+    let kind = event.kind.as_str();
+    let payment = match &event.object {
+        Object::CheckoutSession(session) if matches!(kind, "checkout.session.completed" | "checkout.session.async_payment_succeeded") => {
+            if session.mode != "payment" {
                 tracing::info!(kind, "a subscription checkout: its invoices carry the payments");
                 return Ok(());
             }
-            if text("payment_status").as_deref() != Some("paid") {
+            if session.payment_status != "paid" {
                 tracing::info!(kind, "checkout completed but not paid yet; waiting for async_payment_succeeded");
                 return Ok(());
             }
-            let id = text("payment_intent").ok_or_else(|| JobError::permanent(anyhow!("a paid checkout session without a payment_intent")))?;
-            payment(id, text("payment_link"), object, "amount_total", &event)?
+            let id = session.payment_intent.clone().ok_or_else(|| JobError::permanent(anyhow!("a paid checkout session without a payment_intent")))?;
+            payment(id, session.payment_link.clone(), amount(session.amount_total, "amount_total")?, &session.currency, None, &event)?
         }
-        "payment_intent.succeeded" => {
-            let id = text("id").ok_or_else(|| JobError::permanent(anyhow!("a payment intent without an id")))?;
-            payment(id, None, object, "amount_received", &event)?
+        Object::PaymentIntent(intent) if kind == "payment_intent.succeeded" => {
+            let id = Some(intent.id.clone()).filter(|id| !id.is_empty()).ok_or_else(|| JobError::permanent(anyhow!("a payment intent without an id")))?;
+            payment(id, None, amount(intent.amount_received, "amount_received")?, &intent.currency, None, &event)?
         }
-        "checkout.session.async_payment_failed" => {
-            let lead_id = lead_of(&context, &account.slug, text("payment_link").as_deref(), job.lead_id).await?;
+        Object::CheckoutSession(session) if kind == "checkout.session.async_payment_failed" => {
+            let lead_id = lead_of(&context, &account.slug, session.payment_link.as_deref(), job.lead_id).await?;
             let kommo = &clients.kommo;
             let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let text = "The client's bank payment through the Stripe link failed. Contact the client; the link stays open for another try.";
             return tell_manager(pool, kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "payment.failed", text).await;
         }
-        other => return Err(JobError::permanent(anyhow!("{other} is not a payment event"))),
+        _ => return Err(JobError::permanent(anyhow!("{kind} is not a payment event"))),
     };
 
     let lead_id = lead_of(&context, &account.slug, payment.link_id.as_deref(), job.lead_id).await?;
@@ -69,7 +67,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     };
     let won_stage = account.handling(link.as_ref().map(|l| l.trigger.as_str())).won_status_id;
     let note = format!("Payment received: {} via Stripe", payment.amount);
-    settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note, carried: carried_metadata(object) })
+    settle(&context, clients, &job, Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage, note, carried: event.metadata.clone() })
         .await?;
     deactivate_paid_links(clients, pool, lead_id, job.id).await
 }
@@ -89,15 +87,15 @@ async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, le
 pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let account = &clients.account;
-    let event = causing_event(&context.pool, &job).await?;
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
-    let invoice = &event["data"]["object"];
-    let id = invoice.get("id").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?.to_owned();
+    let event = causing_stripe_event(&context.pool, &job).await?;
+    let kind = event.kind.as_str();
+    let Object::Invoice(invoice) = &event.object else { return Err(JobError::permanent(anyhow!("{kind} is not about an invoice"))) };
+    let id = Some(invoice.id.clone()).filter(|id| !id.is_empty()).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?;
     // The subscription's metadata travels on its invoices; ingest read the lead from it.
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("invoice {id} names no deal: its subscription metadata has no kommo_lead_id")))?;
     match kind {
         "invoice.paid" | "invoice.payment_succeeded" => {
-            let payment = payment(id.clone(), None, invoice, "amount_paid", &event)?;
+            let payment = payment(id.clone(), None, amount(invoice.amount_paid, "amount_paid")?, &invoice.currency, invoice.billing_period, &event)?;
             if payment.amount.minor() == 0 {
                 tracing::info!(invoice = %id, "a zero invoice (a trial): nothing was paid");
                 return Ok(());
@@ -107,7 +105,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 &context,
                 clients,
                 &job,
-                Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage: None, note, carried: carried_metadata(invoice) },
+                Settlement { provider: Provider::Stripe, payment: &payment, lead_id, won_stage: None, note, carried: event.metadata.clone() },
             )
             .await?;
             deactivate_paid_links(clients, &context.pool, lead_id, job.id).await
@@ -117,10 +115,8 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
                 tracing::info!(invoice = %id, "the invoice is paid already; a late failure changes nothing");
                 return Ok(());
             }
-            let failed = payment(id.clone(), None, invoice, "amount_due", &event)?;
-            // Basil nests the subscription under `parent`; older versions had it at the top.
-            let subscription =
-                invoice.pointer("/parent/subscription_details/subscription").or_else(|| invoice.get("subscription")).and_then(Value::as_str).unwrap_or(&id);
+            let failed = payment(id.clone(), None, amount(invoice.amount_due, "amount_due")?, &invoice.currency, invoice.billing_period, &event)?;
+            let subscription = invoice.subscription.as_deref().unwrap_or(&id);
             let what = format!("{} (Stripe invoice {id})", failed.amount);
             let failure = Failure {
                 account: &account.slug,
@@ -140,8 +136,8 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
 /// `stripe.subscription_ended`: the client's subscription was cancelled.
 pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
-    let event = causing_event(&context.pool, &job).await?;
-    let id = event["data"]["object"]["id"].as_str().unwrap_or("?").to_owned();
+    let event = causing_stripe_event(&context.pool, &job).await?;
+    let id = Some(event.object.id()).filter(|id| !id.is_empty()).unwrap_or("?");
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
     let trigger = payment_links::trigger_of(&context.pool, &clients.account.slug, lead_id).await.map_err(db_failed)?;
@@ -156,9 +152,11 @@ pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: Claimed
 pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let pool = &context.pool;
-    let event = causing_event(pool, &job).await?;
-    let subscription = &event["data"]["object"];
-    let id = subscription["id"].as_str().unwrap_or("?");
+    let event = causing_stripe_event(pool, &job).await?;
+    let Object::Subscription(subscription) = &event.object else {
+        return Err(JobError::permanent(anyhow!("{} is not about a subscription", event.kind)));
+    };
+    let id = Some(subscription.id.as_str()).filter(|id| !id.is_empty()).unwrap_or("?");
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let account = &clients.account.slug;
     let snapshot = Snapshot {
@@ -166,7 +164,7 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
         provider: Provider::Stripe,
         subscription_id: id,
         lead_id,
-        status: subscription["status"].as_str().ok_or_else(|| JobError::permanent(anyhow!("subscription {id}'s snapshot has no status")))?,
+        status: subscription.status.as_deref().ok_or_else(|| JobError::permanent(anyhow!("subscription {id}'s snapshot has no status")))?,
         updated_at: created_at(&event),
     };
     let what = format!("Stripe subscription {id} ({})", snapshot.status);
@@ -182,12 +180,11 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let clients = context.clients(&job)?;
     let account = &clients.account;
     let pool = &context.pool;
-    let event = causing_event(pool, &job).await?;
-    let charge = &event["data"]["object"];
-    let intent =
-        charge.get("payment_intent").and_then(Value::as_str).ok_or_else(|| JobError::permanent(anyhow!("a refunded charge without a payment_intent")))?;
-    let refunded_total = charge.get("amount_refunded").and_then(Value::as_i64).unwrap_or(0);
-    let paid = payment(intent.to_owned(), None, charge, "amount", &event)?;
+    let event = causing_stripe_event(pool, &job).await?;
+    let Object::Charge(charge) = &event.object else { return Err(JobError::permanent(anyhow!("{} is not about a charge", event.kind))) };
+    let intent = charge.payment_intent.as_deref().ok_or_else(|| JobError::permanent(anyhow!("a refunded charge without a payment_intent")))?;
+    let refunded_total = charge.amount_refunded;
+    let paid = payment(intent.to_owned(), None, amount(charge.amount, "amount")?, &charge.currency, None, &event)?;
     // Our payment record first (the charge's metadata is only a copy), then the metadata.
     let lead_id = match payments::find(pool, &account.slug, Provider::Stripe, intent).await.map_err(db_failed)? {
         Some(known) => known.lead_id,
@@ -215,29 +212,26 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     note_once(pool, kommo, &account.slug, lead_id, job.id, "refund.noted", &text).await
 }
 
-fn payment(id: String, link_id: Option<String>, object: &Value, amount_key: &str, event: &Value) -> Result<Payment, JobError> {
-    let minor = object.get(amount_key).and_then(Value::as_i64).ok_or_else(|| JobError::permanent(anyhow!("the payment has no {amount_key}")))?;
-    let code = object.get("currency").and_then(Value::as_str).unwrap_or_default();
-    let currency = Currency::parse(code).map_err(JobError::permanent)?;
-    let at = created_at(event);
-    Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at, billed_for: billing_period(object) })
+fn payment(
+    id: String,
+    link_id: Option<String>,
+    minor: i64,
+    currency: &str,
+    billed_for: Option<DateTime<Utc>>,
+    event: &StripeEvent,
+) -> Result<Payment, JobError> {
+    let currency = Currency::parse(currency).map_err(JobError::permanent)?;
+    Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at: created_at(event), billed_for })
 }
 
-/// Where a subscription invoice stands among the subscription's invoices: the start of the
-/// period its first line bills (the service period; basil's invoice-level `period_start` is the
-/// period before), else when the invoice was created. Events of one invoice carry the same
-/// invoice, so its payment and its failures always compare equal; `None` for other objects.
-fn billing_period(object: &Value) -> Option<DateTime<Utc>> {
-    if object.get("object").and_then(Value::as_str) != Some("invoice") {
-        return None;
-    }
-    let start = object.pointer("/lines/data/0/period/start").or_else(|| object.get("created"));
-    start.and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0))
+/// An amount the payment must have; `key` names it in the error.
+fn amount(minor: Option<i64>, key: &str) -> Result<i64, JobError> {
+    minor.ok_or_else(|| JobError::permanent(anyhow!("the payment has no {key}")))
 }
 
 /// When Stripe created the event: the time of the change it announces.
-fn created_at(event: &Value) -> DateTime<Utc> {
-    event.get("created").and_then(Value::as_i64).and_then(|t| DateTime::from_timestamp(t, 0)).unwrap_or_else(Utc::now)
+fn created_at(event: &StripeEvent) -> DateTime<Utc> {
+    event.created.unwrap_or_else(Utc::now)
 }
 
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
