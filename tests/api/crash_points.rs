@@ -333,3 +333,29 @@ lemonsqueezy_crash_at! {
     crash_after_a_lemonsqueezy_refunds_stage_move: lemonsqueezy_refund_crashing_at at "refund.stage_moved",
     crash_after_a_lemonsqueezy_refunds_task_was_added: lemonsqueezy_refund_crashing_at at "deal.task_added",
 }
+
+/// The deal changes between an attempt that reached Stripe and its retry (a crash right after
+/// the create, then the manager corrects the amount): Stripe refuses one idempotency key for
+/// other parameters, so the retry's key is its own and the card gets the new amount's link, with
+/// no "Stripe refused it" task. The first attempt's link stays unused at Stripe, on no card.
+#[tokio::test]
+async fn a_deal_changed_between_attempts_gets_a_link_for_its_new_amount() {
+    let f = flow().await;
+    fail::cfg("payment_link.created", "1*panic").unwrap();
+    f.deal_enters_stage().await;
+    f.drain().await;
+    fail::remove("payment_link.created");
+    let mut lead = f.kommo.lead(LEAD).unwrap();
+    lead["price"] = json!(3000);
+    f.kommo.add_lead(lead);
+    f.drain_with_retries().await;
+    crashed_once_and_finished(&f, "payment_link.created").await;
+    let keys: BTreeSet<String> = f.link_creates().into_iter().filter_map(|r| r.idempotency_key).collect();
+    assert_eq!(keys.len(), 2, "one key per set of parameters");
+    assert!(f.kommo.tasks().is_empty(), "{:?}", f.kommo.tasks());
+    let link = f.field(LINK_FIELD).unwrap()["value"].as_str().unwrap().to_owned();
+    assert!(link.starts_with("https://buy.stripe.com/test_fake2"), "{link}");
+    assert_eq!(f.stripe.link("plink_fake2").unwrap()["currency"], "usd");
+    let amounts: Vec<String> = f.link_creates().iter().map(|r| r.params["line_items"][0]["price_data"]["unit_amount"].to_string()).collect();
+    assert_eq!(amounts, ["\"200000\"", "\"300000\""]);
+}

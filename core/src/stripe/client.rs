@@ -111,6 +111,16 @@ impl Interval {
 }
 
 impl NewPaymentLink {
+    /// The create's `Idempotency-Key`: `scope` (the job that creates it) and a digest of the
+    /// parameters. A retry sending the same parameters gets Stripe's stored answer, so one link;
+    /// a retry whose deal changed meanwhile (another amount, name or contact) is a new request,
+    /// where one key would get Stripe's `idempotency_error` for other parameters.
+    pub fn idempotency_key(&self, scope: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.params().to_string().as_bytes());
+        format!("{scope}:{}", hex::encode(&digest[..8]))
+    }
+
     /// The create request's parameters (reference/stripe.md §1).
     pub fn params(&self) -> Value {
         let mut price_data = json!({

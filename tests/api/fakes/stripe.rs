@@ -30,7 +30,8 @@ pub struct Recorded {
 struct Fake {
     requests: Vec<Recorded>,
     links: HashMap<String, Value>,
-    replies: HashMap<String, Value>,
+    /// By idempotency key: the request's parameters and the answer.
+    replies: HashMap<String, (Value, Value)>,
     failures: VecDeque<(u16, Scripted, Option<bool>)>,
     delay: Option<std::time::Duration>,
     /// Everything that happened, as the events API lists it.
@@ -161,7 +162,15 @@ async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, 
         return answer(status, body, Some(true));
     }
     let key = request.idempotency_key.clone().unwrap_or_default();
-    if let Some(reply) = fake.replies.get(&key) {
+    if let Some((params, reply)) = fake.replies.get(&key) {
+        // As Stripe: the stored answer for the same request, an error for other parameters.
+        if *params != request.params {
+            let message = format!(
+                "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+            );
+            let (status, body) = stripe_error(400, "idempotency_error", "", &message, "");
+            return answer(status, body, None);
+        }
         return answer(200, reply.clone(), None);
     }
     let price = &request.params["line_items"][0]["price_data"];
@@ -185,7 +194,7 @@ async fn create_link(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, 
         "currency": currency, "metadata": request.params["metadata"],
     });
     fake.links.insert(id, link.clone());
-    fake.replies.insert(key, link.clone());
+    fake.replies.insert(key, (request.params.clone(), link.clone()));
     answer(200, link, None)
 }
 

@@ -2,8 +2,9 @@
 //! Lemon Squeezy checkout.
 //!
 //! Every step is safe to repeat, so a retry after any failure finishes the work once:
-//! the Stripe create carries an idempotency key fixed for the job (Lemon Squeezy has none: a
-//! retried create may leave an unused checkout behind, which is harmless); the link is recorded
+//! the Stripe create carries an idempotency key of the job and the request's parameters (Lemon
+//! Squeezy has none: a retried create may leave an unused checkout behind, which is harmless,
+//! and so may a Stripe retry whose deal changed between attempts); the link is recorded
 //! before anything uses it, and its record is the decision that the flow applies (a retry finishes
 //! a link this job issued whatever the deal's stage is by then); the card's PATCH is skipped when
 //! the card already shows it; the note and the Salesbot launch are recorded on the link and
@@ -173,7 +174,7 @@ async fn decide(
             let created = match &trigger.provider {
                 TriggerProvider::Stripe => {
                     let request = NewPaymentLink { product_name, amount, recurring: trigger.recurring, metadata, redirect_url: trigger.redirect_url.clone() };
-                    let key = format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id);
+                    let key = request.idempotency_key(&format!("kommo-pay:plink:{}:{lead_id}:job-{}", account.slug, job.id));
                     match clients.stripe()?.create_payment_link(&request, &key).await {
                         Ok(created) => (created.id.clone(), created.prefilled_for(email.as_deref())),
                         Err(error) if error.is_retryable() => return Err(stripe_failed(error)),
