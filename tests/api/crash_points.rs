@@ -58,9 +58,7 @@ async fn link_then_payment_crashing_at(point: &str) -> Effects {
     f.stripe_sends(checkout_completed("evt_paid_crash", "plink_fake1", "pi_test_crash", 200000)).await;
     f.drain_with_retries().await;
     fail::remove(point);
-    let crashed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE errors::text LIKE '%panicked%'").fetch_one(&f.app.db.pool).await.unwrap();
-    assert_eq!(crashed, 1, "the job crashed at {point} once");
-    assert_eq!(f.app.db.count("SELECT count(*) FROM jobs WHERE state <> 'completed'").await, 0, "every job completed after the crash at {point}");
+    crashed_once_and_finished(&f, point).await;
     effects(&f)
 }
 

@@ -47,7 +47,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             payment(id, session.payment_link.clone(), amount(session.amount_total, "amount_total")?, &session.currency, None, &event)?
         }
         Object::PaymentIntent(intent) if kind == "payment_intent.succeeded" => {
-            let id = Some(intent.id.clone()).filter(|id| !id.is_empty()).ok_or_else(|| JobError::permanent(anyhow!("a payment intent without an id")))?;
+            let id = named(&intent.id).ok_or_else(|| JobError::permanent(anyhow!("a payment intent without an id")))?.to_owned();
             payment(id, None, amount(intent.amount_received, "amount_received")?, &intent.currency, None, &event)?
         }
         Object::CheckoutSession(session) if kind == "checkout.session.async_payment_failed" => {
@@ -90,7 +90,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
     let event = causing_stripe_event(&context.pool, &job).await?;
     let kind = event.kind.as_str();
     let Object::Invoice(invoice) = &event.object else { return Err(JobError::permanent(anyhow!("{kind} is not about an invoice"))) };
-    let id = Some(invoice.id.clone()).filter(|id| !id.is_empty()).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?;
+    let id = named(&invoice.id).ok_or_else(|| JobError::permanent(anyhow!("an invoice without an id")))?.to_owned();
     // The subscription's metadata travels on its invoices; ingest read the lead from it.
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("invoice {id} names no deal: its subscription metadata has no kommo_lead_id")))?;
     match kind {
@@ -137,7 +137,7 @@ pub(super) async fn apply_invoice(context: Arc<Context>, job: ClaimedJob) -> Res
 pub(super) async fn apply_subscription_ended(context: Arc<Context>, job: ClaimedJob) -> Result<(), JobError> {
     let clients = context.clients(&job)?;
     let event = causing_stripe_event(&context.pool, &job).await?;
-    let id = Some(event.object.id()).filter(|id| !id.is_empty()).unwrap_or("?");
+    let id = named(event.object.id()).unwrap_or("?");
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let text = format!("The client's Stripe subscription {id} was cancelled. Find out why, and whether to win the client back.");
     let trigger = payment_links::trigger_of(&context.pool, &clients.account.slug, lead_id).await.map_err(db_failed)?;
@@ -156,7 +156,7 @@ pub(super) async fn apply_subscription_updated(context: Arc<Context>, job: Claim
     let Object::Subscription(subscription) = &event.object else {
         return Err(JobError::permanent(anyhow!("{} is not about a subscription", event.kind)));
     };
-    let id = Some(subscription.id.as_str()).filter(|id| !id.is_empty()).unwrap_or("?");
+    let id = named(&subscription.id).unwrap_or("?");
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("subscription {id} names no deal: its metadata has no kommo_lead_id")))?;
     let account = &clients.account.slug;
     let snapshot = Snapshot {
@@ -222,6 +222,11 @@ fn payment(
 ) -> Result<Payment, JobError> {
     let currency = Currency::parse(currency).map_err(JobError::permanent)?;
     Ok(Payment { id, link_id, amount: Money::from_minor(minor, currency), at: created_at(event), billed_for })
+}
+
+/// An object's id, when it has one (a typed object reads a missing id as empty).
+fn named(id: &str) -> Option<&str> {
+    Some(id).filter(|id| !id.is_empty())
 }
 
 /// An amount the payment must have; `key` names it in the error.
