@@ -53,6 +53,11 @@ impl Batch {
     /// during an outage the backlog would otherwise go on taking the database's time.
     fn forget_abandoned(&mut self) {
         self.pending.retain(|pending| !pending.reply.is_closed());
+        self.count();
+    }
+
+    /// Counts the events again, after deliveries were added or dropped directly.
+    fn count(&mut self) {
         self.events = self.pending.iter().map(|pending| pending.events.len()).sum();
     }
 }
@@ -87,10 +92,8 @@ impl Appender {
                         None => return,
                     }
                 }
-                while batch.events < MAX_BATCH_EVENTS {
-                    let Ok(next) = incoming.try_recv() else { break };
-                    batch.push(next);
-                }
+                kommo_pay_core::batching::fill_weighed(&mut batch.pending, &mut incoming, MAX_BATCH_EVENTS, |pending| pending.events.len());
+                batch.count();
                 batch.forget_abandoned();
                 if batch.pending.is_empty() {
                     continue;
