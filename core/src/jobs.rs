@@ -186,7 +186,7 @@ fn stage_entered(event: &NewEvent) -> Option<(i64, i64)> {
         item: serde_json::Value,
     }
     let change: Change = serde_json::from_str(event.payload.get()).ok()?;
-    let id = |key: &str| change.item.get(key).and_then(crate::kommo::lenient_id);
+    let id = |key: &str| change.item.get(key).and_then(crate::wire::lenient_id);
     Some((id("pipeline_id")?, id("status_id")?))
 }
 

@@ -26,6 +26,7 @@ pub mod signature;
 pub mod stripe;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod wire;
 
 /// A JSON value as a person reads it: a string without its quotes, anything else as JSON
 /// (provider metadata and Kommo's values arrive as either).

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use kommo_pay_core::kommo::activity::NewTask;
 use kommo_pay_core::kommo::client::{Credentials, KommoClient, KommoError};
+use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -37,7 +39,7 @@ async fn reads_a_lead_and_treats_204_as_none() {
     let client = client(&db, &kommo, 50.0);
 
     let found = client.lead(15318175).await.unwrap().unwrap();
-    assert_eq!(found["_embedded"]["contacts"][0]["id"], 9012345);
+    assert_eq!((found.main_contact_id(), found.name(), found.price().as_deref()), (Some(9012345), "Website redesign", Some("2000")));
     assert_eq!(kommo.requests()[0].path, "/api/v4/leads?limit=250&page=1&with=contacts&filter[id][]=15318175");
     assert!(client.lead(1).await.unwrap().is_none());
 }
@@ -49,15 +51,15 @@ async fn writes_fields_notes_tasks_and_launches_a_salesbot() {
     kommo.add_lead(lead());
     let client = client(&db, &kommo, 50.0);
 
-    let fields = json!({ "custom_fields_values": [{ "field_id": 1, "values": [{ "value": "https://buy.stripe.com/test_1" }] }] });
+    let fields = LeadChanges::fields(vec![FieldValue::value(1, "https://buy.stripe.com/test_1")]);
     client.update_lead(15318175, &fields).await.unwrap();
-    client.add_lead_note(json!({ "entity_id": 15318175, "note_type": "common", "params": { "text": "Payment link issued" } })).await.unwrap();
-    client.add_task(json!({ "text": "Call", "complete_till": 1764200000, "entity_id": 15318175, "entity_type": "leads" })).await.unwrap();
+    client.add_lead_note_once(15318175, "Payment link issued", false).await.unwrap();
+    client.add_task_once(&NewTask::call(15318175, "Call", 1764200000, None), false).await.unwrap();
     client.run_salesbot(77, 15318175).await.unwrap();
 
     assert_eq!(kommo.requests()[0].method, axum::http::Method::PATCH);
     assert_eq!(kommo.lead(15318175).unwrap()["custom_fields_values"][0]["values"][0]["value"], "https://buy.stripe.com/test_1");
-    assert_eq!(kommo.notes().len(), 1);
+    assert_eq!(kommo.notes(), vec![json!({ "entity_id": 15318175, "note_type": "common", "params": { "text": "Payment link issued" } })]);
     assert_eq!(kommo.tasks()[0]["text"], "Call");
     assert_eq!(kommo.bot_launches(), vec![json!({ "bot_id": 77, "entity_id": 15318175, "entity_type": 2 })], "accepted with Kommo's plain-text 202");
 }
@@ -75,7 +77,7 @@ async fn reads_many_leads_in_lists_of_250() {
 
     let found = client.leads((1..=620).collect()).await.unwrap();
     assert_eq!(found.len(), 600);
-    assert_eq!(found[&317]["name"], "Deal 317");
+    assert_eq!(found[&317].name(), "Deal 317");
     let lists: Vec<_> = kommo.requests().into_iter().filter(|r| r.path.starts_with("/api/v4/leads?")).collect();
     assert_eq!(lists.len(), 3, "⌈620 / 250⌉ lists");
     assert!(lists.iter().all(|r| r.path.matches("filter[id][]=").count() <= 250));
@@ -127,7 +129,7 @@ async fn errors_are_classified() {
     let client = client(&db, &kommo, 50.0);
 
     kommo.answer_next(400, "application/problem+json", r#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id","detail":"no such field"}]}],"title":"Bad Request","status":400,"detail":"Request validation failed"}"#);
-    let refused = client.update_lead(1, &json!({})).await.unwrap_err();
+    let refused = client.update_lead(1, &LeadChanges::default()).await.unwrap_err();
     assert!(matches!(refused, KommoError::Refused { status: 400, .. }) && !refused.is_retryable());
     assert!(refused.to_string().contains("NotSupportedChoice"), "{refused}");
 
@@ -255,7 +257,7 @@ async fn concurrent_writes_to_an_account_share_requests() {
     }
     let client = client(&db, &kommo, 2.0);
 
-    let changes: Vec<_> = (1..=12).map(|id| (id, json!({ "price": id * 100 }))).collect();
+    let changes: Vec<_> = (1..=12).map(|id| (id, LeadChanges { status_id: Some(id * 100), ..LeadChanges::default() })).collect();
     let writes = changes.iter().map(|(id, change)| client.update_lead(*id, change));
     for result in futures_util::future::join_all(writes).await {
         result.unwrap();
@@ -265,7 +267,7 @@ async fn concurrent_writes_to_an_account_share_requests() {
     let items: usize = patches.iter().map(|r| r.body.as_array().unwrap().len()).sum();
     assert_eq!(items, 12);
     assert!(patches.len() <= 3, "12 writes in {} requests", patches.len());
-    assert_eq!(kommo.lead(7).unwrap()["price"], 700);
+    assert_eq!(kommo.lead(7).unwrap()["status_id"], 700);
 }
 
 #[tokio::test]
@@ -273,19 +275,9 @@ async fn one_refused_write_fails_alone_not_its_whole_batch() {
     let db = TestDb::new().await;
     let kommo = FakeKommo::start().await;
     let client = client(&db, &kommo, 2.0);
-    let task = |text: &str, due: Option<i64>| {
-        let mut task = json!({ "text": text, "entity_id": 1, "entity_type": "leads" });
-        if let Some(due) = due {
-            task["complete_till"] = json!(due);
-        }
-        task
-    };
+    let [first, blank, third] = ["first", " ", "third"].map(|text| NewTask::call(1, text, 1764200000, None));
 
-    let (a, bad, c) = tokio::join!(
-        client.add_task(task("first", Some(1764200000))),
-        client.add_task(task("no due date", None)),
-        client.add_task(task("third", Some(1764200000))),
-    );
+    let (a, bad, c) = tokio::join!(client.add_task_once(&first, false), client.add_task_once(&blank, false), client.add_task_once(&third, false));
 
     assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
     assert!(matches!(bad, Err(KommoError::Refused { status: 400, .. })), "{bad:?}");
@@ -309,8 +301,8 @@ async fn checks_before_retried_notes_and_tasks_read_many_leads_at_once() {
     let client = client(&db, &kommo, 50.0);
 
     futures_util::future::join_all(leads.iter().map(|id| client.add_lead_note_once(*id, "Paid", true))).await.into_iter().for_each(|r| r.unwrap());
-    let task = |id: i64| json!({ "text": "Call the client", "complete_till": 1764200000, "entity_id": id, "entity_type": "leads" });
-    futures_util::future::join_all(leads.iter().map(|id| client.add_task_once(task(*id), true))).await.into_iter().for_each(|r| r.unwrap());
+    let tasks: Vec<NewTask> = leads.iter().map(|id| NewTask::call(*id, "Call the client", 1764200000, None)).collect();
+    futures_util::future::join_all(tasks.iter().map(|task| client.add_task_once(task, true))).await.into_iter().for_each(|r| r.unwrap());
 
     let requests = kommo.requests();
     let count = |method: axum::http::Method, path: &str| requests.iter().filter(|r| r.method == method && r.path.starts_with(path)).count();

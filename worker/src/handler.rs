@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use kommo_pay_core::kommo::client::KommoError;
+use kommo_pay_core::kommo::lead::Lead;
 use kommo_pay_core::queue::ClaimedJob;
-use serde_json::Value;
 
 /// Why an attempt failed. Handlers never retry by themselves: they return one of these and the
 /// executor decides the job's fate ([`crate::executor::fate`]).
@@ -38,7 +38,7 @@ type HandlerFn = Arc<dyn Fn(ClaimedJob) -> BoxFuture<'static, Result<(), JobErro
 
 /// What a group's read of its deals found: the leads Kommo has, or why the read failed (each
 /// job's first read then fails the same way, as its own read would have).
-pub type GroupDeals = Arc<Result<HashMap<i64, Value>, KommoError>>;
+pub type GroupDeals = Arc<Result<HashMap<i64, Lead>, KommoError>>;
 
 /// Reads the deals of a group of one account's jobs at once (`account`, lead ids), in list
 /// requests of up to 250; `None` for an account this build has no clients for.

@@ -160,7 +160,7 @@ async fn send_reads(api: Arc<Api>, list: List, asked: Vec<Asked>) {
                 };
                 let Some(answer) = answer else { break };
                 for entity in answer.pointer(&format!("/_embedded/{}", list.embedded)).and_then(Value::as_array).into_iter().flatten() {
-                    if let Some(id) = entity.get(list.by).and_then(super::lenient_id) {
+                    if let Some(id) = entity.get(list.by).and_then(crate::wire::lenient_id) {
                         found.entry(id).or_default().push(entity.clone());
                     }
                 }

@@ -23,8 +23,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::activity::{NewNote, NewTask, SalesbotLaunch, Written};
 use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Reader};
-use super::fields::LeadField;
+use super::fields::{LeadField, NewField};
+use super::lead::{Contact, Lead, LeadChanges, NewLead};
+use super::stage_changes::StageChange;
+use super::webhook::Webhook;
 use crate::provider::Provider;
 use crate::rate_limit::{RateLimiter, Slot};
 
@@ -57,19 +61,19 @@ tokio::task_local! {
     /// A lead read for the running job together with its group's (one list request for many
     /// jobs, `worker::executor`): the job's first read of that lead is answered from here.
     /// Scoped to the job's own task, so no other job ever sees it.
-    static READ_AHEAD: std::cell::Cell<Option<(i64, Result<Option<Value>, KommoError>)>>;
+    static READ_AHEAD: std::cell::Cell<Option<(i64, Result<Option<Lead>, KommoError>)>>;
 }
 
 /// Runs `job` with `lead` as the answer to its first [`KommoClient::lead`] of lead `id` (`None`:
 /// Kommo has no such lead; an error: the read failed, as the job's own read would have). The
 /// read was made for the job a moment before it started, in one list request with the rest of
 /// its group; any later read of the lead goes to Kommo.
-pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Result<Option<Value>, KommoError>, job: F) -> F::Output {
+pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Result<Option<Lead>, KommoError>, job: F) -> F::Output {
     READ_AHEAD.scope(std::cell::Cell::new(Some((id, lead))), job).await
 }
 
 /// The running job's read-ahead of lead `id`, taken (once).
-fn read_ahead(id: i64) -> Option<Result<Option<Value>, KommoError>> {
+fn read_ahead(id: i64) -> Option<Result<Option<Lead>, KommoError>> {
     READ_AHEAD
         .try_with(|ahead| match ahead.take() {
             Some((read, lead)) if read == id => Some(lead),
@@ -213,96 +217,88 @@ impl KommoClient {
     /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead. Read in
     /// one list request with the other reads waiting meanwhile (or read ahead with the job's
     /// group, [`with_lead_read`]).
-    pub async fn lead(&self, id: i64) -> Result<Option<Value>, KommoError> {
+    pub async fn lead(&self, id: i64) -> Result<Option<Lead>, KommoError> {
         if let Some(lead) = read_ahead(id) {
             return lead;
         }
-        self.lead_reads.read_one(id).await
+        self.lead_reads.read_one(id).await?.map(|lead| decode("GET api/v4/leads", lead)).transpose()
     }
 
     /// The leads with `ids` that Kommo has, with their contact ids, in ⌈n / 250⌉ list requests.
-    pub async fn leads(&self, ids: Vec<i64>) -> Result<std::collections::HashMap<i64, Value>, KommoError> {
-        Ok(self.lead_reads.read(ids).await?.into_iter().filter_map(|(id, found)| Some((id, found.into_iter().next()?))).collect())
+    pub async fn leads(&self, ids: Vec<i64>) -> Result<std::collections::HashMap<i64, Lead>, KommoError> {
+        let found = self.lead_reads.read(ids).await?;
+        found.into_iter().filter_map(|(id, leads)| Some(decode("GET api/v4/leads", leads.into_iter().next()?).map(|lead| (id, lead)))).collect()
     }
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
-    pub async fn contact(&self, id: i64) -> Result<Option<Value>, KommoError> {
-        self.contact_reads.read_one(id).await
+    pub async fn contact(&self, id: i64) -> Result<Option<Contact>, KommoError> {
+        self.contact_reads.read_one(id).await?.map(|contact| decode("GET api/v4/contacts", contact)).transpose()
     }
 
     /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.
-    pub async fn update_lead(&self, id: i64, changes: &Value) -> Result<(), KommoError> {
-        let mut update = changes.clone();
+    pub async fn update_lead(&self, id: i64, changes: &LeadChanges) -> Result<(), KommoError> {
+        let mut update = body(changes);
         update["id"] = serde_json::json!(id);
         self.lead_updates.submit(update).await
-    }
-
-    /// Adds a note to a lead: `{"entity_id", "note_type", "params"}`. Batched with other notes.
-    pub async fn add_lead_note(&self, note: Value) -> Result<(), KommoError> {
-        self.lead_notes.submit(note).await
     }
 
     /// Adds a common note with `text` to lead `lead_id`. Kommo has no idempotency keys, so when
     /// `maybe_done` (an earlier attempt may have added it, then died before recording that) the
     /// lead's notes are read first (with other leads' in one list), and a note with this text
-    /// means it is done.
+    /// means it is done. Batched with other notes.
     pub async fn add_lead_note_once(&self, lead_id: i64, text: &str, maybe_done: bool) -> Result<(), KommoError> {
-        if maybe_done {
-            let notes = self.note_reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
-            if notes.iter().any(|n| n.pointer("/params/text").and_then(Value::as_str) == Some(text)) {
-                tracing::info!(lead_id, "the note was added by an earlier attempt");
-                return Ok(());
-            }
+        if maybe_done && self.written(&self.note_reads, lead_id, text).await? {
+            tracing::info!(lead_id, "the note was added by an earlier attempt");
+            return Ok(());
         }
-        self.add_lead_note(serde_json::json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": text } })).await
+        self.lead_notes.submit(body(&NewNote::common(lead_id, text))).await
     }
 
-    /// Creates `task` (`{"text", "complete_till", "entity_id", "entity_type": "leads", …}`), read
-    /// before written when `maybe_done`, like [`KommoClient::add_lead_note_once`].
-    pub async fn add_task_once(&self, task: Value, maybe_done: bool) -> Result<(), KommoError> {
-        if maybe_done && let Some(lead_id) = task.get("entity_id").and_then(super::lenient_id) {
-            let tasks = self.task_reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
-            if tasks.iter().any(|t| t.get("text") == task.get("text")) {
-                tracing::info!(lead_id, "the task was created by an earlier attempt");
-                return Ok(());
-            }
+    /// Creates `task`, read before written when `maybe_done`, like
+    /// [`KommoClient::add_lead_note_once`]. Batched with other tasks.
+    pub async fn add_task_once(&self, task: &NewTask, maybe_done: bool) -> Result<(), KommoError> {
+        if maybe_done && self.written(&self.task_reads, task.entity_id, &task.text).await? {
+            tracing::info!(lead_id = task.entity_id, "the task was created by an earlier attempt");
+            return Ok(());
         }
-        self.add_task(task).await
+        self.tasks.submit(body(task)).await
     }
 
-    /// Creates a task: `{"text", "complete_till", "entity_id", "entity_type", …}`. Batched.
-    pub async fn add_task(&self, task: Value) -> Result<(), KommoError> {
-        self.tasks.submit(task).await
+    /// Whether lead `lead_id` has a note or task (as `reads` lists them) with `text`.
+    async fn written(&self, reads: &Reader, lead_id: i64, text: &str) -> Result<bool, KommoError> {
+        let found = reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
+        Ok(found.into_iter().filter_map(|item| serde_json::from_value::<Written>(item).ok()).any(|item| item.text() == Some(text)))
     }
 
     /// Creates a lead together with its contact (`POST /api/v4/leads/complex`, one lead);
     /// returns the new lead's id.
-    pub async fn create_lead_with_contact(&self, lead: &Value) -> Result<i64, KommoError> {
-        let answer = self.api.call::<Value>(reqwest::Method::POST, "api/v4/leads/complex", Some(&Value::Array(vec![lead.clone()]))).await?;
-        answer
-            .as_ref()
-            .and_then(|a| a.pointer("/0/id"))
-            .and_then(super::lenient_id)
-            .ok_or_else(|| KommoError::Unavailable("the complex create answered without a lead id".into()))
+    pub async fn create_lead_with_contact(&self, lead: &NewLead) -> Result<i64, KommoError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            #[serde(deserialize_with = "crate::wire::required_id")]
+            id: i64,
+        }
+        let call = "POST api/v4/leads/complex";
+        let answer = self.api.call::<Vec<Created>>(reqwest::Method::POST, "api/v4/leads/complex", Some(&Value::Array(vec![body(lead)]))).await?;
+        answer.and_then(|created| Some(created.first()?.id)).ok_or_else(|| KommoError::Unavailable(format!("{call}: answered without a lead id")))
     }
 
     /// Leads whose fields contain `query` (Kommo's full-text search; an empty result is none).
-    pub async fn search_leads(&self, query: &str) -> Result<Vec<Value>, KommoError> {
+    pub async fn search_leads(&self, query: &str) -> Result<Vec<Lead>, KommoError> {
         let path = format!("api/v4/leads?query={}", url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>());
-        let answer = self.api.call::<Value>(reqwest::Method::GET, &path, None).await?;
-        Ok(answer.and_then(|a| a.pointer("/_embedded/leads").and_then(Value::as_array).cloned()).unwrap_or_default())
+        let answer = self.api.call::<Page>(reqwest::Method::GET, &path, None).await?;
+        Ok(answer.map(|page| page.items("leads")).unwrap_or_default())
     }
 
     /// Every custom field of leads, all pages.
-    pub async fn lead_custom_fields(&self) -> Result<Vec<Value>, KommoError> {
+    pub async fn lead_custom_fields(&self) -> Result<Vec<LeadField>, KommoError> {
         let mut fields = Vec::new();
         for page in 1.. {
-            let Some(answer) = self.api.call::<Value>(reqwest::Method::GET, &format!("api/v4/leads/custom_fields?limit=250&page={page}"), None).await? else {
-                break;
-            };
-            let found = answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default();
-            fields.extend(found);
-            if answer.pointer("/_links/next").is_none() {
+            let path = format!("api/v4/leads/custom_fields?limit=250&page={page}");
+            let Some(answer) = self.api.call::<Page>(reqwest::Method::GET, &path, None).await? else { break };
+            let last = !answer.has_next();
+            fields.extend(answer.items("custom_fields"));
+            if last {
                 break;
             }
         }
@@ -318,7 +314,7 @@ impl KommoClient {
         {
             return Ok(fields.clone());
         }
-        let fields: Arc<[LeadField]> = self.lead_custom_fields().await?.iter().filter_map(LeadField::from_api).collect();
+        let fields: Arc<[LeadField]> = self.lead_custom_fields().await?.into();
         *kept = Some((std::time::Instant::now(), fields.clone()));
         Ok(fields)
     }
@@ -331,40 +327,72 @@ impl KommoClient {
     }
 
     /// Every stage change of a lead since `from` (Unix seconds), oldest first, from the events
-    /// API: `{"id", "type": "lead_status_changed", "entity_id", "created_at",
-    /// "value_before": [{"lead_status": {"id", "pipeline_id"}}], "value_after": [...]}`.
-    pub async fn stage_changes_since(&self, from: i64) -> Result<Vec<Value>, KommoError> {
+    /// API (an event that names no lead, time or new stage is left out).
+    pub async fn stage_changes_since(&self, from: i64) -> Result<Vec<StageChange>, KommoError> {
         let mut changes = Vec::new();
         for page in 1.. {
             let path = format!("api/v4/events?filter[type]=lead_status_changed&filter[created_at][from]={from}&limit=100&page={page}");
-            let Some(answer) = self.api.call::<Value>(reqwest::Method::GET, &path, None).await? else { break };
-            changes.extend(answer.pointer("/_embedded/events").and_then(Value::as_array).cloned().unwrap_or_default());
-            if answer.pointer("/_links/next").is_none() {
+            let Some(answer) = self.api.call::<Page>(reqwest::Method::GET, &path, None).await? else { break };
+            let last = !answer.has_next();
+            changes.extend(answer.items("events").into_iter().filter_map(StageChange::from_event));
+            if last {
                 break;
             }
         }
-        changes.sort_by_key(|c| c.get("created_at").and_then(Value::as_i64).unwrap_or_default());
+        changes.sort_by_key(|c| c.at);
         Ok(changes)
     }
 
-    /// The account's webhooks: `{"id", "destination", "settings", "disabled", …}`. Destinations
-    /// hold our URL secret: never log them.
-    pub async fn webhooks(&self) -> Result<Vec<Value>, KommoError> {
-        let answer = self.api.call::<Value>(reqwest::Method::GET, "api/v4/webhooks", None).await?;
-        Ok(answer.and_then(|a| a.pointer("/_embedded/webhooks").and_then(Value::as_array).cloned()).unwrap_or_default())
+    /// The account's webhooks.
+    pub async fn webhooks(&self) -> Result<Vec<Webhook>, KommoError> {
+        let answer = self.api.call::<Page>(reqwest::Method::GET, "api/v4/webhooks", None).await?;
+        Ok(answer.map(|page| page.items("webhooks")).unwrap_or_default())
     }
 
-    /// Creates lead custom fields: `[{"type", "name", "code", "is_api_only", "enums"}]`.
-    pub async fn add_lead_custom_fields(&self, fields: &Value) -> Result<Vec<Value>, KommoError> {
-        let answer = self.api.call::<Value>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(fields)).await?.unwrap_or_default();
-        Ok(answer.pointer("/_embedded/custom_fields").and_then(Value::as_array).cloned().unwrap_or_default())
+    /// Creates lead custom fields; returns them as Kommo created them.
+    pub async fn add_lead_custom_fields(&self, fields: &[NewField]) -> Result<Vec<LeadField>, KommoError> {
+        let request = Value::Array(fields.iter().map(body).collect());
+        let answer = self.api.call::<Page>(reqwest::Method::POST, "api/v4/leads/custom_fields", Some(&request)).await?;
+        Ok(answer.map(|page| page.items("custom_fields")).unwrap_or_default())
     }
 
-    /// Launches Salesbot `bot_id` for lead `lead_id` (entity type 2), with the other launches
-    /// waiting meanwhile in one `POST /api/v2/salesbot/run` of up to 100 (Kommo answers 202).
+    /// Launches Salesbot `bot_id` for lead `lead_id`, with the other launches waiting meanwhile
+    /// in one `POST /api/v2/salesbot/run` of up to 100 (Kommo answers 202).
     pub async fn run_salesbot(&self, bot_id: i64, lead_id: i64) -> Result<(), KommoError> {
-        self.salesbot_launches.submit(serde_json::json!({ "bot_id": bot_id, "entity_id": lead_id, "entity_type": 2 })).await
+        self.salesbot_launches.submit(body(&SalesbotLaunch::for_lead(bot_id, lead_id))).await
     }
+}
+
+/// One page of a Kommo list: `{"_embedded": {"<entities>": […]}, "_links": {"next"?}}`. Items
+/// not of the shape are left out.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default, rename = "_embedded")]
+    embedded: std::collections::HashMap<String, Value>,
+    #[serde(default, rename = "_links")]
+    links: std::collections::HashMap<String, Value>,
+}
+
+impl Page {
+    fn items<T: DeserializeOwned>(self, entities: &str) -> Vec<T> {
+        let mut embedded = self.embedded;
+        let Some(Value::Array(items)) = embedded.remove(entities) else { return Vec::new() };
+        items.into_iter().filter_map(|item| serde_json::from_value(item).ok()).collect()
+    }
+
+    fn has_next(&self) -> bool {
+        self.links.contains_key("next")
+    }
+}
+
+/// A request type as the JSON Kommo takes.
+fn body(item: &impl serde::Serialize) -> Value {
+    serde_json::to_value(item).expect("Kommo's request types serialise to JSON")
+}
+
+/// An entity of a list answer as its type; one that does not decode fails the read, naming it.
+fn decode<T: DeserializeOwned>(call: &str, entity: Value) -> Result<T, KommoError> {
+    serde_json::from_value(entity).map_err(|e| KommoError::Unavailable(format!("{call}: an unreadable entity: {e}")))
 }
 
 impl Api {

@@ -1,21 +1,14 @@
-//! Kommo (amoCRM): the CRM whose deals we keep in step with payments.
+//! Kommo (amoCRM): the CRM whose deals we keep in step with payments. Everything kommo-pay
+//! knows of Kommo's wire format lives here, in both directions: the client and its batching,
+//! the typed deals, fields, notes and tasks it sends and reads, the events API, and the
+//! webhooks Kommo delivers.
 
+pub mod activity;
 mod batch;
 pub mod client;
 pub mod fields;
+pub mod lead;
 pub mod oauth;
 pub mod setup;
+pub mod stage_changes;
 pub mod webhook;
-
-use serde_json::Value;
-
-/// Reads an id that may arrive as a number or as a string of digits (Kommo's webhooks send every
-/// value as a string; provider metadata round-trips ids as strings).
-pub fn lenient_id(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|id| *id > 0)
-}

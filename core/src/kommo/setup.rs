@@ -3,10 +3,8 @@
 //! Fields are found by their `code` (admins rename fields; codes stay), so a second run creates
 //! nothing. Fields only kommo-pay writes are API-only: managers see them but cannot edit them.
 
-use serde_json::{Value, json};
-
 use super::client::{KommoClient, KommoError};
-use super::lenient_id;
+use super::fields::{LeadField, NewField, NewOption};
 
 /// The payment status options, in the order managers see them, with the key each has in
 /// `[accounts.kommo.fields.statuses]`.
@@ -41,35 +39,33 @@ pub struct SetUp {
 
 pub async fn run(kommo: &KommoClient) -> Result<SetUp, SetupError> {
     let existing = kommo.lead_custom_fields().await?;
-    let by_code = |fields: &[Value], code: &str| fields.iter().find(|f| f.get("code").and_then(Value::as_str) == Some(code)).cloned();
+    let by_code = |fields: &[LeadField], code: &str| fields.iter().find(|f| f.code.as_deref() == Some(code)).cloned();
     let missing: Vec<_> = FIELDS.iter().filter(|(_, code, ..)| by_code(&existing, code).is_none()).collect();
     let mut all = existing;
     if !missing.is_empty() {
-        let request: Vec<Value> = missing
+        let request: Vec<NewField> = missing
             .iter()
-            .map(|(_, code, kind, name, api_only)| {
-                let mut field = json!({ "type": kind, "name": name, "code": code, "is_api_only": api_only });
-                if *kind == "select" {
-                    field["enums"] = STATUSES.iter().enumerate().map(|(i, (_, label))| json!({ "value": label, "sort": (i + 1) * 10 })).collect();
-                }
-                field
+            .map(|&&(_, code, kind, name, is_api_only)| {
+                let enums = match kind {
+                    "select" => STATUSES.iter().enumerate().map(|(i, (_, label))| NewOption { value: label, sort: (i + 1) * 10 }).collect(),
+                    _ => Vec::new(),
+                };
+                NewField { kind, name, code, is_api_only, enums }
             })
             .collect();
-        all.extend(kommo.add_lead_custom_fields(&Value::Array(request)).await?);
+        all.extend(kommo.add_lead_custom_fields(&request).await?);
     }
 
     let mut lines = vec!["[accounts.kommo.fields]".to_owned()];
     for (key, code, ..) in FIELDS {
         let field = by_code(&all, code).ok_or(SetupError::NotCreated(code))?;
-        let id = field.get("id").and_then(lenient_id).ok_or(SetupError::NotCreated(code))?;
-        lines.push(format!("{key} = {id}"));
+        lines.push(format!("{key} = {}", field.id));
     }
     let status = by_code(&all, "KOMMO_PAY_STATUS").expect("checked above");
-    let enums = status.get("enums").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut statuses = Vec::new();
     for (key, label) in STATUSES {
-        let option = enums.iter().find(|e| e.get("value").and_then(Value::as_str) == Some(label)).ok_or(SetupError::MissingOption(label))?;
-        statuses.push(format!("{key} = {}", option.get("id").and_then(lenient_id).ok_or(SetupError::MissingOption(label))?));
+        let option = status.options().iter().find(|option| option.value == label).ok_or(SetupError::MissingOption(label))?;
+        statuses.push(format!("{key} = {}", option.id));
     }
     lines.push(format!("statuses = {{ {} }}", statuses.join(", ")));
     Ok(SetUp { created: missing.iter().map(|(key, ..)| *key).collect(), config: lines.join("\n") + "\n" })

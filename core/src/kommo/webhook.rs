@@ -1,4 +1,5 @@
-//! Kommo's CRM webhooks: form-encoded, PHP-style bracket keys, unsigned.
+//! Kommo's CRM webhooks: form-encoded, PHP-style bracket keys, unsigned; and the account's list
+//! of them ([`Webhook`]).
 //!
 //! ```text
 //! account[id]=32427762&account[subdomain]=acme
@@ -43,7 +44,7 @@ impl KommoDelivery {
         let tree = parse_form(body)?;
         let Value::Object(mut top) = tree else { unreachable!("parse_form returns an object") };
         let account = top.remove("account").unwrap_or(Value::Null);
-        let account_id = account.get("id").and_then(super::lenient_id).ok_or_else(|| PayloadError::new("account[id] is missing or not a number"))?;
+        let account_id = account.get("id").and_then(crate::wire::lenient_id).ok_or_else(|| PayloadError::new("account[id] is missing or not a number"))?;
 
         let mut changes = Vec::new();
         for (entity, actions) in top {
@@ -74,7 +75,7 @@ impl KommoChange {
 
     /// The changed entity's id (`id`; for a note, the note's own `id`).
     pub fn entity_id(&self) -> Option<i64> {
-        self.item.get("id").and_then(super::lenient_id).or_else(|| self.item.pointer("/note/id").and_then(super::lenient_id))
+        self.item.get("id").and_then(crate::wire::lenient_id).or_else(|| self.item.pointer("/note/id").and_then(crate::wire::lenient_id))
     }
 
     /// The deal this change concerns: a lead's own id, or the lead a note is attached to.
@@ -83,15 +84,15 @@ impl KommoChange {
             return None;
         }
         match self.action.as_str() {
-            "note" => self.item.pointer("/note/element_id").and_then(super::lenient_id),
-            _ => self.item.get("id").and_then(super::lenient_id),
+            "note" => self.item.pointer("/note/element_id").and_then(crate::wire::lenient_id),
+            _ => self.item.get("id").and_then(crate::wire::lenient_id),
         }
     }
 
     /// `(pipeline_id, status_id)` the lead is in after this change, when the change says.
     pub fn stage(&self) -> Option<(i64, i64)> {
-        let pipeline = self.item.get("pipeline_id").and_then(super::lenient_id)?;
-        let status = self.item.get("status_id").and_then(super::lenient_id)?;
+        let pipeline = self.item.get("pipeline_id").and_then(crate::wire::lenient_id)?;
+        let status = self.item.get("status_id").and_then(crate::wire::lenient_id)?;
         Some((pipeline, status))
     }
 
@@ -106,6 +107,17 @@ impl KommoChange {
         let id = self.entity_id().map_or_else(|| "-".to_owned(), |id| id.to_string());
         format!("{}:{id}:{}", self.kind(), hex::encode(&digest[..8]))
     }
+}
+
+/// One of the account's webhooks, as `GET /api/v4/webhooks` lists it. Its destination is not
+/// read: it holds our URL secret.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Webhook {
+    #[serde(deserialize_with = "crate::wire::required_id")]
+    pub id: i64,
+    /// Kommo disables a hook that keeps failing, and after an API block.
+    #[serde(default, deserialize_with = "crate::wire::flag")]
+    pub disabled: bool,
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ impl LemonSqueezyEvent {
         };
         let dedup_key = dedup_key(&kind, &id, &data.attributes);
         let custom_data = meta.custom_data.as_ref().and_then(Value::as_object);
-        let lead_id = custom_data.and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::kommo::lenient_id);
+        let lead_id = custom_data.and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::wire::lenient_id);
         let custom = custom_data.into_iter().flatten().map(|(key, value)| (key.clone(), crate::plain_text(value))).collect();
         let object = Object::decode(data.kind.as_deref().unwrap_or_default(), &id, &data.attributes);
         Ok(LemonSqueezyEvent { kind: kind.into_owned(), id, dedup_key, test_mode: meta.test_mode, lead_id, custom, object, payload: raw_json(body)? })

@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::Value;
+
+use crate::wire;
 
 /// The object an event is about (`data.object.object`).
 #[derive(Debug, Clone, PartialEq)]
@@ -91,47 +93,47 @@ impl Object {
 /// `data.object` as delivered: the fields of every object we read, each optional.
 #[derive(Deserialize, Default)]
 pub(super) struct Wire {
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     object: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     id: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     mode: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     payment_status: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     payment_intent: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     payment_link: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     status: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     currency: Option<String>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount_total: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount_received: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount_paid: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount_due: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     amount_refunded: Option<i64>,
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     created: Option<i64>,
     /// Invoices before basil.
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     subscription: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     metadata: Option<Metadata>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     parent: Option<Parent>,
     /// Invoices before basil.
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     subscription_details: Option<Details>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     lines: Option<Lines>,
 }
 
@@ -139,15 +141,15 @@ type Metadata = BTreeMap<String, Value>;
 
 #[derive(Deserialize)]
 struct Parent {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     subscription_details: Option<Details>,
 }
 
 #[derive(Deserialize)]
 struct Details {
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "wire::text")]
     subscription: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     metadata: Option<Metadata>,
 }
 
@@ -159,13 +161,13 @@ struct Lines {
 
 #[derive(Deserialize)]
 struct Line {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "wire::lenient")]
     period: Option<Period>,
 }
 
 #[derive(Deserialize)]
 struct Period {
-    #[serde(default, deserialize_with = "int")]
+    #[serde(default, deserialize_with = "wire::int")]
     start: Option<i64>,
 }
 
@@ -187,7 +189,7 @@ impl Wire {
     /// The Kommo lead our metadata names: the object's own first, then its subscription's.
     pub(super) fn lead_id(&self, key: &str) -> Option<i64> {
         let places: Vec<&Metadata> = self.metadata().collect();
-        places.into_iter().rev().find_map(|m| m.get(key).and_then(crate::kommo::lenient_id))
+        places.into_iter().rev().find_map(|m| m.get(key).and_then(crate::wire::lenient_id))
     }
 
     pub(super) fn decode(self) -> Object {
@@ -227,27 +229,6 @@ impl Wire {
             other => Object::Other(other.to_owned()),
         }
     }
-}
-
-/// A string field; anything else (null, a number, an expanded object) reads as absent.
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Ok(match Value::deserialize(deserializer)? {
-        Value::String(s) => Some(s),
-        _ => None,
-    })
-}
-
-/// An integer field; anything else reads as absent.
-fn int<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    Ok(Value::deserialize(deserializer)?.as_i64())
-}
-
-/// A nested object that reads as absent when it is not the shape we know. Taken as raw text and
-/// decoded from it, so that what we do not read (an invoice's lines) is scanned, never built into
-/// a tree: this runs in ingest for every delivery.
-fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(deserializer: D) -> Result<Option<T>, D::Error> {
-    let raw = <Box<serde_json::value::RawValue>>::deserialize(deserializer)?;
-    Ok(serde_json::from_str(raw.get()).ok())
 }
 
 #[cfg(test)]

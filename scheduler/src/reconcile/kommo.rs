@@ -10,8 +10,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
-use kommo_pay_core::kommo::lenient_id;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
@@ -23,20 +22,12 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
     let changes = clients.kommo.stage_changes_since(from.timestamp()).await.context("listing Kommo stage changes")?;
     let mut missed = Vec::new();
     for change in changes {
-        let stage = |side: &str| {
-            let status = change.pointer(&format!("/{side}/0/lead_status"))?;
-            Some((status.get("pipeline_id").and_then(lenient_id)?, status.get("id").and_then(lenient_id)?))
-        };
-        let (Some(lead_id), Some((pipeline_id, status_id)), Some(at)) =
-            (change.get("entity_id").and_then(lenient_id), stage("value_after"), change.get("created_at").and_then(Value::as_i64))
-        else {
-            continue;
-        };
-        if account.trigger_for((pipeline_id, status_id)).is_none() || delivered(pool, &account.slug, lead_id, status_id, at).await? {
+        let (lead_id, at, (pipeline_id, status_id)) = (change.lead_id, change.at, change.to);
+        if account.trigger_for(change.to).is_none() || delivered(pool, &account.slug, lead_id, status_id, at).await? {
             continue;
         }
-        let (old_pipeline_id, old_status_id) = stage("value_before").unwrap_or_default();
-        let id = change.get("id").map(|id| id.as_str().map_or_else(|| id.to_string(), str::to_owned)).unwrap_or_default();
+        let (old_pipeline_id, old_status_id) = change.from.unwrap_or_default();
+        let id = &change.id;
         // Shaped like a status hook's change, so that everything reading the log reads it alike.
         let payload = json!({
             "account": { "id": account.kommo.account_id.to_string() },
@@ -48,7 +39,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
                 "old_status_id": old_status_id.to_string(),
                 "last_modified": at.to_string(),
             },
-            "kommo_event": change,
+            "kommo_event": change.raw,
         });
         let payload = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
         missed.push(NewEvent::new(&account.slug, Source::Kommo, "leads.status".into(), format!("leads.status:{lead_id}:event-{id}"), Some(lead_id), payload));
@@ -76,7 +67,7 @@ async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, a
 /// admin saves it again. Says so in the log and the metric on every round while it lasts.
 async fn check_webhooks(pool: &PgPool, clients: &AccountClients) -> anyhow::Result<()> {
     let hooks = clients.kommo.webhooks().await.context("listing Kommo webhooks")?;
-    let disabled: Vec<String> = hooks.iter().filter(|hook| hook.get("disabled") == Some(&Value::Bool(true))).map(|hook| hook["id"].to_string()).collect();
+    let disabled: Vec<String> = hooks.iter().filter(|hook| hook.disabled).map(|hook| hook.id.to_string()).collect();
     let account = clients.account.slug.clone();
     metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.clone()).set(disabled.len() as f64);
     kommo_pay_core::ops::accounts::record_webhook_check(pool, &account, &disabled).await?;

@@ -393,8 +393,9 @@ async fn add_tasks(State(state): State<Arc<Mutex<Fake>>>, method: Method, uri: U
     }
     let tasks: Vec<Value> = serde_json::from_slice(&body).unwrap();
     for task in &tasks {
-        if task.get("text").is_none() || task.get("complete_till").is_none() {
-            return problem(400, "Bad Request", "Request validation failed: text and complete_till are required");
+        let blank = task.get("text").and_then(Value::as_str).is_none_or(|text| text.trim().is_empty());
+        if blank || task.get("complete_till").is_none() {
+            return problem(400, "Bad Request", "Request validation failed: text must not be blank; complete_till is required");
         }
     }
     let mut fake = state.lock().unwrap();

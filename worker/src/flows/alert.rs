@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::Value;
 
-use super::deal::{Deal, tell_manager};
+use super::deal::tell_manager;
 use super::{Context, kommo_failed};
 use crate::JobError;
 
@@ -26,7 +26,7 @@ pub(super) async fn tell(context: Arc<Context>, job: ClaimedJob) -> Result<(), J
         "kommo-pay could not finish \"{}\" for this deal and gave up: {error}. Operators can replay it once the cause is fixed (job {failed_job}).",
         describe(kind)
     );
-    tell_manager(&context.pool, kommo, &clients.account.slug, &Deal::from_lead(&lead)?, job.id, "deal.alerted", &text).await
+    tell_manager(&context.pool, kommo, &clients.account.slug, &lead, job.id, "deal.alerted", &text).await
 }
 
 /// What a job kind does, in a manager's words.

@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use kommo_pay_core::kommo::client::KommoError;
-use serde_json::json;
+use kommo_pay_core::kommo::lead::LeadChanges;
 
-use super::deal::Deal;
 use super::{AccountClients, kommo_failed};
 use crate::JobError;
 
@@ -28,7 +27,7 @@ pub(super) async fn write(clients: &AccountClients, lead_id: i64, carried: &BTre
     let mut refused = Vec::new();
     for (key, value, field_id) in mapped {
         let checked = match fields.iter().find(|f| f.id == field_id) {
-            Some(field) => field.value_for(value).map_err(|why| format!("field \"{}\" ({field_id}): {why}", field.name)),
+            Some(field) => field.value_for(value).map_err(|why| format!("field \"{}\" ({field_id}): {why}", field.name())),
             None => Err(format!("Kommo has no deal field {field_id}")),
         };
         match checked {
@@ -37,11 +36,8 @@ pub(super) async fn write(clients: &AccountClients, lead_id: i64, carried: &BTre
         }
     }
     if !values.is_empty() {
-        let all = json!({ "custom_fields_values": values.iter().map(|(_, _, entry)| entry).collect::<Vec<_>>() });
-        let shown = match maybe_done {
-            true => kommo.lead(lead_id).await.map_err(kommo_failed)?.map(|lead| Deal::from_lead(&lead)).transpose()?.is_some_and(|deal| deal.shows(&all)),
-            false => false,
-        };
+        let all = LeadChanges::fields(values.iter().map(|(_, _, entry)| entry.clone()).collect());
+        let shown = maybe_done && kommo.lead(lead_id).await.map_err(kommo_failed)?.is_some_and(|deal| deal.shows(&all));
         if shown {
             tracing::info!(lead_id, "the card already shows the checkout data: an earlier attempt wrote it");
         } else {
@@ -50,7 +46,7 @@ pub(super) async fn write(clients: &AccountClients, lead_id: i64, carried: &BTre
                 // Kommo names the refused item, not always the field: each field alone, then.
                 Err(KommoError::Refused { .. }) => {
                     for (key, value, entry) in &values {
-                        match kommo.update_lead(lead_id, &json!({ "custom_fields_values": [entry] })).await {
+                        match kommo.update_lead(lead_id, &LeadChanges::fields(vec![entry.clone()])).await {
                             Ok(()) => {}
                             Err(KommoError::Refused { detail, .. }) => refused.push(format!("{key} = \"{value}\" (Kommo refused it: {detail})")),
                             Err(error) => return Err(kommo_failed(error)),

@@ -1,13 +1,15 @@
-//! A Kommo deal as the flows read it (API v4 shape) and the writes they make to it.
+//! What the flows do to a Kommo deal: its amount due, writes that a retry does not repeat, and
+//! the manager's tasks and the feed's notes, each once per job. The deal's wire shapes are
+//! `kommo_pay_core::kommo::lead`'s.
 
 use anyhow::anyhow;
 use kommo_pay_core::config::FieldsSection;
 use kommo_pay_core::event_log::{self, Fact};
+use kommo_pay_core::kommo::activity::NewTask;
 use kommo_pay_core::kommo::client::KommoClient;
-use kommo_pay_core::kommo::lenient_id;
+use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
 use kommo_pay_core::money::{Currency, Money};
-use kommo_pay_core::plain_text;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 
 use super::{AccountClients, Context, db_failed, kommo_failed};
@@ -15,129 +17,45 @@ use crate::JobError;
 use kommo_pay_core::config::StatusesSection;
 use kommo_pay_core::queue::ClaimedJob;
 
-/// What the flows need of a lead read back from Kommo.
-pub(super) struct Deal {
-    pub id: i64,
-    pub name: String,
-    pub pipeline_id: i64,
-    pub status_id: i64,
-    pub responsible_user_id: Option<i64>,
-    price: Option<String>,
-    custom_fields: Vec<Value>,
-}
-
-impl Deal {
-    pub fn from_lead(lead: &Value) -> Result<Deal, JobError> {
-        let id = |key: &str| lead.get(key).and_then(lenient_id);
-        Ok(Deal {
-            id: id("id").ok_or_else(|| JobError::permanent(anyhow!("Kommo returned a lead without an id")))?,
-            name: lead.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            pipeline_id: id("pipeline_id").unwrap_or_default(),
-            status_id: id("status_id").unwrap_or_default(),
-            responsible_user_id: id("responsible_user_id"),
-            price: lead.get("price").filter(|p| !p.is_null()).map(plain_text),
-            custom_fields: lead.get("custom_fields_values").and_then(Value::as_array).cloned().unwrap_or_default(),
-        })
+/// What the client is to pay for `deal`: the "amount due" field when configured and set, else the
+/// deal's price; in the deal's currency field when configured and set, else the account's
+/// default. The error says, for the manager, what to fix.
+pub(super) fn amount_due(deal: &Lead, fields: &FieldsSection, default_currency: Currency) -> Result<Money, String> {
+    let currency = match fields.currency.and_then(|id| deal.field(id)) {
+        Some(code) => Currency::parse(&code).map_err(|e| format!("the deal's currency field: {e}"))?,
+        None => default_currency,
+    };
+    let (amount, source) = match fields.amount_due.and_then(|id| deal.field(id)) {
+        Some(amount) => (amount, "the Amount Due field"),
+        None => (deal.price().unwrap_or_default(), "the deal's budget"),
+    };
+    if amount.trim().is_empty() || amount.trim() == "0" {
+        return Err(format!("{source} is empty"));
     }
-
-    /// The first value of custom field `field_id`, as text.
-    fn field(&self, field_id: i64) -> Option<String> {
-        self.custom_fields
-            .iter()
-            .find(|f| f.get("field_id").and_then(lenient_id) == Some(field_id))
-            .and_then(|f| f.pointer("/values/0/value"))
-            .map(plain_text)
-            .filter(|v| !v.trim().is_empty())
-    }
-
-    /// What the client is to pay: the "amount due" field when configured and set, else the deal's
-    /// price; in the deal's currency field when configured and set, else the account's default.
-    /// The error says, for the manager, what to fix.
-    pub fn amount_due(&self, fields: &FieldsSection, default_currency: Currency) -> Result<Money, String> {
-        let currency = match fields.currency.and_then(|id| self.field(id)) {
-            Some(code) => Currency::parse(&code).map_err(|e| format!("the deal's currency field: {e}"))?,
-            None => default_currency,
-        };
-        let (amount, source) = match fields.amount_due.and_then(|id| self.field(id)) {
-            Some(amount) => (amount, "the Amount Due field"),
-            None => (self.price.clone().unwrap_or_default(), "the deal's budget"),
-        };
-        if amount.trim().is_empty() || amount.trim() == "0" {
-            return Err(format!("{source} is empty"));
-        }
-        let money = Money::parse_major(&amount, currency).map_err(|e| format!("{source}: {e}"))?;
-        money.positive().map_err(|e| format!("{source}: {e}"))
-    }
-}
-
-impl Deal {
-    /// Whether the card already shows every value `changes` would write (its custom fields, and
-    /// its stage when it names one): a retry whose earlier attempt's PATCH went out skips it, as
-    /// every PATCH is a change in the deal's history and fires the account's webhooks again.
-    pub fn shows(&self, changes: &Value) -> bool {
-        let stage_shown = changes.get("status_id").and_then(lenient_id).is_none_or(|stage| stage == self.status_id);
-        let written = changes.get("custom_fields_values").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        stage_shown
-            && written.iter().all(|field| {
-                let Some(id) = field.get("field_id").and_then(lenient_id) else { return false };
-                let Some(current) = self.custom_fields.iter().find(|f| f.get("field_id").and_then(lenient_id) == Some(id)) else { return false };
-                let (wanted, current) = (field.pointer("/values/0"), current.pointer("/values/0"));
-                match (wanted.and_then(|w| w.get("enum_id")), wanted.and_then(|w| w.get("value"))) {
-                    (Some(enum_id), _) => current.and_then(|c| c.get("enum_id")).and_then(lenient_id) == lenient_id(enum_id),
-                    (None, Some(value)) => current.and_then(|c| c.get("value")).is_some_and(|shown| same_value(shown, value)),
-                    (None, None) => false,
-                }
-            })
-    }
-}
-
-/// Kommo reads values back in its own types (a numeric field's `"99.5"` for the `99.5` written).
-fn same_value(shown: &Value, written: &Value) -> bool {
-    let number = |v: &Value| plain_text(v).trim().parse::<f64>().ok();
-    shown == written || plain_text(shown) == plain_text(written) || number(shown).is_some_and(|n| Some(n) == number(written))
+    let money = Money::parse_major(&amount, currency).map_err(|e| format!("{source}: {e}"))?;
+    money.positive().map_err(|e| format!("{source}: {e}"))
 }
 
 /// Writes `changes` to lead `lead_id` unless its card already shows them. The card is read only
 /// when `maybe_done` (an earlier attempt may have sent the PATCH, then died before its next
 /// step); a first attempt writes without reading.
-pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes: &Value, maybe_done: bool) -> Result<(), JobError> {
-    if maybe_done
-        && let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)?
-        && Deal::from_lead(&lead)?.shows(changes)
-    {
+pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes: &LeadChanges, maybe_done: bool) -> Result<(), JobError> {
+    if maybe_done && kommo.lead(lead_id).await.map_err(kommo_failed)?.is_some_and(|lead| lead.shows(changes)) {
         tracing::info!(lead_id, "the card already shows these values: an earlier attempt wrote them");
         return Ok(());
     }
     kommo.update_lead(lead_id, changes).await.map_err(kommo_failed)
 }
 
-/// A custom field value to write: `{"field_id", "values": [{"value"}]}`.
-pub(super) fn field_value(field_id: i64, value: Value) -> Value {
-    json!({ "field_id": field_id, "values": [{ "value": value }] })
-}
-
-/// A select field value to write: `{"field_id", "values": [{"enum_id"}]}`.
-pub(super) fn field_enum(field_id: i64, enum_id: i64) -> Value {
-    json!({ "field_id": field_id, "values": [{ "enum_id": enum_id }] })
-}
-
 /// Something went wrong that a manager must fix: a task for the deal's responsible manager, due
 /// within a day, and the fact in the log. Done once per job (the log entry is written after the
 /// task, and its presence stops a retry from adding a second one).
-pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Deal, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
+pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Lead, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
     let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
-    let mut task = json!({
-        "text": text,
-        "complete_till": chrono::Utc::now().timestamp() + 24 * 3600,
-        "entity_id": deal.id,
-        "entity_type": "leads",
-        "task_type_id": 1,
-    });
-    if let Some(user) = deal.responsible_user_id {
-        task["responsible_user_id"] = json!(user);
-    }
-    kommo.add_task_once(task, tried_before).await.map_err(kommo_failed)?;
+    let due = chrono::Utc::now().timestamp() + 24 * 3600;
+    let task = NewTask::call(deal.id, text, due, deal.responsible_user_id);
+    kommo.add_task_once(&task, tried_before).await.map_err(kommo_failed)?;
     fail::fail_point!("deal.task_added");
     tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact::of_job(account, kind, &dedup_key, deal.id, job_id, json!({ "task": text }));
@@ -207,12 +125,11 @@ pub(super) async fn mark_and_tell(
 ) -> Result<(), JobError> {
     let kommo = &clients.kommo;
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
+    let Some(mut deal) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
         tracing::info!(lead_id, "the deal no longer exists");
         return Ok(());
     };
-    let mut deal = Deal::from_lead(&lead)?;
-    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status(&fields.statuses))] });
+    let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, status(&fields.statuses))]);
     if !deal.shows(&changes) {
         kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
     }
@@ -227,7 +144,7 @@ pub(super) async fn mark_and_tell(
 /// first, so a PATCH an earlier attempt sent is not sent again.
 pub(super) async fn set_payment_status(clients: &AccountClients, job: &ClaimedJob, lead_id: i64, status: i64) -> Result<(), JobError> {
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
-    let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, status)] });
+    let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, status)]);
     update_lead_once(&clients.kommo, lead_id, &changes, job.attempt > 0).await?;
     fail::fail_point!("deal.status_written");
     Ok(())

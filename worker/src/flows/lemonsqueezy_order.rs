@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::Utc;
+use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges, NewContact, NewLead, NewLeadEmbedded, Tag};
 use kommo_pay_core::lemonsqueezy::event::{Object, Order};
 use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
 use kommo_pay_core::money::Money;
@@ -17,9 +18,8 @@ use kommo_pay_core::payments::Received;
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::self_serve::{self, Claim};
-use serde_json::{Value, json};
 
-use super::deal::{Deal, tell_manager, update_lead_once};
+use super::deal::{tell_manager, update_lead_once};
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, causing_lemonsqueezy_event, db_failed, kommo_failed};
 use crate::JobError;
@@ -78,7 +78,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let what = if status == "failed" { "failed" } else { "was flagged as fraudulent" };
             let text = format!("Lemon Squeezy order #{number} for {total} ({product}) {what}. Contact the client.");
-            tell_manager(&context.pool, &clients.kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "payment.failed", &text).await
+            tell_manager(&context.pool, &clients.kommo, &account.slug, &lead, job.id, "payment.failed", &text).await
         }
         ("order_refunded", _) => {
             let refunded_total = order.refunded_amount;
@@ -96,13 +96,13 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let Some(refunded) = record_refund(&context, clients, &received, refunded_total).await? else { return Ok(()) };
             let trigger = payment_links::trigger_of(&context.pool, &account.slug, lead_id).await.map_err(db_failed)?;
             if let Some(stage) = account.handling(trigger.as_deref()).refund_status_id {
-                update_lead_once(&clients.kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
+                update_lead_once(&clients.kommo, lead_id, &LeadChanges { status_id: Some(stage), ..LeadChanges::default() }, job.attempt > 0).await?;
             }
             fail::fail_point!("refund.stage_moved");
             let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let whole = if refunded_total >= total.minor() { "in full" } else { "partly" };
             let text = format!("Lemon Squeezy order #{number} ({product}) was refunded {whole}: {refunded} of {total}. Check with the client why.");
-            tell_manager(&context.pool, &clients.kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "refund.task", &text).await
+            tell_manager(&context.pool, &clients.kommo, &account.slug, &lead, job.id, "refund.task", &text).await
         }
         (name, status) => {
             tracing::info!(name, status, order = %id, "nothing to do for this order state");
@@ -137,8 +137,7 @@ async fn self_serve_deal(
         Claim::Yours { resumed: false } => {}
         Claim::Yours { resumed: true } => {
             let found = clients.kommo.search_leads(&marker).await.map_err(kommo_failed)?;
-            let existing = found.iter().find(|lead| lead.get("name").and_then(Value::as_str).is_some_and(|n| n.ends_with(&marker)));
-            if let Some(lead_id) = existing.and_then(|lead| lead.get("id")).and_then(kommo_pay_core::kommo::lenient_id) {
+            if let Some(lead_id) = found.iter().find(|lead| lead.name().ends_with(&marker)).map(|lead| lead.id) {
                 tracing::warn!(order = order_id, lead_id, "an interrupted attempt had created the deal already; using it");
                 self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;
                 return Ok(lead_id);
@@ -160,22 +159,21 @@ async fn self_serve_deal(
     let buyer = if order.user_name.is_empty() { &order.user_email } else { &order.user_name };
     let product = &order.product_name;
     let whole_units = total.minor() / 10i64.pow(total.currency().exponent());
-    let tags: Vec<Value> = config.tags.iter().map(|t| json!({ "name": t })).collect();
-    let lead = json!({
-        "name": format!("{product} — {buyer} {marker}"),
-        "price": whole_units,
-        "pipeline_id": config.pipeline_id,
-        "status_id": config.status_id,
-        "responsible_user_id": responsible,
-        "_embedded": {
-            "tags": tags,
-            "contacts": [{
-                "first_name": buyer,
-                "responsible_user_id": responsible,
-                "custom_fields_values": [{ "field_code": "EMAIL", "values": [{ "value": order.user_email, "enum_code": "WORK" }] }]
-            }]
-        }
-    });
+    let lead = NewLead {
+        name: format!("{product} — {buyer} {marker}"),
+        price: whole_units,
+        pipeline_id: config.pipeline_id,
+        status_id: config.status_id,
+        responsible_user_id: responsible,
+        embedded: NewLeadEmbedded {
+            tags: config.tags.iter().map(|name| Tag { name: name.clone() }).collect(),
+            contacts: vec![NewContact {
+                first_name: buyer.clone(),
+                responsible_user_id: responsible,
+                custom_fields_values: vec![FieldValue::work_email(&order.user_email)],
+            }],
+        },
+    };
     let lead_id = clients.kommo.create_lead_with_contact(&lead).await.map_err(kommo_failed)?;
     fail::fail_point!("self_serve.deal_created");
     self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;

@@ -16,7 +16,7 @@ use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::subscriptions::{self, Snapshot};
 
-use super::deal::{Deal, set_payment_status, tell_manager};
+use super::deal::{set_payment_status, tell_manager};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{Context, causing_lemonsqueezy_event, db_failed, kommo_failed};
@@ -123,13 +123,12 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     fail::fail_point!("subscription.stored");
     match name {
         "subscription_cancelled" => {
-            let Some(lead) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
+            let Some(mut deal) = clients.kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let ends = subscription.ends_on.as_deref().unwrap_or("the end of the period");
             let product = &subscription.product_name;
             let text = format!(
                 "The client cancelled the Lemon Squeezy subscription to {product}. It stays active until {ends}: find out why, and whether to win the client back."
             );
-            let mut deal = Deal::from_lead(&lead)?;
             let trigger = kommo_pay_core::payment_links::trigger_of(pool, &account.slug, lead_id).await.map_err(db_failed)?;
             if let Some(manager) = account.handling(trigger.as_deref()).success_manager_id {
                 deal.responsible_user_id = Some(manager);

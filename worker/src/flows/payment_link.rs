@@ -15,13 +15,14 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use kommo_pay_core::config::{FieldsSection, Trigger, TriggerProvider};
 use kommo_pay_core::kommo::client::KommoClient;
+use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
 use kommo_pay_core::lemonsqueezy::client::NewCheckout;
 use kommo_pay_core::payment_links::{self, Issued, Issuing, PaymentLink};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::NewPaymentLink;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::deal::{Deal, field_enum, field_value, tell_manager};
+use super::deal::{amount_due, tell_manager};
 use super::{Context, RequiredClients, db_failed, kommo_failed, lemonsqueezy_failed, stripe_failed};
 use crate::JobError;
 
@@ -49,12 +50,11 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
     let kommo = &clients.kommo;
 
     // The webhook was a snapshot: act on the deal as it is now.
-    let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
+    let Some(deal) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
         tracing::info!(lead_id, "the deal no longer exists; no link issued");
         return Ok(());
     };
-    let deal = Deal::from_lead(&lead)?;
-    let in_trigger_stage = (deal.pipeline_id, deal.status_id) == (trigger.pipeline_id, trigger.status_id);
+    let in_trigger_stage = deal.stage() == (trigger.pipeline_id, trigger.status_id);
 
     // Whether the flow applies is decided once, and recorded with the link: a link this job
     // issued means an earlier attempt decided, so its remaining steps are finished whatever the
@@ -67,7 +67,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
         }
         None => {
             let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
-            match decide(context, clients, job, trigger, fields, &deal, &lead, active).await? {
+            match decide(context, clients, job, trigger, fields, &deal, active).await? {
                 Some(link) => link,
                 None => return Ok(()),
             }
@@ -83,17 +83,15 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
         payment_links::set_status(pool, &account.slug, lead_id, job.id, &old, "deactivated").await.map_err(db_failed)?;
     }
 
-    let mut changes = json!({
-        "custom_fields_values": [
-            field_value(fields.payment_link, json!(link.url)),
-            field_enum(fields.payment_status, fields.statuses.awaiting),
-        ]
-    });
-    // The stage move belongs to the decision only while the deal is where it was decided: a deal
-    // that moved on (paid, or moved by its manager) keeps its stage.
-    if let Some(status_id) = trigger.move_to_status_id.filter(|_| in_trigger_stage) {
-        changes["status_id"] = json!(status_id);
-    }
+    let changes = LeadChanges {
+        // The stage move belongs to the decision only while the deal is where it was decided: a
+        // deal that moved on (paid, or moved by its manager) keeps its stage.
+        status_id: trigger.move_to_status_id.filter(|_| in_trigger_stage),
+        custom_fields_values: vec![
+            FieldValue::value(fields.payment_link, link.url.as_str()),
+            FieldValue::option(fields.payment_status, fields.statuses.awaiting),
+        ],
+    };
     if !offered {
         tracing::info!(lead_id, status = %link.status, "the link is no longer active; the card keeps what it shows");
     } else if deal.shows(&changes) {
@@ -125,21 +123,19 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
 /// Decides whether and which link the deal gets (its amount, the active link reused or a new
 /// one created and recorded): the decision the link's record keeps. `None` when none can be
 /// issued; the manager was told why.
-#[allow(clippy::too_many_arguments)]
 async fn decide(
     context: &Context,
     clients: &super::AccountClients,
     job: &ClaimedJob,
     trigger: &Trigger,
     fields: &FieldsSection,
-    deal: &Deal,
-    lead: &Value,
+    deal: &Lead,
     active: Option<PaymentLink>,
 ) -> Result<Option<PaymentLink>, JobError> {
     let account = &clients.account;
     let pool = &context.pool;
     let lead_id = deal.id;
-    let amount = match deal.amount_due(fields, account.default_currency) {
+    let amount = match amount_due(deal, fields, account.default_currency) {
         Ok(amount) => amount,
         Err(problem) => {
             let text = format!("No payment link was issued: {problem}. Fix it, then move the deal into the stage again.");
@@ -154,7 +150,7 @@ async fn decide(
         Some(link) => link,
         None => {
             // The client: their contact id travels with the payment, their email prefills the page.
-            let contact = main_contact(&clients.kommo, lead).await?;
+            let contact = main_contact(&clients.kommo, deal).await?;
             // Configured extras first, so that they can never overwrite the deal's own keys.
             let mut metadata = trigger.custom.clone();
             metadata.extend([
@@ -168,8 +164,8 @@ async fn decide(
             let email = contact.as_ref().and_then(|c| c.email.clone());
             let product_name = match &trigger.product_name {
                 Some(name) => name.clone(),
-                None if deal.name.trim().is_empty() => format!("Deal #{lead_id}"),
-                None => deal.name.clone(),
+                None if deal.name().trim().is_empty() => format!("Deal #{lead_id}"),
+                None => deal.name().to_owned(),
             };
             let created = match &trigger.provider {
                 TriggerProvider::Stripe => {
@@ -232,10 +228,10 @@ async fn decide(
 
 /// A link could not be issued for a reason no retry fixes: Payment Status stays "Not issued",
 /// and the manager gets a task saying why. The job is done.
-async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Deal, job_id: i64, text: &str) -> Result<(), JobError> {
+async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Lead, job_id: i64, text: &str) -> Result<(), JobError> {
     let kommo = &clients.kommo;
     if let Some(fields) = &clients.account.kommo.fields {
-        let changes = json!({ "custom_fields_values": [field_enum(fields.payment_status, fields.statuses.not_issued)] });
+        let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, fields.statuses.not_issued)]);
         kommo.update_lead(deal.id, &changes).await.map_err(kommo_failed)?;
     }
     tell_manager(&context.pool, kommo, &clients.account.slug, deal, job_id, "payment_link.failed", text).await
@@ -249,20 +245,8 @@ struct Contact {
 }
 
 /// The deal's main contact (its first one when none is marked main); `None` for a deal without.
-async fn main_contact(kommo: &KommoClient, lead: &Value) -> Result<Option<Contact>, JobError> {
-    let contacts = lead.pointer("/_embedded/contacts").and_then(Value::as_array).cloned().unwrap_or_default();
-    let main = contacts.iter().find(|c| c["is_main"] == true).or(contacts.first());
-    let Some(id) = main.and_then(|c| c.get("id")).and_then(kommo_pay_core::kommo::lenient_id) else {
-        return Ok(None);
-    };
+async fn main_contact(kommo: &KommoClient, deal: &Lead) -> Result<Option<Contact>, JobError> {
+    let Some(id) = deal.main_contact_id() else { return Ok(None) };
     let Some(contact) = kommo.contact(id).await.map_err(kommo_failed)? else { return Ok(Some(Contact { id, email: None, name: None })) };
-    let email = contact
-        .get("custom_fields_values")
-        .and_then(Value::as_array)
-        .and_then(|fields| fields.iter().find(|f| f["field_code"] == "EMAIL"))
-        .and_then(|f| f.pointer("/values/0/value"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let name = contact.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
-    Ok(Some(Contact { id, email, name }))
+    Ok(Some(Contact { id, email: contact.email(), name: contact.name().map(str::to_owned) }))
 }

@@ -10,7 +10,7 @@ use kommo_pay_core::payment_links;
 use kommo_pay_core::queue::ClaimedJob;
 use serde_json::Value;
 
-use super::deal::{Deal, launch_once, tell_manager};
+use super::deal::{launch_once, tell_manager};
 use super::{Context, db_failed, kommo_failed};
 use crate::JobError;
 
@@ -30,9 +30,8 @@ pub(super) async fn remind(context: Arc<Context>, job: ClaimedJob) -> Result<(),
         tracing::info!(link = link_id, status = %link.status, "no reminder: the link is no longer awaiting payment");
         return Ok(());
     }
-    let Some(lead) = clients.kommo.lead(link.lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
-    let deal = Deal::from_lead(&lead)?;
-    if matches!(deal.status_id, WON | LOST) {
+    let Some(deal) = clients.kommo.lead(link.lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
+    if matches!(deal.status_id, Some(WON | LOST)) {
         tracing::info!(lead_id = deal.id, "no reminder: the deal is closed");
         return Ok(());
     }

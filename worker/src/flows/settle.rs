@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning;
+use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
-use serde_json::json;
 
 use super::checkout_fields;
-use super::deal::{field_enum, field_value, update_lead_once};
+use super::deal::update_lead_once;
 use super::{AccountClients, Context, db_failed, kommo_failed};
 use crate::JobError;
 
@@ -114,18 +114,15 @@ pub(super) async fn write_payment_state(
         _ => statuses.partially_refunded,
     };
     let mut values = vec![
-        field_enum(fields.payment_status, status),
-        field_value(fields.payment_date, json!(settled.paid_at.timestamp())),
-        field_value(fields.paid_amount, json!(Money::from_minor(settled.amount_minor, currency).major())),
-        field_value(fields.payment_id, json!(payment_id)),
+        FieldValue::option(fields.payment_status, status),
+        FieldValue::value(fields.payment_date, settled.paid_at.timestamp()),
+        FieldValue::value(fields.paid_amount, Money::from_minor(settled.amount_minor, currency).major()),
+        FieldValue::value(fields.payment_id, payment_id.as_str()),
     ];
     if let Some(field) = fields.refunded_amount.filter(|_| settled.refunded_minor > 0) {
-        values.push(field_value(field, json!(Money::from_minor(settled.refunded_minor, currency).major())));
+        values.push(FieldValue::value(field, Money::from_minor(settled.refunded_minor, currency).major()));
     }
-    let mut changes = json!({ "custom_fields_values": values });
-    if let Some(stage) = won_stage.filter(|_| status == statuses.paid) {
-        changes["status_id"] = json!(stage);
-    }
+    let changes = LeadChanges { status_id: won_stage.filter(|_| status == statuses.paid), custom_fields_values: values };
     update_lead_once(&clients.kommo, lead_id, &changes, maybe_done).await
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning::Failure;
+use kommo_pay_core::kommo::lead::LeadChanges;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
 use kommo_pay_core::payments::{self, Received};
@@ -19,9 +20,8 @@ use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::event::Object;
 use kommo_pay_core::stripe::webhook::StripeEvent;
 use kommo_pay_core::subscriptions::{self, Snapshot};
-use serde_json::json;
 
-use super::deal::{Deal, Tell, mark_and_tell, note_once, tell_manager, update_lead_once};
+use super::deal::{Tell, mark_and_tell, note_once, tell_manager, update_lead_once};
 use super::overdue::charge_failed;
 use super::settle::{Payment, Settlement, record_refund, settle};
 use super::{AccountClients, Context, RequiredClients, causing_stripe_event, db_failed, kommo_failed, stripe_failed};
@@ -55,7 +55,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
             let kommo = &clients.kommo;
             let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
             let text = "The client's bank payment through the Stripe link failed. Contact the client; the link stays open for another try.";
-            return tell_manager(pool, kommo, &account.slug, &Deal::from_lead(&lead)?, job.id, "payment.failed", text).await;
+            return tell_manager(pool, kommo, &account.slug, &lead, job.id, "payment.failed", text).await;
         }
         _ => return Err(JobError::permanent(anyhow!("{kind} is not a payment event"))),
     };
@@ -205,7 +205,7 @@ pub(super) async fn apply_refund(context: Arc<Context>, job: ClaimedJob) -> Resu
     let kommo = &clients.kommo;
     let trigger = payment_links::trigger_of(pool, &account.slug, lead_id).await.map_err(db_failed)?;
     if let Some(stage) = account.handling(trigger.as_deref()).refund_status_id {
-        update_lead_once(kommo, lead_id, &json!({ "status_id": stage }), job.attempt > 0).await?;
+        update_lead_once(kommo, lead_id, &LeadChanges { status_id: Some(stage), ..LeadChanges::default() }, job.attempt > 0).await?;
     }
     let whole = if refunded_total >= paid.amount.minor() { "in full" } else { "partly" };
     let text = format!("Refunded {whole}: {refunded} of {} via Stripe", paid.amount);
