@@ -120,9 +120,10 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
 /// The deal's Stripe links that a newer link replaced and that may still be payable. (Lemon
 /// Squeezy checkouts cannot be deactivated: they stay `replaced` until their `expires_at`.)
 pub async fn replaced(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'replaced'")
+    sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = $3 AND lead_id = $2 AND status = 'replaced'")
         .bind(account)
         .bind(lead_id)
+        .bind(Provider::Stripe.as_str())
         .fetch_all(pool)
         .await
 }
@@ -136,9 +137,10 @@ pub async fn set_status(pool: &PgPool, account: &str, lead_id: i64, job_id: i64,
 
 /// The deal's active links' ids.
 pub async fn active_ids(pool: &PgPool, account: &str, lead_id: i64) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = 'stripe' AND lead_id = $2 AND status = 'active'")
+    sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = $3 AND lead_id = $2 AND status = 'active'")
         .bind(account)
         .bind(lead_id)
+        .bind(Provider::Stripe.as_str())
         .fetch_all(pool)
         .await
 }

@@ -71,6 +71,32 @@ impl StageChange {
     }
 }
 
+impl StageChange {
+    /// The change as the log keeps a status hook's (`leads[status][0]`, every value a string;
+    /// the event as Kommo listed it beside), so that everything reading the log reads it alike.
+    pub fn as_status_hook(&self, account_id: i64) -> Box<serde_json::value::RawValue> {
+        let (old_pipeline_id, old_status_id) = self.from.unwrap_or_default();
+        let payload = serde_json::json!({
+            "account": { "id": account_id.to_string() },
+            "item": {
+                "id": self.lead_id.to_string(),
+                "pipeline_id": self.to.0.to_string(),
+                "status_id": self.to.1.to_string(),
+                "old_pipeline_id": old_pipeline_id.to_string(),
+                "old_status_id": old_status_id.to_string(),
+                "last_modified": self.at.to_string(),
+            },
+            "kommo_event": self.raw,
+        });
+        serde_json::value::to_raw_value(&payload).expect("JSON serialises")
+    }
+
+    /// The log's key for it: Kommo's event id, which no hook carries.
+    pub fn dedup_key(&self) -> String {
+        format!("leads.status:{}:event-{}", self.lead_id, self.id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -108,6 +108,33 @@ impl NewCheckout {
     }
 }
 
+/// What reconciliation lists of a store: its orders or its subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Orders,
+    Subscriptions,
+}
+
+impl Listing {
+    fn resource(self) -> &'static str {
+        match self {
+            Listing::Orders => "orders",
+            Listing::Subscriptions => "subscriptions",
+        }
+    }
+}
+
+/// One object of a listing: typed, and as sent (a reconciled event carries it as its `data`).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: String,
+    pub object: super::event::Object,
+    pub raw: Value,
+}
+
+/// At most this many pages of 100 per listing and call; more waits for the next call.
+const MAX_PAGES: u32 = 50;
+
 /// What we keep of a checkout: its id (a UUID) and its signed URL, to be sent exactly as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
@@ -142,9 +169,27 @@ impl LemonSqueezyClient {
         }
     }
 
-    /// `GET` a resource, e.g. `v1/orders/1234`.
-    pub async fn get(&self, path: &str) -> Result<Value, Failed<LemonSqueezyError>> {
-        self.request(reqwest::Method::GET, path, None).await
+    /// The objects of `listing` in `store` created at or after `from`. Lemon Squeezy lists them
+    /// newest first by creation, so paging stops at the first older one (or after
+    /// [`MAX_PAGES`]).
+    pub async fn created_since(&self, listing: Listing, store: &str, from: DateTime<Utc>) -> Result<Vec<Listed>, Failed<LemonSqueezyError>> {
+        let resource = listing.resource();
+        let mut found = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let path = format!("v1/{resource}?filter[store_id]={store}&page[size]=100&page[number]={page}");
+            let answer = self.request(reqwest::Method::GET, &path, None).await?;
+            let data = answer.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+            let before = data.len();
+            found.extend(data.into_iter().filter(|object| created_at(object).is_some_and(|at| at >= from)).map(|raw| {
+                let id = raw.get("id").map(crate::plain_text).unwrap_or_default();
+                let attributes = raw.get("attributes").cloned().unwrap_or(Value::Null);
+                Listed { object: super::event::Object::decode(resource, &id, &attributes), id, raw }
+            }));
+            if found.len() < before || answer.pointer("/links/next").is_none_or(Value::is_null) {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// Sends the request, trying again a couple of times on a failure worth it (not a rate
@@ -203,4 +248,8 @@ impl LemonSqueezyClient {
             }
         }
     }
+}
+fn created_at(object: &Value) -> Option<DateTime<Utc>> {
+    let text = object.pointer("/attributes/created_at")?.as_str()?;
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }

@@ -29,8 +29,13 @@ pub struct Order {
     /// `paid`, `pending`, `failed`, `fraudulent`, `refunded`, `partial_refund`.
     pub status: String,
     pub total: Amount,
+    /// Before tax and discounts, in the order's minor units: what a checkout's custom price
+    /// was.
+    pub subtotal: Option<i64>,
     /// Cumulative, in the order's minor units.
     pub refunded_amount: i64,
+    /// Whether any of it was refunded.
+    pub refunded: bool,
     pub user_name: String,
     pub user_email: String,
     /// Of `first_order_item`.
@@ -42,6 +47,8 @@ pub struct Order {
 /// A subscription snapshot's attributes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
+    /// The order that started it.
+    pub order_id: String,
     /// `active`, `on_trial`, `paused`, `past_due`, `unpaid`, `cancelled`, `expired`.
     pub status: String,
     pub product_name: String,
@@ -89,7 +96,9 @@ impl Object {
                     number: Some(text("order_number")).filter(|n| !n.is_empty()).unwrap_or_else(|| id.to_owned()),
                     status: text("status"),
                     total: amount(),
+                    subtotal: number(attributes.get("subtotal")),
                     refunded_amount: refunded(),
+                    refunded: attributes.get("refunded").and_then(Value::as_bool).unwrap_or(false),
                     user_name: text("user_name"),
                     user_email: text("user_email"),
                     product_name: item("product_name"),
@@ -98,6 +107,7 @@ impl Object {
                 })
             }
             "subscriptions" => Object::Subscription(Subscription {
+                order_id: text("order_id"),
                 status: text("status"),
                 product_name: text("product_name"),
                 ends_on: Some(text("ends_at")).filter(|e| !e.is_empty()).map(|e| e.get(..10).unwrap_or(&e).to_owned()),
@@ -146,12 +156,13 @@ mod tests {
     #[test]
     fn an_order_reads_its_attributes_and_tolerates_odd_types() {
         let attributes = json!({
-            "order_number": 1234, "status": "paid", "currency": "USD", "total": "200000", "refunded_amount": null,
+            "order_number": 1234, "status": "paid", "currency": "USD", "total": "200000", "subtotal": 180000, "refunded_amount": null, "refunded": false,
             "user_name": "Jane", "user_email": "jane@client.example", "created_at": "2026-11-26T12:26:23.000000Z",
             "first_order_item": { "product_name": "Website redesign", "variant_id": 67890 }, "unknown": { "ignored": true }
         });
         let Object::Order(order) = Object::decode("orders", "1001", &attributes) else { panic!("an order") };
         assert_eq!((order.number.as_str(), order.status.as_str(), order.total.minor, order.refunded_amount), ("1234", "paid", 200000, 0));
+        assert_eq!((order.subtotal, order.refunded), (Some(180000), false));
         assert_eq!((order.product_name.as_str(), order.variant_id.as_str()), ("Website redesign", "67890"));
         assert_eq!(order.total.money().unwrap().to_string(), "2,000.00 USD");
         assert_eq!(order.created_at.unwrap().to_rfc3339(), "2026-11-26T12:26:23+00:00");

@@ -100,6 +100,18 @@ impl LemonSqueezyEvent {
     }
 }
 
+impl LemonSqueezyEvent {
+    /// The event a webhook named `name` would have delivered for `object` (a listed order or
+    /// subscription, `super::client::Listed::raw`), with the deal in its custom data: the same
+    /// envelope, so the same natural key, and a late webhook for the same fact is a duplicate.
+    pub fn announcing(name: &str, object: &Value, lead_id: Option<i64>) -> Result<LemonSqueezyEvent, PayloadError> {
+        let custom = lead_id.map(|lead| serde_json::json!({ LEAD_ID_CUSTOM_KEY: lead.to_string() }));
+        let test_mode = object.pointer("/attributes/test_mode").cloned().unwrap_or(Value::Bool(false));
+        let body = serde_json::json!({ "meta": { "event_name": name, "test_mode": test_mode, "custom_data": custom }, "data": object });
+        LemonSqueezyEvent::parse(body.to_string().as_bytes())
+    }
+}
+
 /// The natural key of a delivery, so that retries and resends collapse into one event.
 ///
 /// - `order_created` and `subscription_payment_success|failed|recovered` happen once per order or

@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
-use serde_json::json;
 use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
@@ -22,27 +21,12 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
     let changes = clients.kommo.stage_changes_since(from.timestamp()).await.context("listing Kommo stage changes")?;
     let mut missed = Vec::new();
     for change in changes {
-        let (lead_id, at, (pipeline_id, status_id)) = (change.lead_id, change.at, change.to);
-        if account.trigger_for(change.to).is_none() || delivered(pool, &account.slug, lead_id, status_id, at).await? {
+        let (lead_id, (_, status_id)) = (change.lead_id, change.to);
+        if account.trigger_for(change.to).is_none() || delivered(pool, &account.slug, lead_id, status_id, change.at).await? {
             continue;
         }
-        let (old_pipeline_id, old_status_id) = change.from.unwrap_or_default();
-        let id = &change.id;
-        // Shaped like a status hook's change, so that everything reading the log reads it alike.
-        let payload = json!({
-            "account": { "id": account.kommo.account_id.to_string() },
-            "item": {
-                "id": lead_id.to_string(),
-                "pipeline_id": pipeline_id.to_string(),
-                "status_id": status_id.to_string(),
-                "old_pipeline_id": old_pipeline_id.to_string(),
-                "old_status_id": old_status_id.to_string(),
-                "last_modified": at.to_string(),
-            },
-            "kommo_event": change.raw,
-        });
-        let payload = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
-        missed.push(NewEvent::new(&account.slug, Source::Kommo, "leads.status".into(), format!("leads.status:{lead_id}:event-{id}"), Some(lead_id), payload));
+        let payload = change.as_status_hook(account.kommo.account_id);
+        missed.push(NewEvent::new(&account.slug, Source::Kommo, "leads.status".into(), change.dedup_key(), Some(lead_id), payload));
     }
     Ok(missed)
 }
@@ -51,7 +35,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
 /// the change happened (Kommo's clock and ours may differ a little).
 async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND lead_id = $2 AND source = 'kommo'
+        "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND lead_id = $2 AND source = $5
              AND kind IN ('leads.status', 'leads.add') AND payload #>> '{item,status_id}' = $3
              AND received_at >= to_timestamp($4) - interval '1 minute')",
     )
@@ -59,6 +43,7 @@ async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, a
     .bind(lead_id)
     .bind(status_id.to_string())
     .bind(at as f64)
+    .bind(Source::Kommo.as_str())
     .fetch_one(pool)
     .await
 }
