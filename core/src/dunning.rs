@@ -8,6 +8,7 @@
 //! the deal a note; only a run of failures that outlasts the account's grace period makes the
 //! deal Overdue, with a task, once.
 
+use crate::ids::{JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -20,7 +21,7 @@ pub struct Failure<'a> {
     pub account: &'a str,
     pub provider: Provider,
     pub subscription_id: &'a str,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     pub failed_at: DateTime<Utc>,
     /// What failed, for the manager's task, e.g. "invoice in_1 of 49.90 EUR".
     pub what: &'a str,
@@ -51,7 +52,7 @@ pub enum Run {
 /// failure. Decided and recorded under the deal's lock, so a payment recorded at the same moment
 /// either is seen here or clears the run after it ([`clear`]): the outcome never depends on
 /// which of their jobs runs first. Recorded by job `job_id`.
-pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -> Result<Run, sqlx::Error> {
+pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: JobId) -> Result<Run, sqlx::Error> {
     let mut tx = pool.begin().await?;
     projections::lock_deal(&mut tx, failure.account, failure.lead_id).await?;
     let run = record_failure_in(&mut tx, failure, job_id).await?;
@@ -60,7 +61,7 @@ pub async fn record_failure(pool: &PgPool, failure: &Failure<'_>, job_id: i64) -
 }
 
 /// [`record_failure`] in the caller's transaction, which holds the deal's lock.
-pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure<'_>, job_id: i64) -> Result<Run, sqlx::Error> {
+pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure<'_>, job_id: JobId) -> Result<Run, sqlx::Error> {
     let overtaken: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE account = $1 AND lead_id = $2 AND coalesce(billed_for, paid_at) >= $3)")
             .bind(failure.account)
@@ -88,7 +89,7 @@ pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure
 /// paid) ends the deal's runs of failures (overdue or not) that stand at or before it; a late
 /// announcement of an older payment leaves a newer run open. Call it after the payment is
 /// recorded ([`crate::payments::record`]), so that a failure decided meanwhile sees it.
-pub async fn clear(pool: &PgPool, account: &str, lead_id: i64, order: DateTime<Utc>, job_id: i64) -> Result<u64, sqlx::Error> {
+pub async fn clear(pool: &PgPool, account: &str, lead_id: LeadId, order: DateTime<Utc>, job_id: JobId) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     projections::lock_deal(&mut tx, account, lead_id).await?;
     // Most payments end no run: record a change only when there is one to end.
@@ -109,7 +110,7 @@ pub async fn clear(pool: &PgPool, account: &str, lead_id: i64, order: DateTime<U
 
 /// Whether the deal has a run of failures marked overdue: what its card shows until a payment
 /// that stands after it clears it.
-pub async fn overdue(pool: &PgPool, account: &str, lead_id: i64) -> Result<bool, sqlx::Error> {
+pub async fn overdue(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dunning WHERE account = $1 AND lead_id = $2 AND overdue_at IS NOT NULL)")
         .bind(account)
         .bind(lead_id)
@@ -123,7 +124,7 @@ pub struct Open {
     pub run_id: Uuid,
     pub provider: String,
     pub subscription_id: String,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     pub failed_at: DateTime<Utc>,
     pub what: String,
     pub overdue_at: Option<DateTime<Utc>>,

@@ -4,6 +4,7 @@
 //! transaction and one round trip: the event and its work are committed together or not at all,
 //! and a redelivered event (same account, source and dedup key) changes nothing, not even its jobs.
 
+use crate::ids::{JobId, LeadId};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::PgExecutor;
@@ -51,7 +52,7 @@ pub struct NewEvent {
     pub source: Source,
     pub kind: String,
     pub dedup_key: String,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     /// The delivery as received (for Kommo, one change of the form body as JSON). Raw JSON
     /// text, passed through to `jsonb` without a parse-and-reserialise round trip.
     pub payload: Box<RawValue>,
@@ -60,7 +61,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<i64>, payload: Box<RawValue>) -> Self {
+    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<LeadId>, payload: Box<RawValue>) -> Self {
         NewEvent { id: Uuid::now_v7(), account: account.to_owned(), source, kind, dedup_key, lead_id, payload, headers: Value::Object(Default::default()) }
     }
 }
@@ -122,17 +123,17 @@ pub struct Fact<'a> {
     pub kind: &'a str,
     /// Once per key: a retry that records the same fact again changes nothing.
     pub dedup_key: &'a str,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     /// The event it follows from (an operator's replay of it, a dead job's cause).
     pub caused_by_event: Option<Uuid>,
     /// The job that established it.
-    pub caused_by_job: Option<i64>,
+    pub caused_by_job: Option<JobId>,
     pub payload: Value,
 }
 
 impl<'a> Fact<'a> {
     /// What job `job_id` established about deal `lead_id`.
-    pub fn of_job(account: &'a str, kind: &'a str, dedup_key: &'a str, lead_id: i64, job_id: i64, payload: Value) -> Fact<'a> {
+    pub fn of_job(account: &'a str, kind: &'a str, dedup_key: &'a str, lead_id: LeadId, job_id: JobId, payload: Value) -> Fact<'a> {
         Fact { account, kind, dedup_key, lead_id: Some(lead_id), caused_by_event: None, caused_by_job: Some(job_id), payload }
     }
 }

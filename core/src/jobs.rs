@@ -193,15 +193,16 @@ fn stage_entered(event: &NewEvent) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::LeadId;
     use serde_json::value::RawValue;
 
     fn event(source: Source, kind: &str) -> NewEvent {
-        NewEvent::new("acme", source, kind.into(), "k".into(), Some(7), RawValue::NULL.to_owned())
+        NewEvent::new("acme", source, kind.into(), "k".into(), Some(LeadId(7)), RawValue::NULL.to_owned())
     }
 
     fn kommo_change(kind: &str, pipeline: &str, status: &str) -> NewEvent {
         let payload = format!(r#"{{"account":{{"id":"1"}},"item":{{"id":"7","pipeline_id":"{pipeline}","status_id":"{status}"}}}}"#);
-        NewEvent::new("acme", Source::Kommo, kind.into(), "k".into(), Some(7), RawValue::from_string(payload).unwrap())
+        NewEvent::new("acme", Source::Kommo, kind.into(), "k".into(), Some(LeadId(7)), RawValue::from_string(payload).unwrap())
     }
 
     fn account() -> Account {
@@ -251,7 +252,7 @@ mod tests {
         let jobs = implied_by(&e, &account(), &JobPolicies::default());
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].kind, "stripe.payment");
-        assert_eq!((jobs[0].event_id, jobs[0].lead_id, jobs[0].account.as_str()), (e.id, Some(7), "acme"));
+        assert_eq!((jobs[0].event_id, jobs[0].lead_id, jobs[0].account.as_str()), (e.id, Some(LeadId(7)), "acme"));
         assert_eq!(jobs[0].args["event_id"], e.id.to_string());
         assert_eq!(jobs[0].max_attempts, 20);
         assert_eq!(implied_by(&event(Source::LemonSqueezy, "order_created"), &account(), &JobPolicies::default())[0].kind, "lemonsqueezy.order");

@@ -9,6 +9,7 @@ pub mod dunning;
 pub mod event_log;
 pub mod form;
 pub mod http;
+pub mod ids;
 pub mod jobs;
 pub mod kommo;
 pub mod lemonsqueezy;

@@ -1,6 +1,7 @@
 //! Payments received for deals (`payments`), kept with the `payment.received` events: one row
 //! per provider payment, however many events announce it.
 
+use crate::ids::{JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -12,14 +13,14 @@ pub struct Received<'a> {
     pub account: &'a str,
     pub provider: Provider,
     pub payment_id: &'a str,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     pub link_id: Option<&'a str>,
     pub amount: Money,
     pub paid_at: DateTime<Utc>,
     /// The billing period a subscription invoice pays for, when the provider says: the
     /// payment's place in the deal's order (ADR 14); otherwise `paid_at` is.
     pub billed_for: Option<DateTime<Utc>>,
-    pub job_id: i64,
+    pub job_id: JobId,
 }
 
 impl Received<'_> {
@@ -94,7 +95,7 @@ pub async fn record(pool: &PgPool, received: &Received<'_>) -> Result<Applicatio
 /// A payment as the deal shows it: how much was paid and how much of it refunded.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Settled {
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     pub amount_minor: i64,
     pub currency: String,
     pub refunded_minor: i64,
@@ -112,7 +113,7 @@ pub struct Newest {
     pub settled: Settled,
 }
 
-pub async fn newest(pool: &PgPool, account: &str, lead_id: i64) -> Result<Option<Newest>, sqlx::Error> {
+pub async fn newest(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Option<Newest>, sqlx::Error> {
     sqlx::query_as(
         "SELECT provider, payment_id, lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments
          WHERE account = $1 AND lead_id = $2 ORDER BY coalesce(billed_for, paid_at) DESC, paid_at DESC, payment_id DESC LIMIT 1",

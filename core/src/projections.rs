@@ -7,6 +7,7 @@
 //! tables equal the live ones. Leases (`payments.applying_*`, `self_serve_orders.creating_*`) are
 //! not projections: they only say who is working on something right now.
 
+use crate::ids::{JobId, LeadId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -132,7 +133,7 @@ impl Change {
     /// The fact's dedup key: the same change recorded twice (a retried job) is one fact. That is
     /// only right for changes that have no further effect when applied again, whatever happened
     /// in between (inserts that keep the first, values that only grow, newer-wins snapshots).
-    fn key(&self, lead_id: i64) -> String {
+    fn key(&self, lead_id: LeadId) -> String {
         let kind = self.kind();
         match self {
             Change::LinkIssued { provider, link_id, .. } | Change::LinkNoteAdded { provider, link_id } | Change::LinkSalesbotRun { provider, link_id } => {
@@ -159,9 +160,9 @@ impl Change {
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
     pub account: &'a str,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     /// The job that made it; none for the scheduler's own changes.
-    pub job_id: Option<i64>,
+    pub job_id: Option<JobId>,
     pub at: DateTime<Utc>,
 }
 
@@ -201,14 +202,14 @@ pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) ->
 /// Serialises the deal's changes until the caller's transaction ends: a decision that reads
 /// the projections and then records a change takes it first, so no other change of the deal
 /// comes between the read and the record.
-pub async fn lock_deal(conn: &mut PgConnection, account: &str, lead_id: i64) -> Result<(), sqlx::Error> {
+pub async fn lock_deal(conn: &mut PgConnection, account: &str, lead_id: LeadId) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(account).bind(lead_id).execute(&mut *conn).await.map(drop)
 }
 
 /// Whether job `job_id` recorded `change` for the deal: what a retry of that job asks to learn
 /// that its decision was made (the change recorded) even though recording it again changes
 /// nothing now.
-pub async fn recorded_by_job(pool: &PgPool, account: &str, lead_id: i64, change: &Change, job_id: i64) -> Result<bool, sqlx::Error> {
+pub async fn recorded_by_job(pool: &PgPool, account: &str, lead_id: LeadId, change: &Change, job_id: JobId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2 AND caused_by_job = $3)")
         .bind(account)
         .bind(change.key(lead_id))
@@ -453,7 +454,7 @@ pub async fn rebuild(pool: &PgPool) -> Result<Rebuilt, RebuildError> {
             let unreadable = |problem: String| RebuildError::Unreadable { seq, problem };
             let at: DateTime<Utc> = serde_json::from_value(payload["at"].clone()).map_err(|e| unreadable(format!("at: {e}")))?;
             let change: Change = serde_json::from_value(payload).map_err(|e| unreadable(e.to_string()))?;
-            apply(&mut tx, Meta { account: &account, lead_id, job_id, at }, &change).await?;
+            apply(&mut tx, Meta { account: &account, lead_id: LeadId(lead_id), job_id: job_id.map(JobId), at }, &change).await?;
             changes += 1;
         }
     }

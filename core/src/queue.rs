@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 use uuid::Uuid;
 
+use crate::ids::{JobId, LeadId};
 use crate::provider::Provider;
 
 /// The channel on which workers LISTEN for "there is new work".
@@ -25,7 +26,7 @@ pub struct NewJob {
     pub kind: String,
     pub args: Value,
     pub account: String,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     /// The event whose arrival implies this job.
     pub event_id: Uuid,
     pub max_attempts: i32,
@@ -72,7 +73,7 @@ impl Waker {
 
 /// Enqueues one job outside ingest's append (a job that hangs off a fact recorded in the same
 /// transaction); a job whose unique key is taken is not enqueued again. Returns its id if new.
-pub async fn enqueue<'e>(db: impl sqlx::PgExecutor<'e>, job: &NewJob) -> Result<Option<i64>, sqlx::Error> {
+pub async fn enqueue<'e>(db: impl sqlx::PgExecutor<'e>, job: &NewJob) -> Result<Option<JobId>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO jobs (event_id, kind, args, account, lead_id, max_attempts, unique_key) VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id",
@@ -99,11 +100,11 @@ pub async fn wake_workers(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// overwritten by a late outcome.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
-    pub id: i64,
+    pub id: JobId,
     pub kind: String,
     pub args: Value,
     pub account: String,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     pub event_id: Option<Uuid>,
     /// Attempts already used before this one.
     pub attempt: i32,
@@ -166,7 +167,7 @@ pub async fn claim(pool: &PgPool, owner: &str, kinds: &[String], limit: i64, max
 }
 
 /// Marks `ids` completed; returns those that were still this owner's to complete.
-pub async fn complete(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn complete(pool: &PgPool, owner: &str, ids: &[JobId]) -> Result<Vec<JobId>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE jobs SET state = 'completed', attempt = attempt + 1, finished_at = now(),
                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
@@ -197,7 +198,7 @@ pub enum Fate {
 /// manager; all in the same statement. Alerts raise no
 /// alerts of their own, so a blocked Kommo account cannot make them loop. Returns false
 /// when the job was no longer this owner's (rescued meanwhile): nothing was written.
-pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, alert_attempts: i32) -> Result<bool, sqlx::Error> {
+pub async fn fail(pool: &PgPool, owner: &str, id: JobId, error: &str, fate: Fate, alert_attempts: i32) -> Result<bool, sqlx::Error> {
     let (state, run_at) = match fate {
         Fate::Defer(at, waiting_for) => return defer(pool, owner, id, at, waiting_for).await,
         Fate::Retry(at) => ("retryable", Some(at)),
@@ -240,10 +241,10 @@ pub async fn fail(pool: &PgPool, owner: &str, id: i64, error: &str, fate: Fate, 
 /// A job as it was dead-lettered: what its fact and its alert say of it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLettered {
-    pub id: i64,
+    pub id: JobId,
     pub kind: String,
     pub account: String,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     pub event_id: Option<Uuid>,
     /// Attempts used, this one included.
     pub attempt: i32,
@@ -253,7 +254,7 @@ pub struct DeadLettered {
 /// Gives job `id` back to wait for `waiting_for`'s rate limit until `at`: its attempt is not
 /// counted and no error is written (waiting for a budget is not failing). Returns false when
 /// the job was no longer this owner's.
-async fn defer(pool: &PgPool, owner: &str, id: i64, at: DateTime<Utc>, waiting_for: Provider) -> Result<bool, sqlx::Error> {
+async fn defer(pool: &PgPool, owner: &str, id: JobId, at: DateTime<Utc>, waiting_for: Provider) -> Result<bool, sqlx::Error> {
     let deferred = sqlx::query(
         "UPDATE jobs SET state = CASE WHEN attempt = 0 THEN 'available' ELSE 'retryable' END, run_at = $3, waiting_for = $4,
                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL
@@ -276,7 +277,7 @@ pub async fn heartbeat(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 
 /// Gives `owner`'s running jobs back to the queue untouched (attempts are counted at outcome,
 /// not at claim), e.g. jobs claimed but not started when the worker stops.
-pub async fn release(pool: &PgPool, owner: &str, ids: Option<&[i64]>) -> Result<u64, sqlx::Error> {
+pub async fn release(pool: &PgPool, owner: &str, ids: Option<&[JobId]>) -> Result<u64, sqlx::Error> {
     let released = sqlx::query(
         "UPDATE jobs SET state = CASE WHEN attempt = 0 THEN 'available' ELSE 'retryable' END,
                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL

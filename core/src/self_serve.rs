@@ -1,6 +1,7 @@
 //! Self-serve buyers: the deal created for an order that named none (`self_serve_orders`), and
 //! the round-robin cursor that assigns their managers (`round_robin`).
 
+use crate::ids::{JobId, LeadId};
 use chrono::Utc;
 use sqlx::PgPool;
 
@@ -11,7 +12,7 @@ use crate::provider::Provider;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// The deal exists already.
-    Existing(i64),
+    Existing(LeadId),
     /// This job: create it, then [`record_lead`]. `resumed` when an earlier attempt (this job's
     /// or an abandoned one's) held the claim: it may have created the deal before it stopped, so
     /// look for it first.
@@ -22,7 +23,7 @@ pub enum Claim {
 
 /// Claims the creation of the deal for `order_id`. A lease older than five minutes counts as
 /// abandoned (its job died before Kommo answered).
-pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &str, job_id: i64) -> Result<Claim, sqlx::Error> {
+pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &str, job_id: JobId) -> Result<Claim, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO self_serve_orders (account, provider, order_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(account)
@@ -50,21 +51,21 @@ pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &
     .await?;
     tx.commit().await?;
     Ok(match (lead_id, creating_job) {
-        (Some(lead), _) => Claim::Existing(lead),
-        (None, Some(job)) if job == job_id => Claim::Yours { resumed: earlier.is_some() },
+        (Some(lead), _) => Claim::Existing(LeadId(lead)),
+        (None, Some(job)) if JobId(job) == job_id => Claim::Yours { resumed: earlier.is_some() },
         _ => Claim::Busy,
     })
 }
 
 /// The deal created for `order_id`, stored the moment Kommo returned it, by job `job_id`.
-pub async fn record_lead(pool: &PgPool, account: &str, provider: Provider, order_id: &str, lead_id: i64, job_id: i64) -> Result<(), sqlx::Error> {
+pub async fn record_lead(pool: &PgPool, account: &str, provider: Provider, order_id: &str, lead_id: LeadId, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::SelfServeDealCreated { provider: provider.to_string(), order_id: order_id.to_owned() };
     projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal created for `order_id`, if any.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, order_id: &str) -> Result<Option<i64>, sqlx::Error> {
-    let lead: Option<Option<i64>> = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3")
+pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, order_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
+    let lead: Option<Option<LeadId>> = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3")
         .bind(account)
         .bind(provider)
         .bind(order_id)

@@ -1,5 +1,6 @@
 //! Provider subscriptions and their deals (`subscriptions`).
 
+use crate::ids::{JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -12,7 +13,7 @@ pub struct Snapshot<'a> {
     pub account: &'a str,
     pub provider: Provider,
     pub subscription_id: &'a str,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     pub status: &'a str,
     pub updated_at: DateTime<Utc>,
 }
@@ -46,7 +47,7 @@ pub struct Stored {
 /// saying it is paid ends the subscription's runs that began before it. All in one transaction
 /// under the deal's lock, so two snapshots (or a snapshot and a payment) handled at the same
 /// moment end as they would one after the other, in the provider's order (ADR 14).
-pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64, what: &str) -> Result<Stored, sqlx::Error> {
+pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: JobId, what: &str) -> Result<Stored, sqlx::Error> {
     let change = Change::SubscriptionSnapshot {
         provider: snapshot.provider.to_string(),
         subscription_id: snapshot.subscription_id.to_owned(),
@@ -79,7 +80,7 @@ pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: i64, what: &s
 }
 
 /// The deal of a subscription we have seen.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, subscription_id: &str) -> Result<Option<i64>, sqlx::Error> {
+pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, subscription_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
     sqlx::query_scalar("SELECT lead_id FROM subscriptions WHERE account = $1 AND provider = $2 AND subscription_id = $3")
         .bind(account)
         .bind(provider)

@@ -36,12 +36,12 @@ pub fn int<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D:
 }
 
 /// An id field, as [`lenient_id`] reads it; anything else reads as absent.
-pub fn id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    Ok(lenient_id(&Value::deserialize(deserializer)?))
+pub fn id<'de, D: Deserializer<'de>, T: From<i64>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    Ok(lenient_id(&Value::deserialize(deserializer)?).map(T::from))
 }
 
 /// An id the object cannot be without: an object that lacks it fails to decode.
-pub fn required_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub fn required_id<'de, D: Deserializer<'de>, T: From<i64>>(deserializer: D) -> Result<T, D::Error> {
     id(deserializer)?.ok_or_else(|| serde::de::Error::custom("an id is neither a positive number nor a string of digits"))
 }
 

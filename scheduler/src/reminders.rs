@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use kommo_pay_core::config::{Accounts, JobPolicies};
 use kommo_pay_core::event_log::{self, NewEvent, Source};
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::jobs;
 use serde_json::json;
 use sqlx::PgPool;
@@ -49,8 +50,14 @@ impl Reminders {
                     let payload = json!({ "link_id": link_id, "url": url, "amount_minor": amount_minor, "currency": currency, "reminder": number });
                     let raw = serde_json::value::to_raw_value(&payload).expect("JSON serialises");
                     // One reminder per link and number: the event's key; its job goes with it.
-                    let event =
-                        NewEvent::new(&account.slug, Source::Internal, jobs::REMINDER_DUE.into(), format!("reminder:{link_id}:{number}"), Some(lead_id), raw);
+                    let event = NewEvent::new(
+                        &account.slug,
+                        Source::Internal,
+                        jobs::REMINDER_DUE.into(),
+                        format!("reminder:{link_id}:{number}"),
+                        Some(LeadId(lead_id)),
+                        raw,
+                    );
                     implied.extend(jobs::implied_by(&event, account, &self.policies));
                     events.push(event);
                 }

@@ -1,4 +1,5 @@
 use kommo_pay_core::event_log::{self, NewEvent, Source};
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::queue::NewJob;
 use serde_json::json;
 
@@ -10,7 +11,7 @@ fn event(dedup_key: &str) -> NewEvent {
         Source::Internal,
         "test.fact".into(),
         dedup_key.into(),
-        Some(1),
+        Some(LeadId(1)),
         serde_json::value::to_raw_value(&json!({ "n": dedup_key })).unwrap(),
     )
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kommo_pay_core::config::WorkerConfig;
+use kommo_pay_core::ids::JobId;
 use kommo_pay_core::queue;
 use kommo_pay_worker::{Handlers, Worker};
 
@@ -15,7 +16,7 @@ use crate::helpers::*;
 const KIND: &str = "test.fair";
 
 /// `n` runnable jobs of `account`; returns their ids, oldest first.
-async fn backlog(db: &TestDb, account: &str, n: i64) -> Vec<i64> {
+async fn backlog(db: &TestDb, account: &str, n: i64) -> Vec<JobId> {
     sqlx::query_scalar("INSERT INTO jobs (kind, account, max_attempts) SELECT $1, $2, 3 FROM generate_series(1, $3) RETURNING id")
         .bind(KIND)
         .bind(account)
@@ -44,7 +45,7 @@ async fn with_more_of_one_accounts_jobs_than_slots_another_accounts_job_is_in_th
     let a = backlog(&db, "agency-a", 10).await;
     let b = backlog(&db, "agency-b", 10).await;
     let c = backlog(&db, "agency-c", 10).await;
-    let ids: Vec<i64> = queue::claim(&db.pool, "w1", &[KIND.to_owned()], 6, 100).await.unwrap().iter().map(|j| j.id).collect();
+    let ids: Vec<JobId> = queue::claim(&db.pool, "w1", &[KIND.to_owned()], 6, 100).await.unwrap().iter().map(|j| j.id).collect();
     let mut expected = vec![a[0], a[1], b[0], b[1], c[0], c[1]];
     expected.sort();
     assert_eq!(ids, expected);

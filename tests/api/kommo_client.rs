@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kommo_pay_core::ids::{ContactId, LeadId};
 use kommo_pay_core::kommo::activity::NewTask;
 use kommo_pay_core::kommo::client::{Credentials, KommoClient, KommoError};
 use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges};
@@ -38,10 +39,10 @@ async fn reads_a_lead_and_treats_204_as_none() {
     kommo.add_lead(lead());
     let client = client(&db, &kommo, 50.0);
 
-    let found = client.lead(15318175).await.unwrap().unwrap();
-    assert_eq!((found.main_contact_id(), found.name(), found.price().as_deref()), (Some(9012345), "Website redesign", Some("2000")));
+    let found = client.lead(LeadId(15318175)).await.unwrap().unwrap();
+    assert_eq!((found.main_contact_id(), found.name(), found.price().as_deref()), (Some(ContactId(9012345)), "Website redesign", Some("2000")));
     assert_eq!(kommo.requests()[0].path, "/api/v4/leads?limit=250&page=1&with=contacts&filter[id][]=15318175");
-    assert!(client.lead(1).await.unwrap().is_none());
+    assert!(client.lead(LeadId(1)).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -52,10 +53,10 @@ async fn writes_fields_notes_tasks_and_launches_a_salesbot() {
     let client = client(&db, &kommo, 50.0);
 
     let fields = LeadChanges::fields(vec![FieldValue::value(1, "https://buy.stripe.com/test_1")]);
-    client.update_lead(15318175, &fields).await.unwrap();
-    client.add_lead_note_once(15318175, "Payment link issued", false).await.unwrap();
-    client.add_task_once(&NewTask::call(15318175, "Call", 1764200000, None), false).await.unwrap();
-    client.run_salesbot(77, 15318175).await.unwrap();
+    client.update_lead(LeadId(15318175), &fields).await.unwrap();
+    client.add_lead_note_once(LeadId(15318175), "Payment link issued", false).await.unwrap();
+    client.add_task_once(&NewTask::call(LeadId(15318175), "Call", 1764200000, None), false).await.unwrap();
+    client.run_salesbot(77, LeadId(15318175)).await.unwrap();
 
     assert_eq!(kommo.requests()[0].method, axum::http::Method::PATCH);
     assert_eq!(kommo.lead(15318175).unwrap()["custom_fields_values"][0]["values"][0]["value"], "https://buy.stripe.com/test_1");
@@ -75,9 +76,9 @@ async fn reads_many_leads_in_lists_of_250() {
     }
     let client = client(&db, &kommo, 50.0);
 
-    let found = client.leads((1..=620).collect()).await.unwrap();
+    let found = client.leads((1..=620).map(LeadId).collect()).await.unwrap();
     assert_eq!(found.len(), 600);
-    assert_eq!(found[&317].name(), "Deal 317");
+    assert_eq!(found[&LeadId(317)].name(), "Deal 317");
     let lists: Vec<_> = kommo.requests().into_iter().filter(|r| r.path.starts_with("/api/v4/leads?")).collect();
     assert_eq!(lists.len(), 3, "⌈620 / 250⌉ lists");
     assert!(lists.iter().all(|r| r.path.matches("filter[id][]=").count() <= 250));
@@ -89,13 +90,13 @@ async fn a_429_pauses_the_account_for_every_client() {
     let kommo = FakeKommo::start().await;
     kommo.answer_next(429, "application/problem+json", r#"{"title":"Too Many Requests","status":429,"detail":"slow down","retry_after":300}"#);
 
-    let error = client(&db, &kommo, 50.0).lead(15318175).await.unwrap_err();
+    let error = client(&db, &kommo, 50.0).lead(LeadId(15318175)).await.unwrap_err();
     assert!(matches!(error, KommoError::RateLimited { retry_after, .. } if retry_after == Duration::from_secs(300)), "{error:?}");
     assert!(error.is_retryable());
 
     // Another process's client does not call Kommo during the pause.
     let other = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), 50.0);
-    assert!(matches!(other.lead(15318175).await, Err(KommoError::RateLimited { .. })));
+    assert!(matches!(other.lead(LeadId(15318175)).await, Err(KommoError::RateLimited { .. })));
     assert_eq!(kommo.requests().len(), 1);
 }
 
@@ -111,15 +112,15 @@ async fn a_403_blocks_the_account_until_an_operator_clears_it() {
     );
     let client = client(&db, &kommo, 50.0);
 
-    let error = client.lead(15318175).await.unwrap_err();
+    let error = client.lead(LeadId(15318175)).await.unwrap_err();
     assert!(error.needs_operator() && !error.is_retryable(), "{error:?}");
     assert!(error.to_string().contains("403 Forbidden"), "{error}");
-    let again = client.lead(15318175).await.unwrap_err();
+    let again = client.lead(LeadId(15318175)).await.unwrap_err();
     assert!(matches!(again, KommoError::Blocked { .. }));
     assert_eq!(kommo.requests().len(), 1, "nothing reaches Kommo while blocked");
 
     sqlx::query("UPDATE api_limits SET blocked_at = NULL, blocked_reason = NULL WHERE provider = 'kommo'").execute(&db.pool).await.unwrap();
-    assert!(client.lead(15318175).await.unwrap().is_some());
+    assert!(client.lead(LeadId(15318175)).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -129,24 +130,24 @@ async fn errors_are_classified() {
     let client = client(&db, &kommo, 50.0);
 
     kommo.answer_next(400, "application/problem+json", r#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id","detail":"no such field"}]}],"title":"Bad Request","status":400,"detail":"Request validation failed"}"#);
-    let refused = client.update_lead(1, &LeadChanges::default()).await.unwrap_err();
+    let refused = client.update_lead(LeadId(1), &LeadChanges::default()).await.unwrap_err();
     assert!(matches!(refused, KommoError::Refused { status: 400, .. }) && !refused.is_retryable());
     assert!(refused.to_string().contains("NotSupportedChoice"), "{refused}");
 
     assert!(refused.to_string().contains("PATCH api/v4/leads"), "the error names the call: {refused}");
 
     kommo.answer_next(500, "application/problem+json", r#"{"title":"Internal Server Error","status":500,"trace_id":"abc"}"#);
-    let failed = client.lead(1).await.unwrap_err();
+    let failed = client.lead(LeadId(1)).await.unwrap_err();
     assert!(failed.is_retryable());
     assert!(failed.to_string().starts_with("Kommo is unavailable: 500 from GET api/v4/leads"), "{failed}");
 
     let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
-    let unauthorized = wrong_token.lead(1).await.unwrap_err();
+    let unauthorized = wrong_token.lead(LeadId(1)).await.unwrap_err();
     assert!(unauthorized.needs_operator(), "{unauthorized:?}");
     assert!(!unauthorized.to_string().contains("revoked"), "the token never appears in errors");
 
     kommo.delay(Duration::from_secs(3));
-    let slow = client.lead(1).await.unwrap_err();
+    let slow = client.lead(LeadId(1)).await.unwrap_err();
     assert!(matches!(slow, KommoError::Unavailable(_)) && slow.is_retryable(), "a timeout is retryable: {slow:?}");
     assert!(slow.to_string().contains("GET api/v4/leads: timed out"), "{slow}");
 }
@@ -207,13 +208,13 @@ async fn oauth_refreshes_once_across_processes_and_stores_the_rotated_pair_first
     let other_process = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
     let (a, b) = (oauth_client(db.pool.clone(), &kommo), oauth_client(other_process, &kommo));
 
-    let (ra, rb) = tokio::join!(a.lead(15318175), b.lead(15318175));
+    let (ra, rb) = tokio::join!(a.lead(LeadId(15318175)), b.lead(LeadId(15318175)));
 
     assert!(ra.unwrap().is_some() && rb.unwrap().is_some());
     assert_eq!(kommo.oauth().refreshes, 1, "one refresh for both: the first refresh token is single-use");
     let (access, refresh): (String, String) = sqlx::query_as("SELECT access_token, refresh_token FROM kommo_tokens").fetch_one(&db.pool).await.unwrap();
     assert_eq!((access.as_str(), refresh.as_str()), ("oauth-access-1", "oauth-refresh-1"));
-    a.lead(15318175).await.unwrap();
+    a.lead(LeadId(15318175)).await.unwrap();
     assert_eq!(kommo.oauth().refreshes, 1, "a fresh token is reused");
 }
 
@@ -225,13 +226,13 @@ async fn oauth_refreshes_before_expiry_and_after_a_401() {
     kommo.enable_oauth("integration-uuid", "client-secret", "first-refresh-token", 60);
     let client = oauth_client(db.pool.clone(), &kommo);
 
-    client.lead(15318175).await.unwrap();
-    client.lead(15318175).await.unwrap();
+    client.lead(LeadId(15318175)).await.unwrap();
+    client.lead(LeadId(15318175)).await.unwrap();
     assert_eq!(kommo.oauth().refreshes, 2, "a token with a minute left is refreshed before use");
 
     kommo.enable_oauth("integration-uuid", "client-secret", "oauth-refresh-2", 86400);
     kommo.revoke_access_token();
-    assert!(client.lead(15318175).await.unwrap().is_some(), "a 401 refreshes once and tries again");
+    assert!(client.lead(LeadId(15318175)).await.unwrap().is_some(), "a 401 refreshes once and tries again");
     assert_eq!(kommo.oauth().refreshes, 1);
 }
 
@@ -241,7 +242,7 @@ async fn a_refused_refresh_token_needs_an_operator() {
     let kommo = FakeKommo::start().await;
     kommo.enable_oauth("integration-uuid", "client-secret", "some-other-token", 86400);
 
-    let error = oauth_client(db.pool.clone(), &kommo).lead(15318175).await.unwrap_err();
+    let error = oauth_client(db.pool.clone(), &kommo).lead(LeadId(15318175)).await.unwrap_err();
 
     assert!(error.needs_operator(), "{error:?}");
     assert!(error.to_string().contains("connect the integration again with `kommo-pay kommo connect`"), "{error}");
@@ -258,7 +259,7 @@ async fn concurrent_writes_to_an_account_share_requests() {
     let client = client(&db, &kommo, 2.0);
 
     let changes: Vec<_> = (1..=12).map(|id| (id, LeadChanges { status_id: Some(id * 100), ..LeadChanges::default() })).collect();
-    let writes = changes.iter().map(|(id, change)| client.update_lead(*id, change));
+    let writes = changes.iter().map(|(id, change)| client.update_lead(LeadId(*id), change));
     for result in futures_util::future::join_all(writes).await {
         result.unwrap();
     }
@@ -275,7 +276,7 @@ async fn one_refused_write_fails_alone_not_its_whole_batch() {
     let db = TestDb::new().await;
     let kommo = FakeKommo::start().await;
     let client = client(&db, &kommo, 2.0);
-    let [first, blank, third] = ["first", " ", "third"].map(|text| NewTask::call(1, text, 1764200000, None));
+    let [first, blank, third] = ["first", " ", "third"].map(|text| NewTask::call(LeadId(1), text, 1764200000, None));
 
     let (a, bad, c) = tokio::join!(client.add_task_once(&first, false), client.add_task_once(&blank, false), client.add_task_once(&third, false));
 
@@ -300,8 +301,8 @@ async fn checks_before_retried_notes_and_tasks_read_many_leads_at_once() {
     kommo.add_note(json!({ "entity_id": 7, "note_type": "common", "params": { "text": "Paid" } }));
     let client = client(&db, &kommo, 50.0);
 
-    futures_util::future::join_all(leads.iter().map(|id| client.add_lead_note_once(*id, "Paid", true))).await.into_iter().for_each(|r| r.unwrap());
-    let tasks: Vec<NewTask> = leads.iter().map(|id| NewTask::call(*id, "Call the client", 1764200000, None)).collect();
+    futures_util::future::join_all(leads.iter().map(|id| client.add_lead_note_once(LeadId(*id), "Paid", true))).await.into_iter().for_each(|r| r.unwrap());
+    let tasks: Vec<NewTask> = leads.iter().map(|id| NewTask::call(LeadId(*id), "Call the client", 1764200000, None)).collect();
     futures_util::future::join_all(tasks.iter().map(|task| client.add_task_once(task, true))).await.into_iter().for_each(|r| r.unwrap());
 
     let requests = kommo.requests();

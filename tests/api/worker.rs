@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use kommo_pay_core::config::WorkerConfig;
 use kommo_pay_core::event_log::{self, NewEvent, Source};
+use kommo_pay_core::ids::{JobId, LeadId};
 use kommo_pay_core::queue::{self, NewJob};
 use kommo_pay_worker::{Handlers, JobError, Ran, Rescuer, Worker};
 use serde_json::{Value, json};
@@ -42,14 +43,14 @@ async fn enqueue(db: &TestDb, kind: &str, max_attempts: i32) -> i64 {
         Source::Internal,
         "test.fact".into(),
         uuid::Uuid::new_v4().to_string(),
-        Some(15318175),
+        Some(LeadId(15318175)),
         serde_json::value::to_raw_value(&json!({})).unwrap(),
     );
     let job = NewJob {
         kind: kind.into(),
         args: json!({ "n": 1 }),
         account: ACCOUNT.into(),
-        lead_id: Some(15318175),
+        lead_id: Some(LeadId(15318175)),
         event_id: event.id,
         max_attempts,
         unique_key: None,
@@ -203,8 +204,8 @@ async fn a_late_outcome_never_overwrites_a_rescued_job() {
     let rescued = rescuer(&db, Duration::from_secs(5), Duration::from_secs(3600)).run_once().await.unwrap();
     assert_eq!((rescued.retried, rescued.dead), (1, 0));
 
-    assert!(queue::complete(&db.pool, "old-owner", &[id]).await.unwrap().is_empty());
-    assert!(!queue::fail(&db.pool, "old-owner", id, "late", queue::Fate::Dead, 10).await.unwrap());
+    assert!(queue::complete(&db.pool, "old-owner", &[JobId(id)]).await.unwrap().is_empty());
+    assert!(!queue::fail(&db.pool, "old-owner", JobId(id), "late", queue::Fate::Dead, 10).await.unwrap());
     assert_eq!(state(&db, id).await, ("retryable".into(), 1));
     let backs_off: bool = sqlx::query_scalar("SELECT run_at > now() FROM jobs WHERE id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
     assert!(backs_off, "a lost attempt is retried after its kind's backoff, like any failed one");
@@ -318,8 +319,8 @@ async fn two_workers_run_every_job_exactly_once() {
     for _ in 0..200 {
         ids.push(enqueue(&db, KIND, 5).await);
     }
-    let runs: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
-    let handlers = |runs: Arc<Mutex<HashMap<i64, usize>>>| {
+    let runs: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let handlers = |runs: Arc<Mutex<HashMap<JobId, usize>>>| {
         Handlers::new().on(KIND, move |job| {
             let runs = runs.clone();
             async move {

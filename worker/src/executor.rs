@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use futures_util::future::{self, BoxFuture};
 use kommo_pay_core::config::{JobPolicies, WorkerConfig};
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::kommo::client::with_lead_read;
 use kommo_pay_core::queue::{self, ClaimedJob, Fate};
 use kommo_pay_core::retry_policy::RetryPolicy;
@@ -197,7 +198,7 @@ type GroupRead = future::Shared<BoxFuture<'static, Option<GroupDeals>>>;
 /// one list request per 250, and each job's first read is answered from it. Each job still runs
 /// and records its outcome alone, so one job's failure never fails the others.
 fn start(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, running: &mut JoinSet<Outcome>) {
-    let mut groups: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    let mut groups: HashMap<(String, String), Vec<LeadId>> = HashMap::new();
     for job in &jobs {
         if let Some(lead_id) = job.lead_id.filter(|_| shared.handlers.read_ahead(&job.kind).is_some()) {
             groups.entry((job.account.clone(), job.kind.clone())).or_default().push(lead_id);
@@ -219,7 +220,8 @@ fn start(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, running: &mut JoinSet<Outc
 
 /// Runs one attempt of `job` (with its group's read of its deal, if any) and records its outcome.
 async fn execute(shared: Arc<Shared>, job: ClaimedJob, group_read: Option<GroupRead>) -> Outcome {
-    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt + 1, account = %job.account, lead_id = job.lead_id);
+    let span =
+        tracing::info_span!("job", id = job.id.0, kind = %job.kind, attempt = job.attempt + 1, account = %job.account, lead_id = job.lead_id.map(|id| id.0));
     if let Some(traceparent) = &job.traceparent {
         kommo_pay_core::telemetry::continue_trace(&span, traceparent);
     }
@@ -331,7 +333,7 @@ mod tests {
 
     fn job(attempt: i32, max_attempts: i32) -> ClaimedJob {
         ClaimedJob {
-            id: 1,
+            id: kommo_pay_core::ids::JobId(1),
             kind: "k".into(),
             args: serde_json::Value::Null,
             account: "acme".into(),

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::LeadId;
 use crate::wire;
 
 /// A task for a deal's manager (an item of `POST /api/v4/tasks`).
@@ -12,7 +13,7 @@ pub struct NewTask {
     pub text: String,
     /// Due by, in Unix seconds.
     pub complete_till: i64,
-    pub entity_id: i64,
+    pub entity_id: LeadId,
     entity_type: &'static str,
     /// Kommo's task type: 1 is a call.
     task_type_id: i64,
@@ -24,7 +25,7 @@ pub struct NewTask {
 impl NewTask {
     /// A call task on lead `lead_id`, due by `complete_till`, for manager `responsible_user_id`
     /// (the deal's responsible one when `None`).
-    pub fn call(lead_id: i64, text: &str, complete_till: i64, responsible_user_id: Option<i64>) -> NewTask {
+    pub fn call(lead_id: LeadId, text: &str, complete_till: i64, responsible_user_id: Option<i64>) -> NewTask {
         NewTask { text: text.to_owned(), complete_till, entity_id: lead_id, entity_type: "leads", task_type_id: 1, responsible_user_id }
     }
 }
@@ -32,7 +33,7 @@ impl NewTask {
 /// A common note on a lead (an item of `POST /api/v4/leads/notes`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(super) struct NewNote<'a> {
-    entity_id: i64,
+    entity_id: LeadId,
     note_type: &'static str,
     params: NoteText<'a>,
 }
@@ -43,7 +44,7 @@ struct NoteText<'a> {
 }
 
 impl NewNote<'_> {
-    pub(super) fn common(lead_id: i64, text: &str) -> NewNote<'_> {
+    pub(super) fn common(lead_id: LeadId, text: &str) -> NewNote<'_> {
         NewNote { entity_id: lead_id, note_type: "common", params: NoteText { text } }
     }
 }
@@ -69,12 +70,12 @@ impl Written {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(super) struct SalesbotLaunch {
     bot_id: i64,
-    entity_id: i64,
+    entity_id: LeadId,
     entity_type: u8,
 }
 
 impl SalesbotLaunch {
-    pub(super) fn for_lead(bot_id: i64, lead_id: i64) -> SalesbotLaunch {
+    pub(super) fn for_lead(bot_id: i64, lead_id: LeadId) -> SalesbotLaunch {
         SalesbotLaunch { bot_id, entity_id: lead_id, entity_type: 2 }
     }
 }
@@ -87,13 +88,16 @@ mod tests {
 
     #[test]
     fn notes_tasks_and_launches_are_kommos_items() {
-        let task = NewTask::call(7, "Call", 1764200000, Some(11));
+        let task = NewTask::call(LeadId(7), "Call", 1764200000, Some(11));
         assert_eq!(
             serde_json::to_value(&task).unwrap(),
             json!({ "text": "Call", "complete_till": 1764200000, "entity_id": 7, "entity_type": "leads", "task_type_id": 1, "responsible_user_id": 11 })
         );
-        assert_eq!(serde_json::to_value(NewNote::common(7, "Paid")).unwrap(), json!({ "entity_id": 7, "note_type": "common", "params": { "text": "Paid" } }));
-        assert_eq!(serde_json::to_value(SalesbotLaunch::for_lead(77, 7)).unwrap(), json!({ "bot_id": 77, "entity_id": 7, "entity_type": 2 }));
+        assert_eq!(
+            serde_json::to_value(NewNote::common(LeadId(7), "Paid")).unwrap(),
+            json!({ "entity_id": 7, "note_type": "common", "params": { "text": "Paid" } })
+        );
+        assert_eq!(serde_json::to_value(SalesbotLaunch::for_lead(77, LeadId(7))).unwrap(), json!({ "bot_id": 77, "entity_id": 7, "entity_type": 2 }));
         let note: Written = serde_json::from_value(json!({ "id": 1, "params": { "text": "Paid" } })).unwrap();
         let task: Written = serde_json::from_value(json!({ "id": 2, "text": "Call", "params": null })).unwrap();
         assert_eq!((note.text(), task.text()), (Some("Paid"), Some("Call")));

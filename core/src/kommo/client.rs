@@ -29,6 +29,7 @@ use super::fields::{LeadField, NewField};
 use super::lead::{Contact, Lead, LeadChanges, NewLead};
 use super::stage_changes::StageChange;
 use super::webhook::Webhook;
+use crate::ids::{ContactId, LeadId};
 use crate::provider::Provider;
 use crate::rate_limit::{RateLimiter, Slot};
 
@@ -61,19 +62,19 @@ tokio::task_local! {
     /// A lead read for the running job together with its group's (one list request for many
     /// jobs, `worker::executor`): the job's first read of that lead is answered from here.
     /// Scoped to the job's own task, so no other job ever sees it.
-    static READ_AHEAD: std::cell::Cell<Option<(i64, Result<Option<Lead>, KommoError>)>>;
+    static READ_AHEAD: std::cell::Cell<Option<(LeadId, Result<Option<Lead>, KommoError>)>>;
 }
 
 /// Runs `job` with `lead` as the answer to its first [`KommoClient::lead`] of lead `id` (`None`:
 /// Kommo has no such lead; an error: the read failed, as the job's own read would have). The
 /// read was made for the job a moment before it started, in one list request with the rest of
 /// its group; any later read of the lead goes to Kommo.
-pub async fn with_lead_read<F: std::future::Future>(id: i64, lead: Result<Option<Lead>, KommoError>, job: F) -> F::Output {
+pub async fn with_lead_read<F: std::future::Future>(id: LeadId, lead: Result<Option<Lead>, KommoError>, job: F) -> F::Output {
     READ_AHEAD.scope(std::cell::Cell::new(Some((id, lead))), job).await
 }
 
 /// The running job's read-ahead of lead `id`, taken (once).
-fn read_ahead(id: i64) -> Option<Result<Option<Lead>, KommoError>> {
+fn read_ahead(id: LeadId) -> Option<Result<Option<Lead>, KommoError>> {
     READ_AHEAD
         .try_with(|ahead| match ahead.take() {
             Some((read, lead)) if read == id => Some(lead),
@@ -217,26 +218,26 @@ impl KommoClient {
     /// A lead with its contact ids (`with=contacts`); `None` when Kommo has no such lead. Read in
     /// one list request with the other reads waiting meanwhile (or read ahead with the job's
     /// group, [`with_lead_read`]).
-    pub async fn lead(&self, id: i64) -> Result<Option<Lead>, KommoError> {
+    pub async fn lead(&self, id: LeadId) -> Result<Option<Lead>, KommoError> {
         if let Some(lead) = read_ahead(id) {
             return lead;
         }
-        self.lead_reads.read_one(id).await?.map(|lead| decode("GET api/v4/leads", lead)).transpose()
+        self.lead_reads.read_one(id.0).await?.map(|lead| decode("GET api/v4/leads", lead)).transpose()
     }
 
     /// The leads with `ids` that Kommo has, with their contact ids, in ⌈n / 250⌉ list requests.
-    pub async fn leads(&self, ids: Vec<i64>) -> Result<std::collections::HashMap<i64, Lead>, KommoError> {
-        let found = self.lead_reads.read(ids).await?;
-        found.into_iter().filter_map(|(id, leads)| Some(decode("GET api/v4/leads", leads.into_iter().next()?).map(|lead| (id, lead)))).collect()
+    pub async fn leads(&self, ids: Vec<LeadId>) -> Result<std::collections::HashMap<LeadId, Lead>, KommoError> {
+        let found = self.lead_reads.read(ids.into_iter().map(|id| id.0).collect()).await?;
+        found.into_iter().filter_map(|(id, leads)| Some(decode("GET api/v4/leads", leads.into_iter().next()?).map(|lead| (LeadId(id), lead)))).collect()
     }
 
     /// A contact with its custom fields (phone, email); `None` when there is no such contact.
-    pub async fn contact(&self, id: i64) -> Result<Option<Contact>, KommoError> {
-        self.contact_reads.read_one(id).await?.map(|contact| decode("GET api/v4/contacts", contact)).transpose()
+    pub async fn contact(&self, id: ContactId) -> Result<Option<Contact>, KommoError> {
+        self.contact_reads.read_one(id.0).await?.map(|contact| decode("GET api/v4/contacts", contact)).transpose()
     }
 
     /// Changes the fields in `changes` (only those) of lead `id`. Batched with other updates.
-    pub async fn update_lead(&self, id: i64, changes: &LeadChanges) -> Result<(), KommoError> {
+    pub async fn update_lead(&self, id: LeadId, changes: &LeadChanges) -> Result<(), KommoError> {
         let mut update = body(changes);
         update["id"] = serde_json::json!(id);
         self.lead_updates.submit(update).await
@@ -246,9 +247,9 @@ impl KommoClient {
     /// `maybe_done` (an earlier attempt may have added it, then died before recording that) the
     /// lead's notes are read first (with other leads' in one list), and a note with this text
     /// means it is done. Batched with other notes.
-    pub async fn add_lead_note_once(&self, lead_id: i64, text: &str, maybe_done: bool) -> Result<(), KommoError> {
+    pub async fn add_lead_note_once(&self, lead_id: LeadId, text: &str, maybe_done: bool) -> Result<(), KommoError> {
         if maybe_done && self.written(&self.note_reads, lead_id, text).await? {
-            tracing::info!(lead_id, "the note was added by an earlier attempt");
+            tracing::info!(lead_id = lead_id.0, "the note was added by an earlier attempt");
             return Ok(());
         }
         self.lead_notes.submit(body(&NewNote::common(lead_id, text))).await
@@ -258,25 +259,25 @@ impl KommoClient {
     /// [`KommoClient::add_lead_note_once`]. Batched with other tasks.
     pub async fn add_task_once(&self, task: &NewTask, maybe_done: bool) -> Result<(), KommoError> {
         if maybe_done && self.written(&self.task_reads, task.entity_id, &task.text).await? {
-            tracing::info!(lead_id = task.entity_id, "the task was created by an earlier attempt");
+            tracing::info!(lead_id = task.entity_id.0, "the task was created by an earlier attempt");
             return Ok(());
         }
         self.tasks.submit(body(task)).await
     }
 
     /// Whether lead `lead_id` has a note or task (as `reads` lists them) with `text`.
-    async fn written(&self, reads: &Reader, lead_id: i64, text: &str) -> Result<bool, KommoError> {
-        let found = reads.read(vec![lead_id]).await?.remove(&lead_id).unwrap_or_default();
+    async fn written(&self, reads: &Reader, lead_id: LeadId, text: &str) -> Result<bool, KommoError> {
+        let found = reads.read(vec![lead_id.0]).await?.remove(&lead_id.0).unwrap_or_default();
         Ok(found.into_iter().filter_map(|item| serde_json::from_value::<Written>(item).ok()).any(|item| item.text() == Some(text)))
     }
 
     /// Creates a lead together with its contact (`POST /api/v4/leads/complex`, one lead);
     /// returns the new lead's id.
-    pub async fn create_lead_with_contact(&self, lead: &NewLead) -> Result<i64, KommoError> {
+    pub async fn create_lead_with_contact(&self, lead: &NewLead) -> Result<LeadId, KommoError> {
         #[derive(serde::Deserialize)]
         struct Created {
             #[serde(deserialize_with = "crate::wire::required_id")]
-            id: i64,
+            id: LeadId,
         }
         let call = "POST api/v4/leads/complex";
         let answer = self.api.call::<Vec<Created>>(reqwest::Method::POST, "api/v4/leads/complex", Some(&Value::Array(vec![body(lead)]))).await?;
@@ -358,7 +359,7 @@ impl KommoClient {
 
     /// Launches Salesbot `bot_id` for lead `lead_id`, with the other launches waiting meanwhile
     /// in one `POST /api/v2/salesbot/run` of up to 100 (Kommo answers 202).
-    pub async fn run_salesbot(&self, bot_id: i64, lead_id: i64) -> Result<(), KommoError> {
+    pub async fn run_salesbot(&self, bot_id: i64, lead_id: LeadId) -> Result<(), KommoError> {
         self.salesbot_launches.submit(body(&SalesbotLaunch::for_lead(bot_id, lead_id))).await
     }
 }

@@ -5,13 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ContactId, LeadId};
 use crate::wire;
 
 /// A deal as `GET /api/v4/leads?with=contacts` returns it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Lead {
     #[serde(deserialize_with = "wire::required_id")]
-    pub id: i64,
+    pub id: LeadId,
     #[serde(default, deserialize_with = "wire::text")]
     name: Option<String>,
     #[serde(default, deserialize_with = "wire::id")]
@@ -39,7 +40,7 @@ struct LeadEmbedded {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 struct ContactRef {
     #[serde(deserialize_with = "wire::required_id")]
-    id: i64,
+    id: ContactId,
     #[serde(default, deserialize_with = "wire::flag")]
     is_main: bool,
 }
@@ -71,7 +72,7 @@ impl Lead {
     }
 
     /// The deal's main contact; its first one when none is marked main.
-    pub fn main_contact_id(&self) -> Option<i64> {
+    pub fn main_contact_id(&self) -> Option<ContactId> {
         let contacts = self.embedded.as_ref().map(|e| e.contacts.as_slice()).unwrap_or_default();
         contacts.iter().find(|c| c.is_main).or(contacts.first()).map(|c| c.id)
     }
@@ -98,7 +99,7 @@ impl Lead {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Contact {
     #[serde(deserialize_with = "wire::required_id")]
-    pub id: i64,
+    pub id: ContactId,
     #[serde(default, deserialize_with = "wire::text")]
     name: Option<String>,
     #[serde(default, deserialize_with = "wire::list")]
@@ -290,11 +291,11 @@ mod tests {
             "_embedded": { "contacts": [{ "id": 5 }, { "id": "6", "is_main": true }], "tags": [] },
             "score": null, "account_id": 29
         }));
-        assert_eq!((read.id, read.stage(), read.name()), (15318175, (7, 143), "Website redesign"));
+        assert_eq!((read.id, read.stage(), read.name()), (LeadId(15318175), (7, 143), "Website redesign"));
         assert_eq!(read.price().as_deref(), Some("1200"));
         assert_eq!(read.field(11).as_deref(), Some("99.50"));
         assert_eq!(read.field(12), None, "a value of a shape we do not read is absent");
-        assert_eq!(read.main_contact_id(), Some(6));
+        assert_eq!(read.main_contact_id(), Some(ContactId(6)));
         let bare = lead(json!({ "id": 1, "custom_fields_values": null, "_embedded": null }));
         assert!(bare.custom_fields_values.is_empty());
         assert_eq!((bare.main_contact_id(), bare.price(), bare.stage()), (None, None, (0, 0)));

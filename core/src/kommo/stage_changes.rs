@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::ids::LeadId;
 use crate::wire;
 
 /// One lead's move from one stage to another.
@@ -15,7 +16,7 @@ use crate::wire;
 pub struct StageChange {
     /// Kommo's id of the event (text: events have ids of their own kind).
     pub id: String,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     /// When it happened, in Unix seconds.
     pub at: i64,
     /// (pipeline, stage) before, when Kommo says.
@@ -31,7 +32,7 @@ struct Wire {
     #[serde(default)]
     id: serde_json::Value,
     #[serde(default, deserialize_with = "wire::id")]
-    entity_id: Option<i64>,
+    entity_id: Option<LeadId>,
     #[serde(default, deserialize_with = "wire::int")]
     created_at: Option<i64>,
     #[serde(default, deserialize_with = "wire::list")]
@@ -108,7 +109,10 @@ mod tests {
         let event = json!({ "id": "01abc", "type": "lead_status_changed", "entity_id": 15318175, "created_at": 1764160000,
             "value_before": [{ "lead_status": { "id": "1", "pipeline_id": 8 } }], "value_after": [{ "lead_status": { "id": 67548619, "pipeline_id": 8123 } }] });
         let change = StageChange::from_event(event.clone()).unwrap();
-        assert_eq!((change.id.as_str(), change.lead_id, change.at, change.from, change.to), ("01abc", 15318175, 1764160000, Some((8, 1)), (8123, 67548619)));
+        assert_eq!(
+            (change.id.as_str(), change.lead_id, change.at, change.from, change.to),
+            ("01abc", LeadId(15318175), 1764160000, Some((8, 1)), (8123, 67548619))
+        );
         assert_eq!(change.raw, event);
         assert!(StageChange::from_event(json!({ "id": 2, "entity_id": 1, "created_at": 1, "value_after": [] })).is_none(), "no stage after");
     }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event_log::PayloadError;
 use crate::form::parse_form;
+use crate::ids::LeadId;
 
 /// One webhook POST from Kommo.
 #[derive(Debug, Clone)]
@@ -79,7 +80,7 @@ impl KommoChange {
     }
 
     /// The deal this change concerns: a lead's own id, or the lead a note is attached to.
-    pub fn lead_id(&self) -> Option<i64> {
+    pub fn lead_id(&self) -> Option<LeadId> {
         if self.entity != "leads" {
             return None;
         }
@@ -87,6 +88,7 @@ impl KommoChange {
             "note" => self.item.pointer("/note/element_id").and_then(crate::wire::lenient_id),
             _ => self.item.get("id").and_then(crate::wire::lenient_id),
         }
+        .map(LeadId)
     }
 
     /// `(pipeline_id, status_id)` the lead is in after this change, when the change says.
@@ -152,15 +154,15 @@ mod tests {
         let delivery = KommoDelivery::parse(BATCH.as_bytes()).unwrap();
         assert_eq!(delivery.account_id, 32427762);
         assert_eq!(delivery.account["_links"]["self"], "https://acme.kommo.com");
-        type Summary = (String, Option<i64>, Option<(i64, i64)>);
+        type Summary = (String, Option<LeadId>, Option<(i64, i64)>);
         let summary: Vec<Summary> = delivery.changes.iter().map(|c| (c.kind(), c.lead_id(), c.stage())).collect();
         assert_eq!(
             summary,
             vec![
-                ("leads.add".into(), Some(15318177), Some((8572511, 67548607))),
-                ("leads.note".into(), Some(15318175), None),
-                ("leads.status".into(), Some(15318175), Some((8572511, 67548619))),
-                ("leads.status".into(), Some(15318176), Some((8572511, 142))),
+                ("leads.add".into(), Some(LeadId(15318177)), Some((8572511, 67548607))),
+                ("leads.note".into(), Some(LeadId(15318175)), None),
+                ("leads.status".into(), Some(LeadId(15318175)), Some((8572511, 67548619))),
+                ("leads.status".into(), Some(LeadId(15318176)), Some((8572511, 142))),
             ]
         );
     }
@@ -168,7 +170,7 @@ mod tests {
     #[test]
     fn custom_fields_keep_enum_scalar_dates_and_tags() {
         let delivery = KommoDelivery::parse(BATCH.as_bytes()).unwrap();
-        let lead = &delivery.changes.iter().find(|c| c.lead_id() == Some(15318175) && c.action == "status").unwrap().item;
+        let lead = &delivery.changes.iter().find(|c| c.lead_id() == Some(LeadId(15318175)) && c.action == "status").unwrap().item;
         assert_eq!(lead["name"], "Website redesign");
         assert_eq!(lead["tags"], json!([{"id": "80147", "name": "vip"}]));
         assert_eq!(lead["custom_fields"][0]["values"], json!([{"value": "Pro", "enum": "908107"}]));

@@ -3,6 +3,7 @@
 //! The signature is the hex HMAC-SHA256 of the raw body alone: there is no timestamp, and no
 //! event id. Deliveries are deduplicated on natural keys (see [`LemonSqueezyEvent::dedup_key`]).
 
+use crate::ids::LeadId;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -44,7 +45,7 @@ pub struct LemonSqueezyEvent {
     pub id: String,
     pub dedup_key: String,
     pub test_mode: bool,
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     /// What the checkout carried (`meta.custom_data`), values as text; empty when nothing.
     pub custom: BTreeMap<String, String>,
     /// `data` typed by its `type`.
@@ -93,7 +94,7 @@ impl LemonSqueezyEvent {
         };
         let dedup_key = dedup_key(&kind, &id, &data.attributes);
         let custom_data = meta.custom_data.as_ref().and_then(Value::as_object);
-        let lead_id = custom_data.and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::wire::lenient_id);
+        let lead_id = custom_data.and_then(|c| c.get(LEAD_ID_CUSTOM_KEY)).and_then(crate::wire::lenient_id).map(LeadId);
         let custom = custom_data.into_iter().flatten().map(|(key, value)| (key.clone(), crate::plain_text(value))).collect();
         let object = Object::decode(data.kind.as_deref().unwrap_or_default(), &id, &data.attributes);
         Ok(LemonSqueezyEvent { kind: kind.into_owned(), id, dedup_key, test_mode: meta.test_mode, lead_id, custom, object, payload: raw_json(body)? })
@@ -104,7 +105,7 @@ impl LemonSqueezyEvent {
     /// The event a webhook named `name` would have delivered for `object` (a listed order or
     /// subscription, `super::client::Listed::raw`), with the deal in its custom data: the same
     /// envelope, so the same natural key, and a late webhook for the same fact is a duplicate.
-    pub fn announcing(name: &str, object: &Value, lead_id: Option<i64>) -> Result<LemonSqueezyEvent, PayloadError> {
+    pub fn announcing(name: &str, object: &Value, lead_id: Option<LeadId>) -> Result<LemonSqueezyEvent, PayloadError> {
         let custom = lead_id.map(|lead| serde_json::json!({ LEAD_ID_CUSTOM_KEY: lead.to_string() }));
         let test_mode = object.pointer("/attributes/test_mode").cloned().unwrap_or(Value::Bool(false));
         let body = serde_json::json!({ "meta": { "event_name": name, "test_mode": test_mode, "custom_data": custom }, "data": object });
@@ -182,8 +183,8 @@ mod tests {
     #[test]
     fn finds_the_lead_in_custom_data_as_string_or_number() {
         let lead = |custom: &str| LemonSqueezyEvent::parse(&body("order_created", "1", "{}", custom)).unwrap().lead_id;
-        assert_eq!(lead(r#"{"kommo_lead_id":"15318175"}"#), Some(15318175));
-        assert_eq!(lead(r#"{"kommo_lead_id":15318175}"#), Some(15318175));
+        assert_eq!(lead(r#"{"kommo_lead_id":"15318175"}"#), Some(LeadId(15318175)));
+        assert_eq!(lead(r#"{"kommo_lead_id":15318175}"#), Some(LeadId(15318175)));
         assert_eq!(lead(r#"{"kommo_lead_id":"abc"}"#), None);
         assert_eq!(lead("null"), None);
     }
@@ -192,7 +193,7 @@ mod tests {
     fn the_object_is_typed_by_its_type_and_the_custom_data_read_as_text() {
         let custom = r#"{"kommo_lead_id":15318175,"utm_source":"site"}"#;
         let event = LemonSqueezyEvent::parse(&body("order_created", "1001", r#"{"status":"paid","total":200000,"currency":"USD"}"#, custom)).unwrap();
-        assert_eq!((event.id.as_str(), event.lead_id), ("1001", Some(15318175)));
+        assert_eq!((event.id.as_str(), event.lead_id), ("1001", Some(LeadId(15318175))));
         assert_eq!(event.custom.get("kommo_lead_id").map(String::as_str), Some("15318175"));
         assert_eq!(event.custom.get("utm_source").map(String::as_str), Some("site"));
         let Object::Order(order) = event.object else { panic!("an order: {:?}", event.object) };

@@ -328,8 +328,15 @@ async fn batch(
         if let Some(error) = error {
             payload["last_error"] = json!(error);
         }
-        let fact =
-            crate::event_log::Fact { account, kind: record, dedup_key: &key, lead_id: *lead_id, caused_by_event: *event_id, caused_by_job: Some(*id), payload };
+        let fact = crate::event_log::Fact {
+            account,
+            kind: record,
+            dedup_key: &key,
+            lead_id: lead_id.map(crate::ids::LeadId),
+            caused_by_event: *event_id,
+            caused_by_job: Some(crate::ids::JobId(*id)),
+            payload,
+        };
         crate::event_log::append_fact(&mut **tx, fact).await?;
     }
     Ok((acted.len() as i64, acted.last().map_or(0, |acted| acted.id)))

@@ -181,7 +181,7 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
         return Err(OpsError::BadRequest(format!("event {id} is an internal record; only deliveries from a provider imply jobs")));
     };
     let payload = serde_json::value::to_raw_value(&detail.payload).expect("JSON serialises");
-    let mut stored = NewEvent::new(&event.account, source, event.kind.clone(), event.dedup_key.clone(), event.lead_id, payload);
+    let mut stored = NewEvent::new(&event.account, source, event.kind.clone(), event.dedup_key.clone(), event.lead_id.map(crate::ids::LeadId), payload);
     stored.id = id;
     let derived = jobs::implied_by(&stored, account, policies);
     if derived.is_empty() {
@@ -191,7 +191,7 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
     let mut ids = Vec::new();
     for job in &derived {
         // Derived jobs carry no unique key (their event is unique), so each is new.
-        ids.extend(crate::queue::enqueue(&mut *tx, job).await?);
+        ids.extend(crate::queue::enqueue(&mut *tx, job).await?.map(|id| id.0));
     }
     // Every replay is its own fact: a fresh key each time.
     let key = format!("event.replayed:{id}:{}", Uuid::now_v7());
@@ -199,7 +199,7 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
         account: &event.account,
         kind: "event.replayed",
         dedup_key: &key,
-        lead_id: event.lead_id,
+        lead_id: event.lead_id.map(crate::ids::LeadId),
         caused_by_event: Some(id),
         caused_by_job: None,
         payload: json!({ "event_id": id, "event_kind": event.kind, "jobs": ids, "operator": operator.0, "reason": reason }),

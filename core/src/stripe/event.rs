@@ -187,9 +187,9 @@ impl Wire {
     }
 
     /// The Kommo lead our metadata names: the object's own first, then its subscription's.
-    pub(super) fn lead_id(&self, key: &str) -> Option<i64> {
+    pub(super) fn lead_id(&self, key: &str) -> Option<crate::ids::LeadId> {
         let places: Vec<&Metadata> = self.metadata().collect();
-        places.into_iter().rev().find_map(|m| m.get(key).and_then(crate::wire::lenient_id))
+        places.into_iter().rev().find_map(|m| m.get(key).and_then(crate::wire::lenient_id)).map(crate::ids::LeadId)
     }
 
     pub(super) fn decode(self) -> Object {
@@ -279,6 +279,6 @@ mod tests {
         }));
         let carried = wire.carried();
         assert_eq!((carried["plan"].as_str(), carried["utm_source"].as_str()), ("own", "ad"));
-        assert_eq!(wire.lead_id("kommo_lead_id"), Some(2));
+        assert_eq!(wire.lead_id("kommo_lead_id"), Some(crate::ids::LeadId(2)));
     }
 }

@@ -4,6 +4,7 @@
 //! string. During a secret roll Stripe sends several `v1` values; any match is enough. Other
 //! schemes (test mode's fake `v0`) are ignored, which also blocks downgrades.
 
+use crate::ids::LeadId;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,7 +77,7 @@ pub struct StripeEvent {
     /// When Stripe created the event: the time of the change it announces.
     pub created: Option<DateTime<Utc>>,
     /// The Kommo lead, when our metadata travelled with the object.
-    pub lead_id: Option<i64>,
+    pub lead_id: Option<LeadId>,
     /// Every metadata key the object carries, as text (its own keys win over its
     /// subscription's): what checkout data the deal's fields may take.
     pub metadata: BTreeMap<String, String>,
@@ -185,12 +186,12 @@ mod tests {
     #[test]
     fn parses_the_envelope_and_finds_the_lead() {
         let event = StripeEvent::parse(BODY).unwrap();
-        assert_eq!((event.id.as_str(), event.kind.as_str(), event.lead_id), ("evt_1", "checkout.session.completed", Some(42)));
+        assert_eq!((event.id.as_str(), event.kind.as_str(), event.lead_id), ("evt_1", "checkout.session.completed", Some(LeadId(42))));
 
         let invoice = br#"{"id":"evt_2","type":"invoice.paid","data":{"object":{"parent":{"type":"subscription_details","subscription_details":{"metadata":{"kommo_lead_id":"7"}}}}}}"#;
-        assert_eq!(StripeEvent::parse(invoice).unwrap().lead_id, Some(7));
+        assert_eq!(StripeEvent::parse(invoice).unwrap().lead_id, Some(LeadId(7)));
         let older = br#"{"id":"evt_3","type":"invoice.paid","data":{"object":{"subscription_details":{"metadata":{"kommo_lead_id":8}}}}}"#;
-        assert_eq!(StripeEvent::parse(older).unwrap().lead_id, Some(8));
+        assert_eq!(StripeEvent::parse(older).unwrap().lead_id, Some(LeadId(8)));
         let none = br#"{"id":"evt_4","type":"charge.refunded","data":{"object":{"metadata":{}}}}"#;
         assert_eq!(StripeEvent::parse(none).unwrap().lead_id, None);
     }

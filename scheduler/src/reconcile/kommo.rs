@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
+use kommo_pay_core::ids::LeadId;
 use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
@@ -33,7 +34,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
 
 /// Whether the log holds the lead entering `status_id`, received no earlier than a minute before
 /// the change happened (Kommo's clock and ours may differ a little).
-async fn delivered(pool: &PgPool, account: &str, lead_id: i64, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
+async fn delivered(pool: &PgPool, account: &str, lead_id: LeadId, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND lead_id = $2 AND source = $5
              AND kind IN ('leads.status', 'leads.add') AND payload #>> '{item,status_id}' = $3

@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::lemonsqueezy::client::{Listed, Listing};
 use kommo_pay_core::lemonsqueezy::event::{Object, Order};
 use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
@@ -65,7 +66,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
 }
 
 /// The deal an order paid for: the one unpaid checkout for exactly its amount.
-async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> anyhow::Result<Option<i64>> {
+async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> anyhow::Result<Option<LeadId>> {
     let (Some(subtotal), Ok(currency), Some(at)) = (order.subtotal, Currency::parse(&order.total.currency), order.created_at) else {
         return Ok(None);
     };
@@ -74,7 +75,7 @@ async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> an
         [one] => Ok(Some(one.lead_id)),
         [] => Ok(None),
         several => {
-            let leads: Vec<i64> = several.iter().map(|link| link.lead_id).collect();
+            let leads: Vec<i64> = several.iter().map(|link| link.lead_id.0).collect();
             tracing::warn!(order = %id, ?leads, "a reconciled order matches several deals' checkouts; it is logged without a deal");
             Ok(None)
         }
@@ -82,12 +83,12 @@ async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> an
 }
 
 /// The deal of the order `order_id`: from the log, or from an order reconciled in this round.
-async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[NewEvent]) -> Result<Option<i64>, sqlx::Error> {
+async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[NewEvent]) -> Result<Option<LeadId>, sqlx::Error> {
     let key = format!("order_created:{order_id}");
     if let Some(event) = this_round.iter().find(|e| e.dedup_key == key) {
         return Ok(event.lead_id);
     }
-    let lead: Option<Option<i64>> = sqlx::query_scalar("SELECT lead_id FROM events WHERE account = $1 AND source = $3 AND dedup_key = $2")
+    let lead: Option<Option<LeadId>> = sqlx::query_scalar("SELECT lead_id FROM events WHERE account = $1 AND source = $3 AND dedup_key = $2")
         .bind(account)
         .bind(&key)
         .bind(Source::LemonSqueezy.as_str())
@@ -97,7 +98,7 @@ async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[
 }
 
 /// The event a webhook named `name` would have delivered for `listed`.
-fn event(account: &str, name: &str, listed: &Listed, lead_id: Option<i64>) -> anyhow::Result<NewEvent> {
+fn event(account: &str, name: &str, listed: &Listed, lead_id: Option<LeadId>) -> anyhow::Result<NewEvent> {
     let parsed = LemonSqueezyEvent::announcing(name, &listed.raw, lead_id).context("a reconciled Lemon Squeezy object")?;
     Ok(NewEvent::new(account, Source::LemonSqueezy, parsed.kind, parsed.dedup_key, parsed.lead_id, parsed.payload))
 }

@@ -19,7 +19,7 @@ pub(super) async fn tell(context: Arc<Context>, job: ClaimedJob) -> Result<(), J
     let kind = job.args.get("job_kind").and_then(Value::as_str).unwrap_or("?");
     let error = job.args.get("error").and_then(Value::as_str).unwrap_or("no error text");
     let Some(lead) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
-        tracing::warn!(lead_id, failed_job, "the deal of a failed job no longer exists; no task");
+        tracing::warn!(lead_id = lead_id.0, failed_job, "the deal of a failed job no longer exists; no task");
         return Ok(());
     };
     let text = format!(

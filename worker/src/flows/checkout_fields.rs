@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::kommo::lead::LeadChanges;
 
@@ -15,7 +16,7 @@ use crate::JobError;
 /// type first, then in one update; when Kommo refuses that, field by field, so that the values it
 /// takes are kept. What no field took is listed in one note. `maybe_done`: an earlier attempt may
 /// have written them (the card is read first, the note looked for).
-pub(super) async fn write(clients: &AccountClients, lead_id: i64, carried: &BTreeMap<String, String>, maybe_done: bool) -> Result<(), JobError> {
+pub(super) async fn write(clients: &AccountClients, lead_id: LeadId, carried: &BTreeMap<String, String>, maybe_done: bool) -> Result<(), JobError> {
     let mapped: Vec<(&str, &str, i64)> =
         clients.account.checkout_fields.iter().filter_map(|(key, field)| Some((key.as_str(), carried.get(key)?.as_str(), *field))).collect();
     if mapped.is_empty() {
@@ -39,7 +40,7 @@ pub(super) async fn write(clients: &AccountClients, lead_id: i64, carried: &BTre
         let all = LeadChanges::fields(values.iter().map(|(_, _, entry)| entry.clone()).collect());
         let shown = maybe_done && kommo.lead(lead_id).await.map_err(kommo_failed)?.is_some_and(|deal| deal.shows(&all));
         if shown {
-            tracing::info!(lead_id, "the card already shows the checkout data: an earlier attempt wrote it");
+            tracing::info!(lead_id = lead_id.0, "the card already shows the checkout data: an earlier attempt wrote it");
         } else {
             match kommo.update_lead(lead_id, &all).await {
                 Ok(()) => {}

@@ -5,6 +5,7 @@
 use anyhow::anyhow;
 use kommo_pay_core::config::FieldsSection;
 use kommo_pay_core::event_log::{self, Fact};
+use kommo_pay_core::ids::{JobId, LeadId};
 use kommo_pay_core::kommo::activity::NewTask;
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
@@ -39,9 +40,9 @@ pub(super) fn amount_due(deal: &Lead, fields: &FieldsSection, default_currency: 
 /// Writes `changes` to lead `lead_id` unless its card already shows them. The card is read only
 /// when `maybe_done` (an earlier attempt may have sent the PATCH, then died before its next
 /// step); a first attempt writes without reading.
-pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes: &LeadChanges, maybe_done: bool) -> Result<(), JobError> {
+pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: LeadId, changes: &LeadChanges, maybe_done: bool) -> Result<(), JobError> {
     if maybe_done && kommo.lead(lead_id).await.map_err(kommo_failed)?.is_some_and(|lead| lead.shows(changes)) {
-        tracing::info!(lead_id, "the card already shows these values: an earlier attempt wrote them");
+        tracing::info!(lead_id = lead_id.0, "the card already shows these values: an earlier attempt wrote them");
         return Ok(());
     }
     kommo.update_lead(lead_id, changes).await.map_err(kommo_failed)
@@ -50,21 +51,37 @@ pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: i64, changes:
 /// Something went wrong that a manager must fix: a task for the deal's responsible manager, due
 /// within a day, and the fact in the log. Done once per job (the log entry is written after the
 /// task, and its presence stops a retry from adding a second one).
-pub(super) async fn tell_manager(pool: &PgPool, kommo: &KommoClient, account: &str, deal: &Lead, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
+pub(super) async fn tell_manager(
+    pool: &PgPool,
+    kommo: &KommoClient,
+    account: &str,
+    deal: &Lead,
+    job_id: JobId,
+    kind: &str,
+    text: &str,
+) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
     let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
     let due = chrono::Utc::now().timestamp() + 24 * 3600;
     let task = NewTask::call(deal.id, text, due, deal.responsible_user_id);
     kommo.add_task_once(&task, tried_before).await.map_err(kommo_failed)?;
     fail::fail_point!("deal.task_added");
-    tracing::warn!(lead_id = deal.id, problem = text, "told the deal's manager with a Kommo task");
+    tracing::warn!(lead_id = deal.id.0, problem = text, "told the deal's manager with a Kommo task");
     let fact = Fact::of_job(account, kind, &dedup_key, deal.id, job_id, json!({ "task": text }));
     event_log::append_fact(pool, fact).await.map(drop).map_err(db_failed)
 }
 
 /// Something the deal's feed should show, nothing to act on: a note, and the fact in the log;
 /// once per job, like [`tell_manager`].
-pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str, lead_id: i64, job_id: i64, kind: &str, text: &str) -> Result<(), JobError> {
+pub(super) async fn note_once(
+    pool: &PgPool,
+    kommo: &KommoClient,
+    account: &str,
+    lead_id: LeadId,
+    job_id: JobId,
+    kind: &str,
+    text: &str,
+) -> Result<(), JobError> {
     let dedup_key = format!("{kind}:job:{job_id}");
     let Some(tried_before) = still_to_do(pool, account, &dedup_key, job_id).await? else { return Ok(()) };
     kommo.add_lead_note_once(lead_id, text, tried_before).await.map_err(kommo_failed)?;
@@ -77,7 +94,15 @@ pub(super) async fn note_once(pool: &PgPool, kommo: &KommoClient, account: &str,
 /// `payment_link.reminder_bot` records it). Kommo cannot be asked whether a bot ran, so a crash
 /// between the launch and its fact launches it again: at least once, as the link's own
 /// Salesbot (ADR 16).
-pub(super) async fn launch_once(pool: &PgPool, kommo: &KommoClient, account: &str, lead_id: i64, job_id: i64, bot: i64, number: i64) -> Result<(), JobError> {
+pub(super) async fn launch_once(
+    pool: &PgPool,
+    kommo: &KommoClient,
+    account: &str,
+    lead_id: LeadId,
+    job_id: JobId,
+    bot: i64,
+    number: i64,
+) -> Result<(), JobError> {
     let kind = "payment_link.reminder_bot";
     let dedup_key = format!("{kind}:job:{job_id}");
     if still_to_do(pool, account, &dedup_key, job_id).await?.is_none() {
@@ -91,7 +116,7 @@ pub(super) async fn launch_once(pool: &PgPool, kommo: &KommoClient, account: &st
 /// Where a job's task or note (fact `dedup_key`) stands, in one query: `None` when the log
 /// records it done; otherwise whether an earlier attempt of the job ran (and may have written to
 /// Kommo before it died, so Kommo is read before it is written).
-async fn still_to_do(pool: &PgPool, account: &str, dedup_key: &str, job_id: i64) -> Result<Option<bool>, JobError> {
+async fn still_to_do(pool: &PgPool, account: &str, dedup_key: &str, job_id: JobId) -> Result<Option<bool>, JobError> {
     let (logged, tried_before): (bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2),
                 coalesce((SELECT attempt > 0 FROM jobs WHERE id = $3), false)",
@@ -119,14 +144,14 @@ pub(super) async fn mark_and_tell(
     context: &Context,
     clients: &AccountClients,
     job: &ClaimedJob,
-    lead_id: i64,
+    lead_id: LeadId,
     status: impl Fn(&StatusesSection) -> i64,
     tell: Tell<'_>,
 ) -> Result<(), JobError> {
     let kommo = &clients.kommo;
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let Some(mut deal) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
-        tracing::info!(lead_id, "the deal no longer exists");
+        tracing::info!(lead_id = lead_id.0, "the deal no longer exists");
         return Ok(());
     };
     let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, status(&fields.statuses))]);
@@ -142,7 +167,7 @@ pub(super) async fn mark_and_tell(
 
 /// Sets the deal's payment status field to the option `status`; a retry of `job` reads the card
 /// first, so a PATCH an earlier attempt sent is not sent again.
-pub(super) async fn set_payment_status(clients: &AccountClients, job: &ClaimedJob, lead_id: i64, status: i64) -> Result<(), JobError> {
+pub(super) async fn set_payment_status(clients: &AccountClients, job: &ClaimedJob, lead_id: LeadId, status: i64) -> Result<(), JobError> {
     let fields = clients.account.kommo.fields.as_ref().ok_or_else(|| JobError::permanent(anyhow!("the account has no kommo.fields")))?;
     let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, status)]);
     update_lead_once(&clients.kommo, lead_id, &changes, job.attempt > 0).await?;

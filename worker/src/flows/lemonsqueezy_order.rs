@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use chrono::Utc;
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges, NewContact, NewLead, NewLeadEmbedded, Tag};
 use kommo_pay_core::lemonsqueezy::event::{Object, Order};
 use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
@@ -121,7 +122,7 @@ async fn self_serve_deal(
     event: &LemonSqueezyEvent,
     order: &Order,
     total: Money,
-) -> Result<i64, JobError> {
+) -> Result<LeadId, JobError> {
     let (order_id, number) = (event.id.as_str(), &order.number);
     let account = &clients.account;
     let config = account
@@ -138,7 +139,7 @@ async fn self_serve_deal(
         Claim::Yours { resumed: true } => {
             let found = clients.kommo.search_leads(&marker).await.map_err(kommo_failed)?;
             if let Some(lead_id) = found.iter().find(|lead| lead.name().ends_with(&marker)).map(|lead| lead.id) {
-                tracing::warn!(order = order_id, lead_id, "an interrupted attempt had created the deal already; using it");
+                tracing::warn!(order = order_id, lead_id = lead_id.0, "an interrupted attempt had created the deal already; using it");
                 self_serve::record_lead(&context.pool, &account.slug, Provider::LemonSqueezy, order_id, lead_id, job.id).await.map_err(db_failed)?;
                 return Ok(lead_id);
             }
@@ -188,6 +189,6 @@ async fn self_serve_deal(
         }
         clients.kommo.add_lead_note_once(lead_id, &text, job.attempt > 0).await.map_err(kommo_failed)?;
     }
-    tracing::info!(order = order_id, lead_id, responsible, "deal created for a self-serve buyer");
+    tracing::info!(order = order_id, lead_id = lead_id.0, responsible, "deal created for a self-serve buyer");
     Ok(lead_id)
 }

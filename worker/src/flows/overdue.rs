@@ -20,7 +20,7 @@ use crate::JobError;
 /// so in the deal's feed.
 pub(super) async fn charge_failed(context: &Context, clients: &AccountClients, job: &ClaimedJob, failure: Failure<'_>) -> Result<(), JobError> {
     if dunning::record_failure(&context.pool, &failure, job.id).await.map_err(db_failed)? == Run::Overtaken {
-        tracing::info!(lead_id = failure.lead_id, what = failure.what, "a payment stands after this failure: nothing is unpaid");
+        tracing::info!(lead_id = failure.lead_id.0, what = failure.what, "a payment stands after this failure: nothing is unpaid");
         return Ok(());
     }
     let provider = failure.provider.title();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use kommo_pay_core::config::{FieldsSection, Trigger, TriggerProvider};
+use kommo_pay_core::ids::{ContactId, JobId, LeadId};
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
 use kommo_pay_core::lemonsqueezy::client::NewCheckout;
@@ -40,7 +41,7 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 }
 
 /// `resumed`: an abandoned job held the deal before this one and may have written to it.
-async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed: bool) -> Result<(), JobError> {
+async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resumed: bool) -> Result<(), JobError> {
     let clients = context.clients(job)?;
     let account = &clients.account;
     let pool = &context.pool;
@@ -51,7 +52,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
 
     // The webhook was a snapshot: act on the deal as it is now.
     let Some(deal) = kommo.lead(lead_id).await.map_err(kommo_failed)? else {
-        tracing::info!(lead_id, "the deal no longer exists; no link issued");
+        tracing::info!(lead_id = lead_id.0, "the deal no longer exists; no link issued");
         return Ok(());
     };
     let in_trigger_stage = deal.stage() == (trigger.pipeline_id, trigger.status_id);
@@ -62,7 +63,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
     let link = match payment_links::issued_by(pool, &account.slug, lead_id, job.id).await.map_err(db_failed)? {
         Some(link) => link,
         None if !in_trigger_stage => {
-            tracing::info!(lead_id, "the deal left the trigger stage before its link was issued; nothing to do");
+            tracing::info!(lead_id = lead_id.0, "the deal left the trigger stage before its link was issued; nothing to do");
             return Ok(());
         }
         None => {
@@ -93,9 +94,9 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
         ],
     };
     if !offered {
-        tracing::info!(lead_id, status = %link.status, "the link is no longer active; the card keeps what it shows");
+        tracing::info!(lead_id = lead_id.0, status = %link.status, "the link is no longer active; the card keeps what it shows");
     } else if deal.shows(&changes) {
-        tracing::info!(lead_id, "the card already shows the link: an earlier attempt wrote it");
+        tracing::info!(lead_id = lead_id.0, "the card already shows the link: an earlier attempt wrote it");
     } else {
         kommo.update_lead(lead_id, &changes).await.map_err(kommo_failed)?;
     }
@@ -116,7 +117,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: i64, resumed:
         fail::fail_point!("payment_link.salesbot_launched");
         payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
-    tracing::info!(lead_id, link = %link.link_id, %amount, "payment link in the deal's card");
+    tracing::info!(lead_id = lead_id.0, link = %link.link_id, %amount, "payment link in the deal's card");
     Ok(())
 }
 
@@ -228,7 +229,7 @@ async fn decide(
 
 /// A link could not be issued for a reason no retry fixes: Payment Status stays "Not issued",
 /// and the manager gets a task saying why. The job is done.
-async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Lead, job_id: i64, text: &str) -> Result<(), JobError> {
+async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &Lead, job_id: JobId, text: &str) -> Result<(), JobError> {
     let kommo = &clients.kommo;
     if let Some(fields) = &clients.account.kommo.fields {
         let changes = LeadChanges::fields(vec![FieldValue::option(fields.payment_status, fields.statuses.not_issued)]);
@@ -239,7 +240,7 @@ async fn not_issued(context: &Context, clients: &super::AccountClients, deal: &L
 
 /// The deal's main contact, as a payment page knows the client.
 struct Contact {
-    id: i64,
+    id: ContactId,
     email: Option<String>,
     name: Option<String>,
 }

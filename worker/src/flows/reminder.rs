@@ -32,7 +32,7 @@ pub(super) async fn remind(context: Arc<Context>, job: ClaimedJob) -> Result<(),
     }
     let Some(deal) = clients.kommo.lead(link.lead_id).await.map_err(kommo_failed)? else { return Ok(()) };
     if matches!(deal.status_id, Some(WON | LOST)) {
-        tracing::info!(lead_id = deal.id, "no reminder: the deal is closed");
+        tracing::info!(lead_id = deal.id.0, "no reminder: the deal is closed");
         return Ok(());
     }
     // As the link's trigger says now (a trigger no longer configured: the manager's task).

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning;
+use kommo_pay_core::ids::LeadId;
 use kommo_pay_core::kommo::lead::{FieldValue, LeadChanges};
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payments::{self, Application, Received};
@@ -34,7 +35,7 @@ pub(super) struct Payment {
 pub(super) struct Settlement<'a> {
     pub provider: Provider,
     pub payment: &'a Payment,
-    pub lead_id: i64,
+    pub lead_id: LeadId,
     /// The stage to move the deal to while it stands paid.
     pub won_stage: Option<i64>,
     /// The note for the deal's feed.
@@ -77,7 +78,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
             clients.kommo.add_lead_note_once(lead_id, &note, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
             fail::fail_point!("payment.note_added");
             payments::mark_applied(pool, &received).await.map_err(db_failed)?;
-            tracing::info!(lead_id, %provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
+            tracing::info!(lead_id = lead_id.0, %provider, payment = %payment.id, amount = %payment.amount, "deal marked paid");
             Ok(())
         }
     }
@@ -92,7 +93,7 @@ pub(super) async fn settle(context: &Context, clients: &AccountClients, job: &Cl
 pub(super) async fn write_payment_state(
     context: &Context,
     clients: &AccountClients,
-    lead_id: i64,
+    lead_id: LeadId,
     won_stage: Option<i64>,
     maybe_done: bool,
 ) -> Result<(), JobError> {

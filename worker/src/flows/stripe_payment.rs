@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning::Failure;
+use kommo_pay_core::ids::{JobId, LeadId};
 use kommo_pay_core::kommo::lead::LeadChanges;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
@@ -73,7 +74,7 @@ pub(super) async fn apply(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
 }
 
 /// A paid deal must not be charged again through its Stripe links, whichever event came first.
-async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, lead_id: i64, job_id: i64) -> Result<(), JobError> {
+async fn deactivate_paid_links(clients: &AccountClients, pool: &sqlx::PgPool, lead_id: LeadId, job_id: JobId) -> Result<(), JobError> {
     let account = &clients.account.slug;
     for link in payment_links::active_ids(pool, account, lead_id).await.map_err(db_failed)? {
         clients.stripe()?.deactivate_payment_link(&link, &format!("kommo-pay:deactivate:{link}")).await.map_err(stripe_failed)?;
@@ -240,7 +241,7 @@ fn created_at(event: &StripeEvent) -> DateTime<Utc> {
 }
 
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
-async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metadata_lead: Option<i64>) -> Result<i64, JobError> {
+async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metadata_lead: Option<LeadId>) -> Result<LeadId, JobError> {
     if let Some(link_id) = link_id
         && let Some(link) = payment_links::by_id(&context.pool, account, link_id).await.map_err(db_failed)?
     {
