@@ -8,7 +8,7 @@
 //! the deal a note; only a run of failures that outlasts the account's grace period makes the
 //! deal Overdue, with a task, once.
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use crate::provider::Provider;
 
 /// A failed subscription charge.
 pub struct Failure<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub provider: Provider,
     pub subscription_id: &'a str,
     pub lead_id: LeadId,
@@ -89,7 +89,7 @@ pub(crate) async fn record_failure_in(conn: &mut PgConnection, failure: &Failure
 /// paid) ends the deal's runs of failures (overdue or not) that stand at or before it; a late
 /// announcement of an older payment leaves a newer run open. Call it after the payment is
 /// recorded ([`crate::payments::record`]), so that a failure decided meanwhile sees it.
-pub async fn clear(pool: &PgPool, account: &str, lead_id: LeadId, order: DateTime<Utc>, job_id: JobId) -> Result<u64, sqlx::Error> {
+pub async fn clear(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, order: DateTime<Utc>, job_id: JobId) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     projections::lock_deal(&mut tx, account, lead_id).await?;
     // Most payments end no run: record a change only when there is one to end.
@@ -110,7 +110,7 @@ pub async fn clear(pool: &PgPool, account: &str, lead_id: LeadId, order: DateTim
 
 /// Whether the deal has a run of failures marked overdue: what its card shows until a payment
 /// that stands after it clears it.
-pub async fn overdue(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<bool, sqlx::Error> {
+pub async fn overdue(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dunning WHERE account = $1 AND lead_id = $2 AND overdue_at IS NOT NULL)")
         .bind(account)
         .bind(lead_id)
@@ -131,7 +131,7 @@ pub struct Open {
 }
 
 /// The runs of `account` that began before `before` and are not marked overdue yet.
-pub async fn due<'e>(db: impl PgExecutor<'e>, account: &str, before: DateTime<Utc>) -> Result<Vec<Open>, sqlx::Error> {
+pub async fn due<'e>(db: impl PgExecutor<'e>, account: &AccountSlug, before: DateTime<Utc>) -> Result<Vec<Open>, sqlx::Error> {
     sqlx::query_as(
         "SELECT run_id, provider, subscription_id, lead_id, failed_at, what, overdue_at FROM dunning
          WHERE account = $1 AND overdue_at IS NULL AND failed_at <= $2 ORDER BY failed_at",
@@ -144,14 +144,14 @@ pub async fn due<'e>(db: impl PgExecutor<'e>, account: &str, before: DateTime<Ut
 
 /// Marks a run overdue at `now` (once: a second leader changes nothing), in the caller's
 /// transaction. Returns the fact recorded, when this call marked it.
-pub async fn mark_overdue(conn: &mut PgConnection, account: &str, run: &Open, now: DateTime<Utc>) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn mark_overdue(conn: &mut PgConnection, account: &AccountSlug, run: &Open, now: DateTime<Utc>) -> Result<Option<Uuid>, sqlx::Error> {
     let meta = Meta { account, lead_id: run.lead_id, job_id: None, at: now };
     let recorded = projections::record(conn, meta, &Change::FailureRunOverdue { run_id: run.run_id, what: run.what.clone() }).await?;
     Ok(recorded.fact.filter(|_| recorded.changed > 0))
 }
 
 /// The run a `deal.overdue` job is about, if it is still open (not paid since).
-pub async fn find(pool: &PgPool, account: &str, run_id: Uuid) -> Result<Option<Open>, sqlx::Error> {
+pub async fn find(pool: &PgPool, account: &AccountSlug, run_id: Uuid) -> Result<Option<Open>, sqlx::Error> {
     sqlx::query_as(
         "SELECT run_id, provider, subscription_id, lead_id, failed_at, what, overdue_at FROM dunning
          WHERE account = $1 AND run_id = $2",

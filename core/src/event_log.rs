@@ -4,7 +4,7 @@
 //! transaction and one round trip: the event and its work are committed together or not at all,
 //! and a redelivered event (same account, source and dedup key) changes nothing, not even its jobs.
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::PgExecutor;
@@ -48,7 +48,7 @@ impl From<Provider> for Source {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub id: Uuid,
-    pub account: String,
+    pub account: AccountSlug,
     pub source: Source,
     pub kind: String,
     pub dedup_key: String,
@@ -61,7 +61,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(account: &str, source: Source, kind: String, dedup_key: String, lead_id: Option<LeadId>, payload: Box<RawValue>) -> Self {
+    pub fn new(account: &AccountSlug, source: Source, kind: String, dedup_key: String, lead_id: Option<LeadId>, payload: Box<RawValue>) -> Self {
         NewEvent { id: Uuid::now_v7(), account: account.to_owned(), source, kind, dedup_key, lead_id, payload, headers: Value::Object(Default::default()) }
     }
 }
@@ -119,7 +119,7 @@ SELECT coalesce((SELECT array_agg(id) FROM appended), '{}') AS appended,
 /// (`payment_link.issued`, `payment.received`, a projection's change), a job's dead letter, an
 /// operator's action.
 pub struct Fact<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub kind: &'a str,
     /// Once per key: a retry that records the same fact again changes nothing.
     pub dedup_key: &'a str,
@@ -133,7 +133,7 @@ pub struct Fact<'a> {
 
 impl<'a> Fact<'a> {
     /// What job `job_id` established about deal `lead_id`.
-    pub fn of_job(account: &'a str, kind: &'a str, dedup_key: &'a str, lead_id: LeadId, job_id: JobId, payload: Value) -> Fact<'a> {
+    pub fn of_job(account: &'a AccountSlug, kind: &'a str, dedup_key: &'a str, lead_id: LeadId, job_id: JobId, payload: Value) -> Fact<'a> {
         Fact { account, kind, dedup_key, lead_id: Some(lead_id), caused_by_event: None, caused_by_job: Some(job_id), payload }
     }
 }

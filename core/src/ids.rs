@@ -38,3 +38,62 @@ numeric_id!(
     /// A row of `jobs`.
     JobId
 );
+
+/// A kommo-pay account: its configuration's `slug`, and its name in the database, metrics and
+/// logs. Read as text wherever text is wanted (`Deref<Target = str>`), so only the functions
+/// that take an account need to name the type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, schemars::JsonSchema, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct AccountSlug(String);
+
+impl AccountSlug {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for AccountSlug {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountSlug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<&str> for AccountSlug {
+    fn from(slug: &str) -> AccountSlug {
+        AccountSlug(slug.to_owned())
+    }
+}
+
+impl From<String> for AccountSlug {
+    fn from(slug: String) -> AccountSlug {
+        AccountSlug(slug)
+    }
+}
+
+impl PartialEq<str> for AccountSlug {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for AccountSlug {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// Maps keyed by account are looked up by text (a slug from a URL or a command line).
+impl std::borrow::Borrow<str> for AccountSlug {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}

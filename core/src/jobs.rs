@@ -4,6 +4,7 @@
 //! transaction. Events that imply nothing are still logged: they are the audit trail and the
 //! input of reconciliation.
 
+use crate::ids::AccountSlug;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -146,7 +147,7 @@ pub fn implied_by(event: &NewEvent, account: &Account, policies: &JobPolicies) -
 
 /// The `deal.overdue` job a subscription's run marked overdue implies (hung off its
 /// `subscription.overdue` fact): the card says overdue and the manager is told.
-pub fn overdue_of(account: &str, run: &crate::dunning::Open, fact: Uuid, policies: &JobPolicies) -> NewJob {
+pub fn overdue_of(account: &AccountSlug, run: &crate::dunning::Open, fact: Uuid, policies: &JobPolicies) -> NewJob {
     let kind = JobKind::MarkOverdue.as_str();
     NewJob {
         kind: kind.into(),
@@ -193,16 +194,16 @@ fn stage_entered(event: &NewEvent) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::LeadId;
+    use crate::ids::{AccountSlug, LeadId};
     use serde_json::value::RawValue;
 
     fn event(source: Source, kind: &str) -> NewEvent {
-        NewEvent::new("acme", source, kind.into(), "k".into(), Some(LeadId(7)), RawValue::NULL.to_owned())
+        NewEvent::new(&AccountSlug::from("acme"), source, kind.into(), "k".into(), Some(LeadId(7)), RawValue::NULL.to_owned())
     }
 
     fn kommo_change(kind: &str, pipeline: &str, status: &str) -> NewEvent {
         let payload = format!(r#"{{"account":{{"id":"1"}},"item":{{"id":"7","pipeline_id":"{pipeline}","status_id":"{status}"}}}}"#);
-        NewEvent::new("acme", Source::Kommo, kind.into(), "k".into(), Some(LeadId(7)), RawValue::from_string(payload).unwrap())
+        NewEvent::new(&AccountSlug::from("acme"), Source::Kommo, kind.into(), "k".into(), Some(LeadId(7)), RawValue::from_string(payload).unwrap())
     }
 
     fn account() -> Account {

@@ -1,6 +1,6 @@
 //! Payment links issued for deals (`payment_links`), kept with the `payment_link.*` events.
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::Utc;
 use sqlx::PgPool;
 
@@ -32,7 +32,7 @@ impl PaymentLink {
 }
 
 /// The deal's active link, whichever provider issued it.
-pub async fn active_for(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Option<PaymentLink>, sqlx::Error> {
+pub async fn active_for(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND status = 'active'
          ORDER BY issued_at DESC LIMIT 1",
@@ -45,7 +45,7 @@ pub async fn active_for(pool: &PgPool, account: &str, lead_id: LeadId) -> Result
 
 /// The trigger of the deal's newest link, whatever its status: the trigger whose deal-handling
 /// options (its refund stage, its success manager) apply to the deal's payments.
-pub async fn trigger_of(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Option<String>, sqlx::Error> {
+pub async fn trigger_of(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT trigger FROM payment_links WHERE account = $1 AND lead_id = $2 ORDER BY issued_at DESC LIMIT 1")
         .bind(account)
         .bind(lead_id)
@@ -54,7 +54,7 @@ pub async fn trigger_of(pool: &PgPool, account: &str, lead_id: LeadId) -> Result
 }
 
 /// The link job `job_id` issued for the deal, whatever its status now.
-pub async fn issued_by(pool: &PgPool, account: &str, lead_id: LeadId, job_id: JobId) -> Result<Option<PaymentLink>, sqlx::Error> {
+pub async fn issued_by(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND issued_by_job = $3 ORDER BY issued_at DESC LIMIT 1")
         .bind(account)
         .bind(lead_id)
@@ -67,7 +67,7 @@ pub async fn issued_by(pool: &PgPool, account: &str, lead_id: LeadId, job_id: Jo
 /// order that carries no deal id may have paid for (reconciliation's fallback).
 pub async fn unpaid_matching(
     pool: &PgPool,
-    account: &str,
+    account: &AccountSlug,
     provider: Provider,
     amount: Money,
     paid_at: chrono::DateTime<chrono::Utc>,
@@ -87,7 +87,7 @@ pub async fn unpaid_matching(
 
 /// A link just created for a deal.
 pub struct Issued<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub provider: Provider,
     pub lead_id: LeadId,
     pub trigger: &'a str,
@@ -120,7 +120,7 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
 
 /// The deal's Stripe links that a newer link replaced and that may still be payable. (Lemon
 /// Squeezy checkouts cannot be deactivated: they stay `replaced` until their `expires_at`.)
-pub async fn replaced(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Vec<String>, sqlx::Error> {
+pub async fn replaced(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = $3 AND lead_id = $2 AND status = 'replaced'")
         .bind(account)
         .bind(lead_id)
@@ -131,13 +131,13 @@ pub async fn replaced(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<V
 
 /// Moves a Stripe link of the deal to `status` (`paid`, `deactivated`); call it once Stripe has
 /// deactivated it. `job_id` is the job that did.
-pub async fn set_status(pool: &PgPool, account: &str, lead_id: LeadId, job_id: JobId, link_id: &str, status: &str) -> Result<(), sqlx::Error> {
+pub async fn set_status(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId, link_id: &str, status: &str) -> Result<(), sqlx::Error> {
     let change = Change::LinkStatus { provider: Provider::Stripe.to_string(), link_id: link_id.to_owned(), status: status.to_owned() };
     projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal's active links' ids.
-pub async fn active_ids(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Vec<String>, sqlx::Error> {
+pub async fn active_ids(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT link_id FROM payment_links WHERE account = $1 AND provider = $3 AND lead_id = $2 AND status = 'active'")
         .bind(account)
         .bind(lead_id)
@@ -147,19 +147,19 @@ pub async fn active_ids(pool: &PgPool, account: &str, lead_id: LeadId) -> Result
 }
 
 /// Records that the link's note was added, so a retry does not repeat it.
-pub async fn mark_note_added(pool: &PgPool, account: &str, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn mark_note_added(pool: &PgPool, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::LinkNoteAdded { provider: link.provider.clone(), link_id: link.link_id.clone() };
     projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// Records that the link's Salesbot was launched, so a retry does not repeat it.
-pub async fn mark_salesbot_run(pool: &PgPool, account: &str, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn mark_salesbot_run(pool: &PgPool, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::LinkSalesbotRun { provider: link.provider.clone(), link_id: link.link_id.clone() };
     projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The link with id `link_id`, whichever provider issued it.
-pub async fn by_id(pool: &PgPool, account: &str, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
+pub async fn by_id(pool: &PgPool, account: &AccountSlug, link_id: &str) -> Result<Option<PaymentLink>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND link_id = $2").bind(account).bind(link_id).fetch_optional(pool).await
 }
 
@@ -174,7 +174,7 @@ pub enum Issuing {
 }
 
 /// Takes the deal's issuing lease for `job_id`.
-pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: LeadId, job_id: JobId) -> Result<Issuing, sqlx::Error> {
+pub async fn start_issuing(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Issuing, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let fresh: Option<i64> =
         sqlx::query_scalar("INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id")
@@ -205,7 +205,7 @@ pub async fn start_issuing(pool: &PgPool, account: &str, lead_id: LeadId, job_id
 }
 
 /// Gives the lease back (only if `job_id` still holds it), whatever the issue's outcome.
-pub async fn stop_issuing(pool: &PgPool, account: &str, lead_id: LeadId, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn stop_issuing(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM payment_link_issuing WHERE account = $1 AND lead_id = $2 AND job_id = $3")
         .bind(account)
         .bind(lead_id)

@@ -1,7 +1,7 @@
 //! Payments received for deals (`payments`), kept with the `payment.received` events: one row
 //! per provider payment, however many events announce it.
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -10,7 +10,7 @@ use crate::projections::{self, Change, Meta};
 use crate::provider::Provider;
 
 pub struct Received<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub provider: Provider,
     pub payment_id: &'a str,
     pub lead_id: LeadId,
@@ -113,7 +113,7 @@ pub struct Newest {
     pub settled: Settled,
 }
 
-pub async fn newest(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Option<Newest>, sqlx::Error> {
+pub async fn newest(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -> Result<Option<Newest>, sqlx::Error> {
     sqlx::query_as(
         "SELECT provider, payment_id, lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments
          WHERE account = $1 AND lead_id = $2 ORDER BY coalesce(billed_for, paid_at) DESC, paid_at DESC, payment_id DESC LIMIT 1",
@@ -124,7 +124,7 @@ pub async fn newest(pool: &PgPool, account: &str, lead_id: LeadId) -> Result<Opt
     .await
 }
 
-pub async fn find(pool: &PgPool, account: &str, provider: Provider, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
+pub async fn find(pool: &PgPool, account: &AccountSlug, provider: Provider, payment_id: &str) -> Result<Option<Settled>, sqlx::Error> {
     sqlx::query_as(
         "SELECT lead_id, amount_minor, currency, refunded_minor, paid_at, applied_at FROM payments WHERE account = $1 AND provider = $2 AND payment_id = $3",
     )

@@ -7,7 +7,7 @@
 //! tables equal the live ones. Leases (`payments.applying_*`, `self_serve_orders.creating_*`) are
 //! not projections: they only say who is working on something right now.
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,7 +159,7 @@ impl Change {
 /// Whose change it is and when.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub lead_id: LeadId,
     /// The job that made it; none for the scheduler's own changes.
     pub job_id: Option<JobId>,
@@ -202,14 +202,14 @@ pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) ->
 /// Serialises the deal's changes until the caller's transaction ends: a decision that reads
 /// the projections and then records a change takes it first, so no other change of the deal
 /// comes between the read and the record.
-pub async fn lock_deal(conn: &mut PgConnection, account: &str, lead_id: LeadId) -> Result<(), sqlx::Error> {
+pub async fn lock_deal(conn: &mut PgConnection, account: &AccountSlug, lead_id: LeadId) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(account).bind(lead_id).execute(&mut *conn).await.map(drop)
 }
 
 /// Whether job `job_id` recorded `change` for the deal: what a retry of that job asks to learn
 /// that its decision was made (the change recorded) even though recording it again changes
 /// nothing now.
-pub async fn recorded_by_job(pool: &PgPool, account: &str, lead_id: LeadId, change: &Change, job_id: JobId) -> Result<bool, sqlx::Error> {
+pub async fn recorded_by_job(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, change: &Change, job_id: JobId) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2 AND caused_by_job = $3)")
         .bind(account)
         .bind(change.key(lead_id))
@@ -441,7 +441,7 @@ pub async fn rebuild(pool: &PgPool) -> Result<Rebuilt, RebuildError> {
     let mut changes = 0;
     let mut after = 0_i64;
     loop {
-        let facts: Vec<(i64, String, i64, Option<i64>, Value)> = sqlx::query_as(
+        let facts: Vec<(i64, AccountSlug, i64, Option<i64>, Value)> = sqlx::query_as(
             "SELECT seq, account, lead_id, caused_by_job, payload FROM events
              WHERE source = 'internal' AND payload ? 'change' AND lead_id IS NOT NULL AND seq > $1 ORDER BY seq LIMIT 1000",
         )

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use sqlx::postgres::types::PgInterval;
 use uuid::Uuid;
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use crate::provider::Provider;
 
 /// The channel on which workers LISTEN for "there is new work".
@@ -25,7 +25,7 @@ const CLAIM_LOCK: i64 = 0x6b70_636c_6169_6d00;
 pub struct NewJob {
     pub kind: String,
     pub args: Value,
-    pub account: String,
+    pub account: AccountSlug,
     pub lead_id: Option<LeadId>,
     /// The event whose arrival implies this job.
     pub event_id: Uuid,
@@ -103,7 +103,7 @@ pub struct ClaimedJob {
     pub id: JobId,
     pub kind: String,
     pub args: Value,
-    pub account: String,
+    pub account: AccountSlug,
     pub lead_id: Option<LeadId>,
     pub event_id: Option<Uuid>,
     /// Attempts already used before this one.
@@ -243,7 +243,7 @@ pub async fn fail(pool: &PgPool, owner: &str, id: JobId, error: &str, fate: Fate
 pub struct DeadLettered {
     pub id: JobId,
     pub kind: String,
-    pub account: String,
+    pub account: AccountSlug,
     pub lead_id: Option<LeadId>,
     pub event_id: Option<Uuid>,
     /// Attempts used, this one included.

@@ -5,6 +5,7 @@
 //! ([`Pacer`]): a slot per request in PostgreSQL would cost more than Stripe's 429, which its
 //! client retries.
 
+use crate::ids::AccountSlug;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ const SPACING_MARGIN: f64 = 1.05;
 pub struct RateLimiter {
     pool: PgPool,
     provider: Provider,
-    account: String,
+    account: AccountSlug,
     spacing: Duration,
 }
 
@@ -38,9 +39,9 @@ pub enum Slot {
 }
 
 impl RateLimiter {
-    pub fn new(pool: PgPool, provider: Provider, account: &str, requests_per_second: f64) -> RateLimiter {
+    pub fn new(pool: PgPool, provider: Provider, account: &AccountSlug, requests_per_second: f64) -> RateLimiter {
         let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
-        RateLimiter { pool, provider, account: account.to_owned(), spacing }
+        RateLimiter { pool, provider, account: account.clone(), spacing }
     }
 
     /// Reserves the account's next send slot and waits for it. A slot more than [`MAX_WAIT`]
@@ -81,7 +82,7 @@ impl RateLimiter {
             return Ok(Slot::TooFar(wait));
         }
         if !wait.is_zero() {
-            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider.as_str(), "account" => self.account.clone())
+            metrics::histogram!("kommo_pay_rate_limit_wait_seconds", "provider" => self.provider.as_str(), "account" => self.account.to_string())
                 .record(wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
@@ -111,7 +112,7 @@ impl RateLimiter {
 /// Stops every call of `provider` for `account` (Kommo's 403, an uninstalled integration) until
 /// the block is lifted; returns since when. The row is made if the account has none yet; a block
 /// already there keeps its first time and reason (what an operator or a reconnect must clear).
-pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &AccountSlug, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO api_limits (provider, account, blocked_at, blocked_reason) VALUES ($1, $2, now(), $3)
          ON CONFLICT (provider, account) DO UPDATE
@@ -127,7 +128,7 @@ pub async fn block_account<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider
 
 /// Lifts `account`'s block of `provider` if its reason starts with `cause` (connecting an
 /// integration again lifts the block its uninstall set, not a block of Kommo's own).
-pub async fn unblock_if<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &str, cause: &str) -> Result<bool, sqlx::Error> {
+pub async fn unblock_if<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, account: &AccountSlug, cause: &str) -> Result<bool, sqlx::Error> {
     let lifted = sqlx::query(
         "UPDATE api_limits SET blocked_at = NULL, blocked_reason = NULL
          WHERE provider = $1 AND account = $2 AND blocked_at IS NOT NULL AND starts_with(blocked_reason, $3)",

@@ -1,7 +1,7 @@
 //! Self-serve buyers: the deal created for an order that named none (`self_serve_orders`), and
 //! the round-robin cursor that assigns their managers (`round_robin`).
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::Utc;
 use sqlx::PgPool;
 
@@ -23,7 +23,7 @@ pub enum Claim {
 
 /// Claims the creation of the deal for `order_id`. A lease older than five minutes counts as
 /// abandoned (its job died before Kommo answered).
-pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &str, job_id: JobId) -> Result<Claim, sqlx::Error> {
+pub async fn claim(pool: &PgPool, account: &AccountSlug, provider: Provider, order_id: &str, job_id: JobId) -> Result<Claim, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO self_serve_orders (account, provider, order_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(account)
@@ -58,13 +58,13 @@ pub async fn claim(pool: &PgPool, account: &str, provider: Provider, order_id: &
 }
 
 /// The deal created for `order_id`, stored the moment Kommo returned it, by job `job_id`.
-pub async fn record_lead(pool: &PgPool, account: &str, provider: Provider, order_id: &str, lead_id: LeadId, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn record_lead(pool: &PgPool, account: &AccountSlug, provider: Provider, order_id: &str, lead_id: LeadId, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::SelfServeDealCreated { provider: provider.to_string(), order_id: order_id.to_owned() };
     projections::record_alone(pool, Meta { account, lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
 }
 
 /// The deal created for `order_id`, if any.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, order_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
+pub async fn lead_of(pool: &PgPool, account: &AccountSlug, provider: Provider, order_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
     let lead: Option<Option<LeadId>> = sqlx::query_scalar("SELECT lead_id FROM self_serve_orders WHERE account = $1 AND provider = $2 AND order_id = $3")
         .bind(account)
         .bind(provider)
@@ -75,7 +75,7 @@ pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, order_id:
 }
 
 /// The next turn of the account's round robin: 0, 1, 2, … across all processes.
-pub async fn next_turn(pool: &PgPool, account: &str) -> Result<i64, sqlx::Error> {
+pub async fn next_turn(pool: &PgPool, account: &AccountSlug) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO round_robin AS r (account, next) VALUES ($1, 1)
          ON CONFLICT (account) DO UPDATE SET next = r.next + 1

@@ -1,6 +1,6 @@
 //! Provider subscriptions and their deals (`subscriptions`).
 
-use crate::ids::{JobId, LeadId};
+use crate::ids::{AccountSlug, JobId, LeadId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -10,7 +10,7 @@ use crate::provider::Provider;
 
 /// A subscription snapshot as the provider sent it.
 pub struct Snapshot<'a> {
-    pub account: &'a str,
+    pub account: &'a AccountSlug,
     pub provider: Provider,
     pub subscription_id: &'a str,
     pub lead_id: LeadId,
@@ -80,7 +80,7 @@ pub async fn store(pool: &PgPool, snapshot: &Snapshot<'_>, job_id: JobId, what: 
 }
 
 /// The deal of a subscription we have seen.
-pub async fn lead_of(pool: &PgPool, account: &str, provider: Provider, subscription_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
+pub async fn lead_of(pool: &PgPool, account: &AccountSlug, provider: Provider, subscription_id: &str) -> Result<Option<LeadId>, sqlx::Error> {
     sqlx::query_scalar("SELECT lead_id FROM subscriptions WHERE account = $1 AND provider = $2 AND subscription_id = $3")
         .bind(account)
         .bind(provider)

@@ -40,8 +40,8 @@ impl Housekeeping {
         for clients in oauth {
             let account = &clients.account.slug;
             if let Err(error) = clients.kommo.refresh_ahead(self.token_margin).await {
-                tracing::error!(account, %error, "could not refresh the account's Kommo OAuth tokens ahead of expiry");
-                metrics::counter!("kommo_pay_kommo_token_refresh_failures_total", "account" => account.clone()).increment(1);
+                tracing::error!(%account, %error, "could not refresh the account's Kommo OAuth tokens ahead of expiry");
+                metrics::counter!("kommo_pay_kommo_token_refresh_failures_total", "account" => account.to_string()).increment(1);
             }
         }
         self.prune(now).await

@@ -385,7 +385,7 @@ async fn the_overview_shows_each_accounts_health_and_unblocks_a_blocked_account(
     kommo_pay_core::rate_limit::block_account(
         &app.db.pool,
         kommo_pay_core::provider::Provider::Kommo,
-        ACCOUNT,
+        &ACCOUNT.into(),
         "Kommo answered 403: the integration is blocked",
     )
     .await
@@ -409,7 +409,8 @@ async fn the_overview_shows_each_accounts_health_and_unblocks_a_blocked_account(
     }
     assert!(overview.contains("Scheduler leader: <strong class=\"bad\">none"), "no scheduler runs here");
     // Requests sent for the account count against its budget (those of the last ten seconds).
-    let budget = kommo_pay_core::rate_limit::RateLimiter::new(app.db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, KOMMO_ONLY_ACCOUNT, 1000.0);
+    let budget =
+        kommo_pay_core::rate_limit::RateLimiter::new(app.db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, &KOMMO_ONLY_ACCOUNT.into(), 1000.0);
     for _ in 0..20 {
         budget.acquire().await.unwrap();
     }

@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 fn event(dedup_key: &str) -> NewEvent {
     NewEvent::new(
-        ACCOUNT,
+        &ACCOUNT.into(),
         Source::Internal,
         "test.fact".into(),
         dedup_key.into(),

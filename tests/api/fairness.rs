@@ -84,13 +84,13 @@ async fn two_workers_never_run_more_than_the_cap_of_one_account_and_both_account
             async move {
                 {
                     let mut running = running.lock().unwrap();
-                    let entry = running.entry(job.account.clone()).or_default();
+                    let entry = running.entry(job.account.to_string()).or_default();
                     entry.0 += 1;
                     entry.1 = entry.1.max(entry.0);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                running.lock().unwrap().get_mut(&job.account).unwrap().0 -= 1;
-                finished_order.lock().unwrap().push(job.account.clone());
+                running.lock().unwrap().get_mut(job.account.as_str()).unwrap().0 -= 1;
+                finished_order.lock().unwrap().push(job.account.to_string());
                 Ok(())
             }
         })
@@ -198,7 +198,7 @@ async fn a_kommo_429_pauses_the_account_and_defers_its_job_without_using_an_atte
 async fn a_request_that_gives_up_on_a_far_slot_reserves_nothing() {
     use kommo_pay_core::rate_limit::{RateLimiter, Slot};
     let db = TestDb::new().await;
-    let limiter = RateLimiter::new(db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, ACCOUNT, 5.0);
+    let limiter = RateLimiter::new(db.pool.clone(), kommo_pay_core::provider::Provider::Kommo, &ACCOUNT.into(), 5.0);
     assert_eq!(limiter.acquire().await.unwrap(), Slot::Go);
     limiter.pause(Duration::from_secs(60)).await.unwrap();
     let next_slot = || sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT next_slot FROM api_limits").fetch_one(&db.pool);

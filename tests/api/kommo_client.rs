@@ -16,7 +16,7 @@ use crate::helpers::*;
 fn client(db: &TestDb, kommo: &FakeKommo, per_second: f64) -> KommoClient {
     KommoClient::with_timeouts(
         db.pool.clone(),
-        ACCOUNT,
+        &ACCOUNT.into(),
         kommo.url.parse().unwrap(),
         Credentials::LongLived(SecretString::from(TOKEN)),
         per_second,
@@ -95,7 +95,7 @@ async fn a_429_pauses_the_account_for_every_client() {
     assert!(error.is_retryable());
 
     // Another process's client does not call Kommo during the pause.
-    let other = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), 50.0);
+    let other = KommoClient::new(db.pool.clone(), &ACCOUNT.into(), kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from(TOKEN)), 50.0);
     assert!(matches!(other.lead(LeadId(15318175)).await, Err(KommoError::RateLimited { .. })));
     assert_eq!(kommo.requests().len(), 1);
 }
@@ -141,7 +141,8 @@ async fn errors_are_classified() {
     assert!(failed.is_retryable());
     assert!(failed.to_string().starts_with("Kommo is unavailable: 500 from GET api/v4/leads"), "{failed}");
 
-    let wrong_token = KommoClient::new(db.pool.clone(), ACCOUNT, kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
+    let wrong_token =
+        KommoClient::new(db.pool.clone(), &ACCOUNT.into(), kommo.url.parse().unwrap(), Credentials::LongLived(SecretString::from("revoked")), 50.0);
     let unauthorized = wrong_token.lead(LeadId(1)).await.unwrap_err();
     assert!(unauthorized.needs_operator(), "{unauthorized:?}");
     assert!(!unauthorized.to_string().contains("revoked"), "the token never appears in errors");
@@ -163,7 +164,7 @@ async fn two_processes_together_stay_under_the_accounts_rate() {
     let a = client(&db, &kommo, per_second);
     let b = KommoClient::with_timeouts(
         second_db,
-        ACCOUNT,
+        &ACCOUNT.into(),
         kommo.url.parse().unwrap(),
         Credentials::LongLived(SecretString::from(TOKEN)),
         per_second,
@@ -196,7 +197,7 @@ fn oauth_client(db_pool: sqlx::PgPool, kommo: &FakeKommo) -> KommoClient {
         redirect_uri: "https://kommo-pay.example/oauth".into(),
         initial_refresh_token: Some(SecretString::from("first-refresh-token")),
     };
-    KommoClient::new(db_pool, ACCOUNT, kommo.url.parse().unwrap(), credentials, 50.0)
+    KommoClient::new(db_pool, &ACCOUNT.into(), kommo.url.parse().unwrap(), credentials, 50.0)
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@ use crate::fakes::lemonsqueezy::{API_KEY, FakeLemonSqueezy};
 use crate::helpers::*;
 
 fn client(db: &TestDb, fake: &FakeLemonSqueezy, key: &str) -> LemonSqueezyClient {
-    LemonSqueezyClient::new(db.pool.clone(), ACCOUNT, fake.url.parse().unwrap(), SecretString::from(key.to_owned())).with_retry_pause(Duration::from_millis(10))
+    LemonSqueezyClient::new(db.pool.clone(), &ACCOUNT.into(), fake.url.parse().unwrap(), SecretString::from(key.to_owned()))
+        .with_retry_pause(Duration::from_millis(10))
 }
 
 fn checkout(variant: &str) -> NewCheckout {

@@ -248,7 +248,9 @@ async fn reconnecting_never_lifts_a_block_kommo_set() {
     let f = install().await;
     f.installs_with("code-a").await;
     let pool = &f.app.db.pool;
-    kommo_pay_core::rate_limit::block_account(pool, kommo_pay_core::provider::Provider::Kommo, ACCOUNT, "403 from GET api/v4/leads: blocked").await.unwrap();
+    kommo_pay_core::rate_limit::block_account(pool, kommo_pay_core::provider::Provider::Kommo, &ACCOUNT.into(), "403 from GET api/v4/leads: blocked")
+        .await
+        .unwrap();
     oauth::revoke(pool, &f.account()).await.unwrap();
 
     f.installs_with("code-b").await;

@@ -39,7 +39,7 @@ fn worker(db: &TestDb, handlers: Handlers, config: WorkerConfig) -> Worker {
 /// Enqueues one job of `kind` (with its causing event) and returns its id.
 async fn enqueue(db: &TestDb, kind: &str, max_attempts: i32) -> i64 {
     let event = NewEvent::new(
-        ACCOUNT,
+        &ACCOUNT.into(),
         Source::Internal,
         "test.fact".into(),
         uuid::Uuid::new_v4().to_string(),

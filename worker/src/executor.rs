@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use futures_util::future::{self, BoxFuture};
 use kommo_pay_core::config::{JobPolicies, WorkerConfig};
-use kommo_pay_core::ids::LeadId;
+use kommo_pay_core::ids::{AccountSlug, LeadId};
 use kommo_pay_core::kommo::client::with_lead_read;
 use kommo_pay_core::queue::{self, ClaimedJob, Fate};
 use kommo_pay_core::retry_policy::RetryPolicy;
@@ -198,13 +198,13 @@ type GroupRead = future::Shared<BoxFuture<'static, Option<GroupDeals>>>;
 /// one list request per 250, and each job's first read is answered from it. Each job still runs
 /// and records its outcome alone, so one job's failure never fails the others.
 fn start(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, running: &mut JoinSet<Outcome>) {
-    let mut groups: HashMap<(String, String), Vec<LeadId>> = HashMap::new();
+    let mut groups: HashMap<(AccountSlug, String), Vec<LeadId>> = HashMap::new();
     for job in &jobs {
         if let Some(lead_id) = job.lead_id.filter(|_| shared.handlers.read_ahead(&job.kind).is_some()) {
             groups.entry((job.account.clone(), job.kind.clone())).or_default().push(lead_id);
         }
     }
-    let reads: HashMap<(String, String), GroupRead> = groups
+    let reads: HashMap<(AccountSlug, String), GroupRead> = groups
         .into_iter()
         .map(|((account, kind), leads)| {
             let read = shared.handlers.read_ahead(&kind).expect("grouped kinds read ahead");

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use kommo_pay_core::ids::LeadId;
+use kommo_pay_core::ids::{AccountSlug, LeadId};
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::kommo::lead::Lead;
 use kommo_pay_core::queue::ClaimedJob;
@@ -43,7 +43,7 @@ pub type GroupDeals = Arc<Result<HashMap<LeadId, Lead>, KommoError>>;
 
 /// Reads the deals of a group of one account's jobs at once (`account`, lead ids), in list
 /// requests of up to 250; `None` for an account this build has no clients for.
-pub type ReadAhead = Arc<dyn Fn(String, Vec<LeadId>) -> BoxFuture<'static, Option<GroupDeals>> + Send + Sync>;
+pub type ReadAhead = Arc<dyn Fn(AccountSlug, Vec<LeadId>) -> BoxFuture<'static, Option<GroupDeals>> + Send + Sync>;
 
 /// The handler of each job kind. A worker claims only the kinds it has a handler for, so jobs of
 /// a kind this build does not know wait for one that does.
@@ -74,7 +74,7 @@ impl Handlers {
     /// read theirs in one list request per 250 (`read`), each job's first read answered from it.
     pub fn reading_deals_ahead<F, Fut>(mut self, kinds: &[&str], read: F) -> Self
     where
-        F: Fn(String, Vec<LeadId>) -> Fut + Send + Sync + 'static,
+        F: Fn(AccountSlug, Vec<LeadId>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<GroupDeals>> + Send + 'static,
     {
         self.reads_ahead.extend(kinds.iter().map(|kind| kind.to_string()));

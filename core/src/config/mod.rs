@@ -109,7 +109,7 @@ pub struct DatabaseConfig {
 
 /// The configured accounts, by slug.
 #[derive(Debug, Clone, Default)]
-pub struct Accounts(BTreeMap<String, Arc<Account>>);
+pub struct Accounts(BTreeMap<crate::ids::AccountSlug, Arc<Account>>);
 
 impl Accounts {
     pub fn get(&self, slug: &str) -> Option<&Arc<Account>> {
@@ -128,7 +128,7 @@ impl Accounts {
 
 #[derive(Debug, Clone)]
 pub struct Account {
-    pub slug: String,
+    pub slug: crate::ids::AccountSlug,
     pub kommo: KommoAccount,
     pub stripe: Option<StripeAccount>,
     pub lemonsqueezy: Option<LemonSqueezyAccount>,

@@ -137,7 +137,7 @@ impl Config {
             if !is_slug(&section.slug) {
                 v.problem(&format!("{key}.slug"), &format!("{:?} is not a slug: use 1-64 lowercase letters, digits and '-'", section.slug));
             }
-            if accounts.contains_key(&section.slug) {
+            if accounts.contains_key(section.slug.as_str()) {
                 v.problem(&format!("{key}.slug"), &format!("{:?} is used by an earlier account", section.slug));
             }
             if !kommo_ids.insert(section.kommo.account_id) {
@@ -521,7 +521,7 @@ impl Validator<'_> {
             default_currency: default_currency?,
             overdue_grace: chrono::Duration::days(i64::from(section.overdue_grace_days)),
             triggers,
-            slug: section.slug,
+            slug: section.slug.into(),
             kommo: KommoAccount {
                 account_id: k.account_id,
                 base_url: base_url?,

@@ -29,7 +29,7 @@ use super::fields::{LeadField, NewField};
 use super::lead::{Contact, Lead, LeadChanges, NewLead};
 use super::stage_changes::StageChange;
 use super::webhook::Webhook;
-use crate::ids::{ContactId, LeadId};
+use crate::ids::{AccountSlug, ContactId, LeadId};
 use crate::provider::Provider;
 use crate::rate_limit::{RateLimiter, Slot};
 
@@ -91,7 +91,7 @@ fn read_ahead(id: LeadId) -> Option<Result<Option<Lead>, KommoError>> {
 pub(super) struct Api {
     http: reqwest::Client,
     base: url::Url,
-    account: String,
+    account: AccountSlug,
     credentials: Credentials,
     pool: PgPool,
     limiter: RateLimiter,
@@ -116,13 +116,13 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 pub enum KommoError {
     /// Kommo blocked the account (403); nothing is sent until an operator unblocks it.
     #[error("Kommo has blocked API access for account {account} since {since}: {reason}")]
-    Blocked { account: String, since: DateTime<Utc>, reason: String },
+    Blocked { account: AccountSlug, since: DateTime<Utc>, reason: String },
     /// Too many requests (429), or our own queue for the account is too long.
     #[error("Kommo's rate limit for account {account}: retry after {retry_after:?}")]
-    RateLimited { account: String, retry_after: Duration },
+    RateLimited { account: AccountSlug, retry_after: Duration },
     /// The token is invalid, expired or revoked (401), or the account is unpaid (402).
     #[error("Kommo refused the credentials of account {account} ({status}): {detail}")]
-    Unauthorized { account: String, status: u16, detail: String },
+    Unauthorized { account: AccountSlug, status: u16, detail: String },
     /// Kommo refused the request itself (400, 404, 422 …): retrying the same request won't help.
     #[error("Kommo refused the request ({status}): {detail}")]
     Refused { status: u16, detail: String },
@@ -178,7 +178,7 @@ impl KommoClient {
 
     /// A client for `account` at `base`, sending at most `requests_per_second` together with
     /// every other client of the account.
-    pub fn new(pool: PgPool, account: &str, base: url::Url, credentials: Credentials, requests_per_second: f64) -> KommoClient {
+    pub fn new(pool: PgPool, account: &AccountSlug, base: url::Url, credentials: Credentials, requests_per_second: f64) -> KommoClient {
         Self::with_timeouts(pool, account, base, credentials, requests_per_second, Duration::from_secs(20))
     }
 
@@ -186,7 +186,7 @@ impl KommoClient {
     /// library; request: 20 s by default).
     pub fn with_timeouts(
         pool: PgPool,
-        account: &str,
+        account: &AccountSlug,
         base: url::Url,
         credentials: Credentials,
         requests_per_second: f64,
@@ -194,7 +194,7 @@ impl KommoClient {
     ) -> KommoClient {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(request_timeout).build().expect("a TLS backend is available");
         let limiter = RateLimiter::new(pool.clone(), Provider::Kommo, account, requests_per_second);
-        let api = Arc::new(Api { http, base, account: account.to_owned(), credentials, pool, limiter });
+        let api = Arc::new(Api { http, base, account: account.clone(), credentials, pool, limiter });
         KommoClient {
             lead_updates: Batcher::spawn(api.clone(), reqwest::Method::PATCH, "api/v4/leads", MOST_WRITES),
             lead_notes: Batcher::spawn(api.clone(), reqwest::Method::POST, "api/v4/leads/notes", MOST_WRITES),
@@ -544,7 +544,7 @@ impl Api {
 
     async fn block(&self, reason: &str) -> Result<DateTime<Utc>, sqlx::Error> {
         tracing::error!(account = %self.account, reason, "Kommo answered 403: all calls for this account stop until an operator unblocks it");
-        metrics::counter!("kommo_pay_kommo_blocked_total", "account" => self.account.clone()).increment(1);
+        metrics::counter!("kommo_pay_kommo_blocked_total", "account" => self.account.to_string()).increment(1);
         self.limiter.block(reason).await
     }
 }

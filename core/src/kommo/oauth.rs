@@ -6,6 +6,7 @@
 //! refresh, `client.rs`); an uninstalled one is blocked like a 403 (its calls stop) until it is
 //! connected again.
 
+use crate::ids::AccountSlug;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -29,7 +30,7 @@ pub enum OauthError {
     #[error("account {0:?} is not configured")]
     UnknownAccount(String),
     #[error("account {0} does not use OAuth: its [accounts.kommo.auth] kind is long_lived_token")]
-    NotOauth(String),
+    NotOauth(crate::ids::AccountSlug),
     #[error("this installation link is unknown to kommo-pay: start again with `kommo-pay kommo connect --account SLUG`")]
     UnknownState,
     #[error("this installation link was used already: start again with `kommo-pay kommo connect --account {0}`")]
@@ -37,9 +38,9 @@ pub enum OauthError {
     #[error("this installation link expired (links last {STATE_MINUTES} minutes): start again with `kommo-pay kommo connect --account {0}`")]
     StateExpired(String),
     #[error("the installation is for integration {got:?}, but account {account} is configured with integration {expected:?}")]
-    WrongClient { account: String, got: String, expected: String },
+    WrongClient { account: crate::ids::AccountSlug, got: String, expected: String },
     #[error("the installation came from {referer}, but account {account} is configured for {expected}")]
-    WrongAccount { account: String, referer: String, expected: String },
+    WrongAccount { account: crate::ids::AccountSlug, referer: String, expected: String },
     #[error("Kommo refused the authorization code ({0}); codes last 20 minutes and work once: start again with `kommo-pay kommo connect`")]
     Refused(String),
     #[error("Kommo's token endpoint could not be used: {0}")]
@@ -60,7 +61,7 @@ impl OauthError {
 /// An account that got its token pair.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Connected {
-    pub account: String,
+    pub account: AccountSlug,
     /// The Kommo host it was installed from.
     pub host: String,
     pub expires_at: DateTime<Utc>,
@@ -291,7 +292,7 @@ pub(super) async fn request_pair(
 
 /// Stores `account`'s new pair (before it is used: Kommo has already invalidated the old
 /// refresh token); returns when the access token expires.
-pub(super) async fn store_pair<'e>(db: impl PgExecutor<'e>, account: &str, pair: &Pair) -> Result<DateTime<Utc>, sqlx::Error> {
+pub(super) async fn store_pair<'e>(db: impl PgExecutor<'e>, account: &AccountSlug, pair: &Pair) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO kommo_tokens (account, access_token, refresh_token, expires_at, refreshed_at)
          VALUES ($1, $2, $3, now() + make_interval(secs => $4), now())

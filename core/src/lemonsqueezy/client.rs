@@ -6,6 +6,7 @@
 //! second checkout. That is harmless (a checkout is only a URL); the caller keeps the one it hands
 //! out. Failed requests are tried again here on 429, 5xx and network errors, twice at most.
 
+use crate::ids::AccountSlug;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -143,7 +144,7 @@ pub struct Checkout {
 }
 
 impl LemonSqueezyClient {
-    pub fn new(pool: PgPool, account: &str, base: url::Url, api_key: SecretString) -> LemonSqueezyClient {
+    pub fn new(pool: PgPool, account: &AccountSlug, base: url::Url, api_key: SecretString) -> LemonSqueezyClient {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(20)).build().expect("a TLS backend is available");
         let limiter = RateLimiter::new(pool, crate::provider::Provider::LemonSqueezy, account, REQUESTS_PER_SECOND);

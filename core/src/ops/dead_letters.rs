@@ -328,8 +328,9 @@ async fn batch(
         if let Some(error) = error {
             payload["last_error"] = json!(error);
         }
+        let account = crate::ids::AccountSlug::from(account.as_str());
         let fact = crate::event_log::Fact {
-            account,
+            account: &account,
             kind: record,
             dedup_key: &key,
             lead_id: lead_id.map(crate::ids::LeadId),

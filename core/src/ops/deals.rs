@@ -141,5 +141,5 @@ pub fn from_url(accounts: &Accounts, given: &str) -> Result<(String, i64), OpsEr
         .iter()
         .find(|account| account.kommo.base_url.host_str() == url.host_str() && account.kommo.base_url.port_or_known_default() == url.port_or_known_default())
         .ok_or_else(|| OpsError::NotFound(format!("no configured account's Kommo is at {}", url.host_str().unwrap_or_default())))?;
-    Ok((account.slug.clone(), lead_id))
+    Ok((account.slug.to_string(), lead_id))
 }

@@ -181,7 +181,7 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
         return Err(OpsError::BadRequest(format!("event {id} is an internal record; only deliveries from a provider imply jobs")));
     };
     let payload = serde_json::value::to_raw_value(&detail.payload).expect("JSON serialises");
-    let mut stored = NewEvent::new(&event.account, source, event.kind.clone(), event.dedup_key.clone(), event.lead_id.map(crate::ids::LeadId), payload);
+    let mut stored = NewEvent::new(&account.slug, source, event.kind.clone(), event.dedup_key.clone(), event.lead_id.map(crate::ids::LeadId), payload);
     stored.id = id;
     let derived = jobs::implied_by(&stored, account, policies);
     if derived.is_empty() {
@@ -196,7 +196,7 @@ pub async fn replay(pool: &PgPool, accounts: &Accounts, policies: &JobPolicies, 
     // Every replay is its own fact: a fresh key each time.
     let key = format!("event.replayed:{id}:{}", Uuid::now_v7());
     let fact = crate::event_log::Fact {
-        account: &event.account,
+        account: &account.slug,
         kind: "event.replayed",
         dedup_key: &key,
         lead_id: event.lead_id.map(crate::ids::LeadId),

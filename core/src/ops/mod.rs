@@ -143,6 +143,7 @@ pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operato
         return Err(OpsError::BadRequest(format!("provider {provider:?} is not one of {}", UNBLOCKABLE.join(", "))));
     }
     let reason = self::reason(reason)?;
+    let account = &crate::ids::AccountSlug::from(account);
     let mut tx = pool.begin().await?;
     let cleared: Option<(chrono::DateTime<Utc>, Option<String>)> = sqlx::query_as(
         "UPDATE api_limits a SET blocked_at = NULL, blocked_reason = NULL
@@ -167,5 +168,5 @@ pub async fn unblock(pool: &sqlx::PgPool, provider: &str, account: &str, operato
     };
     crate::event_log::append_fact(&mut *tx, fact).await?;
     tx.commit().await?;
-    Ok(Unblocked { provider: provider.to_owned(), account: account.to_owned(), blocked_at, reason: blocked_reason.unwrap_or_default() })
+    Ok(Unblocked { provider: provider.to_owned(), account: account.to_string(), blocked_at, reason: blocked_reason.unwrap_or_default() })
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
-use kommo_pay_core::ids::LeadId;
+use kommo_pay_core::ids::{AccountSlug, LeadId};
 use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
@@ -34,7 +34,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
 
 /// Whether the log holds the lead entering `status_id`, received no earlier than a minute before
 /// the change happened (Kommo's clock and ours may differ a little).
-async fn delivered(pool: &PgPool, account: &str, lead_id: LeadId, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
+async fn delivered(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, status_id: i64, at: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND lead_id = $2 AND source = $5
              AND kind IN ('leads.status', 'leads.add') AND payload #>> '{item,status_id}' = $3
@@ -55,11 +55,11 @@ async fn check_webhooks(pool: &PgPool, clients: &AccountClients) -> anyhow::Resu
     let hooks = clients.kommo.webhooks().await.context("listing Kommo webhooks")?;
     let disabled: Vec<String> = hooks.iter().filter(|hook| hook.disabled).map(|hook| hook.id.to_string()).collect();
     let account = clients.account.slug.clone();
-    metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.clone()).set(disabled.len() as f64);
+    metrics::gauge!("kommo_pay_kommo_webhooks_disabled", "account" => account.to_string()).set(disabled.len() as f64);
     kommo_pay_core::ops::accounts::record_webhook_check(pool, &account, &disabled).await?;
     if !disabled.is_empty() {
         // Ids only: a destination holds our URL secret.
-        tracing::error!(account, hooks = ?disabled, "Kommo disabled webhooks of this account: open Settings → Integrations and save the webhook again");
+        tracing::error!(%account, hooks = ?disabled, "Kommo disabled webhooks of this account: open Settings → Integrations and save the webhook again");
     }
     Ok(())
 }

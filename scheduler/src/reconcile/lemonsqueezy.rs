@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::event_log::{NewEvent, Source};
-use kommo_pay_core::ids::LeadId;
+use kommo_pay_core::ids::{AccountSlug, LeadId};
 use kommo_pay_core::lemonsqueezy::client::{Listed, Listing};
 use kommo_pay_core::lemonsqueezy::event::{Object, Order};
 use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
@@ -29,7 +29,7 @@ use sqlx::PgPool;
 
 pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTime<Utc>) -> anyhow::Result<Vec<NewEvent>> {
     let Some(api) = &clients.lemonsqueezy else { return Ok(Vec::new()) };
-    let slug = clients.account.slug.as_str();
+    let slug = &clients.account.slug;
     let mut events = Vec::new();
     for store in clients.account.lemonsqueezy_stores() {
         for listed in api.created_since(Listing::Orders, store, from).await.context("listing Lemon Squeezy orders")? {
@@ -66,7 +66,7 @@ pub(super) async fn missed(pool: &PgPool, clients: &AccountClients, from: DateTi
 }
 
 /// The deal an order paid for: the one unpaid checkout for exactly its amount.
-async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> anyhow::Result<Option<LeadId>> {
+async fn order_lead(pool: &PgPool, account: &AccountSlug, id: &str, order: &Order) -> anyhow::Result<Option<LeadId>> {
     let (Some(subtotal), Ok(currency), Some(at)) = (order.subtotal, Currency::parse(&order.total.currency), order.created_at) else {
         return Ok(None);
     };
@@ -83,7 +83,7 @@ async fn order_lead(pool: &PgPool, account: &str, id: &str, order: &Order) -> an
 }
 
 /// The deal of the order `order_id`: from the log, or from an order reconciled in this round.
-async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[NewEvent]) -> Result<Option<LeadId>, sqlx::Error> {
+async fn ordered_by(pool: &PgPool, account: &AccountSlug, order_id: &str, this_round: &[NewEvent]) -> Result<Option<LeadId>, sqlx::Error> {
     let key = format!("order_created:{order_id}");
     if let Some(event) = this_round.iter().find(|e| e.dedup_key == key) {
         return Ok(event.lead_id);
@@ -98,7 +98,7 @@ async fn ordered_by(pool: &PgPool, account: &str, order_id: &str, this_round: &[
 }
 
 /// The event a webhook named `name` would have delivered for `listed`.
-fn event(account: &str, name: &str, listed: &Listed, lead_id: Option<LeadId>) -> anyhow::Result<NewEvent> {
+fn event(account: &AccountSlug, name: &str, listed: &Listed, lead_id: Option<LeadId>) -> anyhow::Result<NewEvent> {
     let parsed = LemonSqueezyEvent::announcing(name, &listed.raw, lead_id).context("a reconciled Lemon Squeezy object")?;
     Ok(NewEvent::new(account, Source::LemonSqueezy, parsed.kind, parsed.dedup_key, parsed.lead_id, parsed.payload))
 }

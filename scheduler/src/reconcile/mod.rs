@@ -17,6 +17,7 @@ mod stripe;
 
 use chrono::{DateTime, Duration, Utc};
 use kommo_pay_core::clients::AccountClients;
+use kommo_pay_core::ids::AccountSlug;
 use kommo_pay_core::provider::Provider;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ impl Reconciler {
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
         let mut recovered = 0;
         for clients in self.accounts.iter() {
-            let slug = clients.account.slug.as_str();
+            let slug = &clients.account.slug;
             let mut providers = vec![Provider::Kommo];
             providers.extend(clients.stripe.as_ref().map(|_| Provider::Stripe));
             providers.extend(clients.lemonsqueezy.as_ref().map(|_| Provider::LemonSqueezy));
@@ -65,19 +66,24 @@ impl Reconciler {
                     Ok(events) => events,
                     Err(error) => {
                         tracing::warn!(
-                            account = slug,
+                            account = slug.as_str(),
                             provider = provider.as_str(),
                             error = format!("{error:#}"),
                             "reconciliation failed; reading from the same cursor next round"
                         );
-                        metrics::counter!("kommo_pay_reconcile_failures_total", "account" => slug.to_owned(), "provider" => provider.as_str()).increment(1);
+                        metrics::counter!("kommo_pay_reconcile_failures_total", "account" => slug.to_string(), "provider" => provider.as_str()).increment(1);
                         continue;
                     }
                 };
                 let appended = self.append(clients, provider, events).await?;
                 if appended > 0 {
-                    tracing::warn!(account = slug, provider = provider.as_str(), events = appended, "reconciliation found events no webhook delivered");
-                    metrics::counter!("kommo_pay_reconciled_events_total", "account" => slug.to_owned(), "provider" => provider.as_str())
+                    tracing::warn!(
+                        account = slug.as_str(),
+                        provider = provider.as_str(),
+                        events = appended,
+                        "reconciliation found events no webhook delivered"
+                    );
+                    metrics::counter!("kommo_pay_reconciled_events_total", "account" => slug.to_string(), "provider" => provider.as_str())
                         .increment(appended as u64);
                 }
                 recovered += appended;
@@ -100,7 +106,7 @@ impl Reconciler {
         Ok(appended)
     }
 
-    async fn cursor(&self, account: &str, provider: Provider) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    async fn cursor(&self, account: &AccountSlug, provider: Provider) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         sqlx::query_scalar("SELECT read_until FROM reconcile_cursors WHERE account = $1 AND provider = $2")
             .bind(account)
             .bind(provider.as_str())
@@ -109,7 +115,7 @@ impl Reconciler {
     }
 
     /// Moves the cursor forward (never back: two leaders overlapping briefly cannot rewind it).
-    async fn advance(&self, account: &str, provider: Provider, to: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    async fn advance(&self, account: &AccountSlug, provider: Provider, to: DateTime<Utc>) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO reconcile_cursors AS c (account, provider, read_until) VALUES ($1, $2, $3)
              ON CONFLICT (account, provider) DO UPDATE SET read_until = greatest(c.read_until, excluded.read_until), updated_at = now()",

@@ -5,7 +5,7 @@
 use anyhow::anyhow;
 use kommo_pay_core::config::FieldsSection;
 use kommo_pay_core::event_log::{self, Fact};
-use kommo_pay_core::ids::{JobId, LeadId};
+use kommo_pay_core::ids::{AccountSlug, JobId, LeadId};
 use kommo_pay_core::kommo::activity::NewTask;
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
@@ -54,7 +54,7 @@ pub(super) async fn update_lead_once(kommo: &KommoClient, lead_id: LeadId, chang
 pub(super) async fn tell_manager(
     pool: &PgPool,
     kommo: &KommoClient,
-    account: &str,
+    account: &AccountSlug,
     deal: &Lead,
     job_id: JobId,
     kind: &str,
@@ -76,7 +76,7 @@ pub(super) async fn tell_manager(
 pub(super) async fn note_once(
     pool: &PgPool,
     kommo: &KommoClient,
-    account: &str,
+    account: &AccountSlug,
     lead_id: LeadId,
     job_id: JobId,
     kind: &str,
@@ -97,7 +97,7 @@ pub(super) async fn note_once(
 pub(super) async fn launch_once(
     pool: &PgPool,
     kommo: &KommoClient,
-    account: &str,
+    account: &AccountSlug,
     lead_id: LeadId,
     job_id: JobId,
     bot: i64,
@@ -116,7 +116,7 @@ pub(super) async fn launch_once(
 /// Where a job's task or note (fact `dedup_key`) stands, in one query: `None` when the log
 /// records it done; otherwise whether an earlier attempt of the job ran (and may have written to
 /// Kommo before it died, so Kommo is read before it is written).
-async fn still_to_do(pool: &PgPool, account: &str, dedup_key: &str, job_id: JobId) -> Result<Option<bool>, JobError> {
+async fn still_to_do(pool: &PgPool, account: &AccountSlug, dedup_key: &str, job_id: JobId) -> Result<Option<bool>, JobError> {
     let (logged, tried_before): (bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM events WHERE account = $1 AND source = 'internal' AND dedup_key = $2),
                 coalesce((SELECT attempt > 0 FROM jobs WHERE id = $3), false)",

@@ -18,6 +18,7 @@ use anyhow::anyhow;
 use kommo_pay_core::clients::AccountClients;
 use kommo_pay_core::config::Accounts;
 use kommo_pay_core::http::Failed;
+use kommo_pay_core::ids::AccountSlug;
 use kommo_pay_core::jobs::JobKind;
 use kommo_pay_core::kommo::client::KommoError;
 use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError};
@@ -34,7 +35,7 @@ use crate::{Handlers, JobError};
 /// What the handlers share: the database and one client per provider per account.
 pub struct Context {
     pool: PgPool,
-    accounts: HashMap<String, AccountClients>,
+    accounts: HashMap<AccountSlug, AccountClients>,
 }
 
 impl Context {

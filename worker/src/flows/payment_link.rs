@@ -157,7 +157,7 @@ async fn decide(
             metadata.extend([
                 ("kommo_account_id".to_owned(), account.kommo.account_id.to_string()),
                 ("kommo_lead_id".to_owned(), lead_id.to_string()),
-                ("kommo_pay_account".to_owned(), account.slug.clone()),
+                ("kommo_pay_account".to_owned(), account.slug.to_string()),
             ]);
             if let Some(contact) = &contact {
                 metadata.insert("kommo_contact_id".to_owned(), contact.id.to_string());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use kommo_pay_core::dunning::Failure;
-use kommo_pay_core::ids::{JobId, LeadId};
+use kommo_pay_core::ids::{AccountSlug, JobId, LeadId};
 use kommo_pay_core::kommo::lead::LeadChanges;
 use kommo_pay_core::money::{Currency, Money};
 use kommo_pay_core::payment_links;
@@ -241,7 +241,7 @@ fn created_at(event: &StripeEvent) -> DateTime<Utc> {
 }
 
 /// The deal a payment belongs to: our own link → deal mapping first, the metadata second.
-async fn lead_of(context: &Context, account: &str, link_id: Option<&str>, metadata_lead: Option<LeadId>) -> Result<LeadId, JobError> {
+async fn lead_of(context: &Context, account: &AccountSlug, link_id: Option<&str>, metadata_lead: Option<LeadId>) -> Result<LeadId, JobError> {
     if let Some(link_id) = link_id
         && let Some(link) = payment_links::by_id(&context.pool, account, link_id).await.map_err(db_failed)?
     {
