@@ -178,7 +178,7 @@ fn pivot(counts: &[Count]) -> Markup {
 }
 
 pub(super) async fn unblock(State(state): State<Arc<AppState>>, Path(account): Path<String>, posted: Posted) -> Answer {
-    let provider = posted.fields.get("provider").unwrap_or("kommo");
+    let provider = posted.fields.get("provider").unwrap_or(kommo_pay_core::provider::Provider::Kommo.as_str());
     unblock_provider(&state.pool, provider, &account, &posted.signed.operator, posted.fields.get("reason").unwrap_or_default()).await?;
     Ok(Redirect::to("/console").into_response())
 }
