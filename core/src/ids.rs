@@ -79,18 +79,6 @@ impl From<String> for AccountSlug {
     }
 }
 
-impl PartialEq<str> for AccountSlug {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for AccountSlug {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
 /// Maps keyed by account are looked up by text (a slug from a URL or a command line).
 impl std::borrow::Borrow<str> for AccountSlug {
     fn borrow(&self) -> &str {

@@ -40,25 +40,18 @@ fn starts_now(running: usize, slots: usize, events: usize) -> bool {
 #[derive(Default)]
 struct Batch {
     pending: Vec<Pending>,
-    events: usize,
 }
 
 impl Batch {
-    fn push(&mut self, pending: Pending) {
-        self.events += pending.events.len();
-        self.pending.push(pending);
+    /// The events of all its deliveries (a batch holds a few hundred at most).
+    fn events(&self) -> usize {
+        self.pending.iter().map(Pending::weight).sum()
     }
 
     /// Drops the deliveries already answered 503 (their deadline passed while they waited):
     /// during an outage the backlog would otherwise go on taking the database's time.
     fn forget_abandoned(&mut self) {
         self.pending.retain(|pending| !pending.reply.is_closed());
-        self.count();
-    }
-
-    /// Counts the events again, after deliveries were added or dropped directly.
-    fn count(&mut self) {
-        self.events = self.pending.iter().map(|pending| pending.events.len()).sum();
     }
 }
 
@@ -66,6 +59,13 @@ struct Pending {
     events: Vec<NewEvent>,
     jobs: Vec<NewJob>,
     reply: oneshot::Sender<Result<Accepted, IngestError>>,
+}
+
+impl Pending {
+    /// What a delivery counts for in a batch: its events.
+    fn weight(&self) -> usize {
+        self.events.len()
+    }
 }
 
 #[derive(Clone)]
@@ -88,18 +88,17 @@ impl Appender {
             loop {
                 if batch.pending.is_empty() {
                     match incoming.recv().await {
-                        Some(first) => batch.push(first),
+                        Some(first) => batch.pending.push(first),
                         None => return,
                     }
                 }
-                kommo_pay_core::batching::fill_weighed(&mut batch.pending, &mut incoming, MAX_BATCH_EVENTS, |pending| pending.events.len());
-                batch.count();
+                kommo_pay_core::batching::fill_weighed(&mut batch.pending, &mut incoming, MAX_BATCH_EVENTS, Pending::weight);
                 batch.forget_abandoned();
                 if batch.pending.is_empty() {
                     continue;
                 }
                 let running = concurrent_appends - slots.available_permits();
-                if starts_now(running, concurrent_appends, batch.events) {
+                if starts_now(running, concurrent_appends, batch.events()) {
                     let slot = slots.clone().try_acquire_owned().expect("a slot is free");
                     let (pool, waker, finished) = (pool.clone(), waker.clone(), finished.clone());
                     let out = std::mem::take(&mut batch);
@@ -113,8 +112,8 @@ impl Appender {
                 // Wait for a running append to finish, or for more deliveries to join this batch.
                 tokio::select! {
                     _ = finished.notified() => {}
-                    next = incoming.recv(), if batch.events < MAX_BATCH_EVENTS => match next {
-                        Some(next) => batch.push(next),
+                    next = incoming.recv(), if batch.events() < MAX_BATCH_EVENTS => match next {
+                        Some(next) => batch.pending.push(next),
                         None => finished.notified().await,
                     },
                 }

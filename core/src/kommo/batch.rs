@@ -154,17 +154,18 @@ async fn send_reads(api: Arc<Api>, list: List, asked: Vec<Asked>) {
                 let query = if list.query.is_empty() { String::new() } else { format!("&{}", list.query) };
                 let url = format!("{}?limit={MOST_READS}&page={page}{query}{filter}", list.path);
                 let answer = if std::mem::take(&mut in_slot) {
-                    api.call_in_slot::<Value>(reqwest::Method::GET, &url, None).await?
+                    api.call_in_slot::<Page>(reqwest::Method::GET, &url, None).await?
                 } else {
                     api.call(reqwest::Method::GET, &url, None).await?
                 };
                 let Some(answer) = answer else { break };
-                for entity in answer.pointer(&format!("/_embedded/{}", list.embedded)).and_then(Value::as_array).into_iter().flatten() {
+                let last = !answer.has_next();
+                for entity in answer.entities(list.embedded) {
                     if let Some(id) = entity.get(list.by).and_then(crate::wire::lenient_id) {
-                        found.entry(id).or_default().push(entity.clone());
+                        found.entry(id).or_default().push(entity);
                     }
                 }
-                if answer.pointer("/_links/next").is_none() {
+                if last {
                     break;
                 }
             }
@@ -178,6 +179,35 @@ async fn send_reads(api: Arc<Api>, list: List, asked: Vec<Asked>) {
             Ok(found) => Ok(ids.iter().filter_map(|id| found.get(id).map(|entities| (*id, entities.clone()))).collect()),
         };
         let _ = reply.send(answer);
+    }
+}
+
+/// One page of a Kommo list: `{"_embedded": {"<entities>": […]}, "_links": {"next"?}}`.
+#[derive(serde::Deserialize)]
+pub(super) struct Page {
+    #[serde(default, rename = "_embedded")]
+    embedded: HashMap<String, Value>,
+    #[serde(default, rename = "_links")]
+    links: HashMap<String, Value>,
+}
+
+impl Page {
+    /// The page's `entities` (`leads`, `notes`, …) as Kommo sent them.
+    pub(super) fn entities(mut self, entities: &str) -> Vec<Value> {
+        match self.embedded.remove(entities) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The page's `entities` as `T`; items not of the shape are left out.
+    pub(super) fn items<T: serde::de::DeserializeOwned>(self, entities: &str) -> Vec<T> {
+        self.entities(entities).into_iter().filter_map(|item| serde_json::from_value(item).ok()).collect()
+    }
+
+    /// Whether another page follows.
+    pub(super) fn has_next(&self) -> bool {
+        self.links.contains_key("next")
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use super::activity::{NewNote, NewTask, SalesbotLaunch, Written};
-use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Reader};
+use super::batch::{Batcher, List, MOST_LAUNCHES, MOST_WRITES, Page, Reader};
 use super::fields::{LeadField, NewField};
 use super::lead::{Contact, Lead, LeadChanges, NewLead};
 use super::stage_changes::StageChange;
@@ -293,17 +293,21 @@ impl KommoClient {
 
     /// Every custom field of leads, all pages.
     pub async fn lead_custom_fields(&self) -> Result<Vec<LeadField>, KommoError> {
-        let mut fields = Vec::new();
+        self.every_page(|page| format!("api/v4/leads/custom_fields?limit=250&page={page}"), "custom_fields").await
+    }
+
+    /// Every page of a list (`path` of a page number), its `entities` as `T`.
+    async fn every_page<T: DeserializeOwned>(&self, path: impl Fn(u32) -> String, entities: &str) -> Result<Vec<T>, KommoError> {
+        let mut found = Vec::new();
         for page in 1.. {
-            let path = format!("api/v4/leads/custom_fields?limit=250&page={page}");
-            let Some(answer) = self.api.call::<Page>(reqwest::Method::GET, &path, None).await? else { break };
+            let Some(answer) = self.api.call::<Page>(reqwest::Method::GET, &path(page), None).await? else { break };
             let last = !answer.has_next();
-            fields.extend(answer.items("custom_fields"));
+            found.extend(answer.items(entities));
             if last {
                 break;
             }
         }
-        Ok(fields)
+        Ok(found)
     }
 
     /// The deals' custom fields with their types and options, read once per [`FIELDS_KEPT`] for
@@ -330,16 +334,9 @@ impl KommoClient {
     /// Every stage change of a lead since `from` (Unix seconds), oldest first, from the events
     /// API (an event that names no lead, time or new stage is left out).
     pub async fn stage_changes_since(&self, from: i64) -> Result<Vec<StageChange>, KommoError> {
-        let mut changes = Vec::new();
-        for page in 1.. {
-            let path = format!("api/v4/events?filter[type]=lead_status_changed&filter[created_at][from]={from}&limit=100&page={page}");
-            let Some(answer) = self.api.call::<Page>(reqwest::Method::GET, &path, None).await? else { break };
-            let last = !answer.has_next();
-            changes.extend(answer.items("events").into_iter().filter_map(StageChange::from_event));
-            if last {
-                break;
-            }
-        }
+        let path = |page| format!("api/v4/events?filter[type]=lead_status_changed&filter[created_at][from]={from}&limit=100&page={page}");
+        let events: Vec<Value> = self.every_page(path, "events").await?;
+        let mut changes: Vec<StageChange> = events.into_iter().filter_map(StageChange::from_event).collect();
         changes.sort_by_key(|c| c.at);
         Ok(changes)
     }
@@ -361,28 +358,6 @@ impl KommoClient {
     /// in one `POST /api/v2/salesbot/run` of up to 100 (Kommo answers 202).
     pub async fn run_salesbot(&self, bot_id: i64, lead_id: LeadId) -> Result<(), KommoError> {
         self.salesbot_launches.submit(body(&SalesbotLaunch::for_lead(bot_id, lead_id))).await
-    }
-}
-
-/// One page of a Kommo list: `{"_embedded": {"<entities>": […]}, "_links": {"next"?}}`. Items
-/// not of the shape are left out.
-#[derive(serde::Deserialize)]
-struct Page {
-    #[serde(default, rename = "_embedded")]
-    embedded: std::collections::HashMap<String, Value>,
-    #[serde(default, rename = "_links")]
-    links: std::collections::HashMap<String, Value>,
-}
-
-impl Page {
-    fn items<T: DeserializeOwned>(self, entities: &str) -> Vec<T> {
-        let mut embedded = self.embedded;
-        let Some(Value::Array(items)) = embedded.remove(entities) else { return Vec::new() };
-        items.into_iter().filter_map(|item| serde_json::from_value(item).ok()).collect()
-    }
-
-    fn has_next(&self) -> bool {
-        self.links.contains_key("next")
     }
 }
 

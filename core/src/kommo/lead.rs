@@ -176,6 +176,11 @@ pub enum Scalar {
 }
 
 impl Scalar {
+    /// A finite number; `None` for NaN or an infinity, which JSON cannot carry.
+    pub fn number(number: f64) -> Option<Scalar> {
+        serde_json::Number::from_f64(number).map(Scalar::Number)
+    }
+
     /// The value as a person reads it.
     pub fn text(&self) -> String {
         match self {
@@ -214,13 +219,6 @@ impl From<i64> for Scalar {
 impl From<bool> for Scalar {
     fn from(flag: bool) -> Scalar {
         Scalar::Flag(flag)
-    }
-}
-
-impl Scalar {
-    /// A finite number; `None` for NaN or an infinity, which JSON cannot carry.
-    pub fn number(number: f64) -> Option<Scalar> {
-        serde_json::Number::from_f64(number).map(Scalar::Number)
     }
 }
 

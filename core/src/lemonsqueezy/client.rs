@@ -251,6 +251,5 @@ impl LemonSqueezyClient {
     }
 }
 fn created_at(object: &Value) -> Option<DateTime<Utc>> {
-    let text = object.pointer("/attributes/created_at")?.as_str()?;
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    object.pointer("/attributes/created_at")?.as_str().and_then(super::event::time)
 }

@@ -143,7 +143,8 @@ fn number(value: Option<&Value>) -> Option<i64> {
     }
 }
 
-fn time(text: &str) -> Option<DateTime<Utc>> {
+/// An RFC 3339 time, as Lemon Squeezy writes them.
+pub(super) fn time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
