@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use fakes::kommo::FakeKommo;
+use fakes::stripe::FakeStripe;
 use serde_json::json;
 
 use fakes::accounts::{PIPELINE, TRIGGER_STAGE as STAGE};
@@ -57,7 +58,7 @@ async fn main() {
         }
     };
 
-    let stripe = fakes::stripe::FakeStripe::start().await;
+    let stripe = FakeStripe::start().await;
     stripe.delay_creates(Some(STRIPE_DELAY));
     let mut all = Vec::new();
     for n in 0..accounts {
@@ -89,8 +90,8 @@ async fn main() {
 
     let started = Instant::now();
     let result = match scenario.as_str() {
-        "burst" => burst(&client, &base, &mut all, deals_each).await,
-        _ => at_once(&client, &base, &mut all, deals_each).await,
+        "burst" => burst(&client, &base, &stripe, &mut all, deals_each).await,
+        _ => at_once(&client, &base, &stripe, &mut all, deals_each).await,
     };
     let _ = serve.kill();
     let _ = serve.wait();
@@ -100,7 +101,7 @@ async fn main() {
 
 /// Account A (the first) moves `deals` at once; account B (the second) one deal a second until
 /// A's last link is on its card.
-async fn burst(client: &reqwest::Client, base: &str, all: &mut [Account], deals: i64) -> Result<(), String> {
+async fn burst(client: &reqwest::Client, base: &str, stripe: &FakeStripe, all: &mut [Account], deals: i64) -> Result<(), String> {
     let (a, b) = all.split_at_mut(1);
     let (a, b) = (&mut a[0], &mut b[0]);
     add_deals(a, 0, deals);
@@ -132,7 +133,7 @@ async fn burst(client: &reqwest::Client, base: &str, all: &mut [Account], deals:
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    report(a, first, &a_links);
+    report(a, stripe, first, &a_links);
     let mut latencies: Vec<Duration> = b_links.iter().map(|(lead, at)| at.duration_since(b.sent[lead])).collect();
     latencies.sort();
     let ms = |d: Duration| d.as_millis();
@@ -151,7 +152,7 @@ async fn burst(client: &reqwest::Client, base: &str, all: &mut [Account], deals:
 }
 
 /// Every account moves `deals` at once.
-async fn at_once(client: &reqwest::Client, base: &str, all: &mut [Account], deals: i64) -> Result<(), String> {
+async fn at_once(client: &reqwest::Client, base: &str, stripe: &FakeStripe, all: &mut [Account], deals: i64) -> Result<(), String> {
     for (n, account) in all.iter_mut().enumerate() {
         add_deals(account, n as i64 * 100_000, deals);
     }
@@ -175,14 +176,14 @@ async fn at_once(client: &reqwest::Client, base: &str, all: &mut [Account], deal
     }
     let mut worst: f64 = 0.0;
     for account in all.iter() {
-        worst = worst.max(report(account, first, &links(account)));
+        worst = worst.max(report(account, stripe, first, &links(account)));
     }
     println!("slowest account: {worst:.2} × its floor");
     Ok(())
 }
 
 /// Prints the account's row; returns its makespan / floor.
-fn report(account: &Account, first: Instant, links: &HashMap<i64, Instant>) -> f64 {
+fn report(account: &Account, stripe: &FakeStripe, first: Instant, links: &HashMap<i64, Instant>) -> f64 {
     let deals = account.sent.len();
     let makespan = links.values().max().map(|last| last.duration_since(first)).unwrap_or_default();
     let requests = account.kommo.requests();
@@ -199,8 +200,14 @@ fn report(account: &Account, first: Instant, links: &HashMap<i64, Instant>) -> f
     let chain = KOMMO_DELAY + STRIPE_DELAY + KOMMO_DELAY;
     let floor = fewest as f64 / RATE + chain.as_secs_f64();
     let ratio = makespan.as_secs_f64() / floor;
+    let creations: Vec<Instant> = stripe
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/payment_links" && r.params["metadata"]["kommo_pay_account"] == account.slug.as_str())
+        .map(|r| r.at)
+        .collect();
     println!(
-        "{}: {deals} deals, makespan {:.2} s, floor {:.2} s ({fewest} requests / {RATE}/s + {} ms), ratio {ratio:.2}; Kommo requests {} {:?}; 429s {}, most requests in one second {}",
+        "{}: {deals} deals, makespan {:.2} s, floor {:.2} s ({fewest} requests / {RATE}/s + {} ms), ratio {ratio:.2}; Kommo requests {} {:?}; 429s {}, most requests in one second {}; most Stripe link creations in one second {}",
         account.slug,
         makespan.as_secs_f64(),
         floor,
@@ -208,7 +215,8 @@ fn report(account: &Account, first: Instant, links: &HashMap<i64, Instant>) -> f
         requests.len(),
         kinds,
         account.kommo.too_many(),
-        most_in_a_second(&account.kommo)
+        most_in_a_second(&account.kommo),
+        most_in_one_second(creations)
     );
     ratio
 }
@@ -265,7 +273,10 @@ fn links(account: &Account) -> HashMap<i64, Instant> {
 
 /// The most requests that reached the fake Kommo in any one second.
 fn most_in_a_second(kommo: &FakeKommo) -> usize {
-    let mut arrivals: Vec<Instant> = kommo.requests().iter().map(|r| r.at).collect();
+    most_in_one_second(kommo.requests().iter().map(|r| r.at).collect())
+}
+
+fn most_in_one_second(mut arrivals: Vec<Instant>) -> usize {
     arrivals.sort();
     (0..arrivals.len()).map(|i| arrivals[i..].iter().take_while(|at| at.duration_since(arrivals[i]) < Duration::from_secs(1)).count()).max().unwrap_or(0)
 }

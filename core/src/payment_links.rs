@@ -53,14 +53,26 @@ pub async fn trigger_of(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -
         .await
 }
 
-/// The link job `job_id` issued for the deal, whatever its status now.
-pub async fn issued_by(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Option<PaymentLink>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND issued_by_job = $3 ORDER BY issued_at DESC LIMIT 1")
-        .bind(account)
-        .bind(lead_id)
-        .bind(job_id)
-        .fetch_optional(pool)
-        .await
+/// What an issuing job finds of the deal's links.
+#[derive(Debug)]
+pub struct Known {
+    /// The link this job issued, whatever its status now: an earlier attempt's decision.
+    pub issued_by_job: Option<PaymentLink>,
+    /// The deal's active link, whichever job issued it.
+    pub active: Option<PaymentLink>,
+}
+
+/// The deal's links that job `job_id` needs to decide, read together.
+pub async fn known_to(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Known, sqlx::Error> {
+    let links: Vec<PaymentLink> =
+        sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND (issued_by_job = $3 OR status = 'active') ORDER BY issued_at DESC")
+            .bind(account)
+            .bind(lead_id)
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+    let issued_by_job = links.iter().find(|link| link.issued_by_job == Some(job_id.0)).cloned();
+    Ok(Known { issued_by_job, active: links.into_iter().find(|link| link.status == "active") })
 }
 
 /// The unpaid links of `provider` for exactly `amount`, issued before `paid_at`: the deals an
@@ -173,35 +185,26 @@ pub enum Issuing {
     Busy,
 }
 
-/// Takes the deal's issuing lease for `job_id`.
+/// Takes the deal's issuing lease for `job_id`, in one statement: a fresh row is a free deal;
+/// an existing one is taken over when it is this job's own (an attempt that died holding it) or
+/// five minutes old, and otherwise left to its holder. (`xmax = 0` marks a row this statement
+/// inserted rather than updated.)
 pub async fn start_issuing(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Issuing, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let fresh: Option<i64> =
-        sqlx::query_scalar("INSERT INTO payment_link_issuing (account, lead_id, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id")
-            .bind(account)
-            .bind(lead_id)
-            .bind(job_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let issuing = if fresh.is_some() {
-        Issuing::Yours { resumed: false }
-    } else {
-        let taken_over: Option<i64> = sqlx::query_scalar(
-            // The earlier holder is read in FROM, before the row changes (as in `self_serve::claim`).
-            "UPDATE payment_link_issuing i SET job_id = $3, since = now()
-             FROM (SELECT job_id AS earlier FROM payment_link_issuing WHERE account = $1 AND lead_id = $2) b
-             WHERE i.account = $1 AND i.lead_id = $2 AND (i.job_id = $3 OR i.since < now() - interval '5 minutes')
-             RETURNING b.earlier",
-        )
-        .bind(account)
-        .bind(lead_id)
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if taken_over.is_some() { Issuing::Yours { resumed: true } } else { Issuing::Busy }
-    };
-    tx.commit().await?;
-    Ok(issuing)
+    let fresh: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO payment_link_issuing AS i (account, lead_id, job_id) VALUES ($1, $2, $3)
+         ON CONFLICT (account, lead_id) DO UPDATE SET job_id = EXCLUDED.job_id, since = now()
+             WHERE i.job_id = EXCLUDED.job_id OR i.since < now() - interval '5 minutes'
+         RETURNING xmax = 0",
+    )
+    .bind(account)
+    .bind(lead_id)
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match fresh {
+        Some(fresh) => Issuing::Yours { resumed: !fresh },
+        None => Issuing::Busy,
+    })
 }
 
 /// Gives the lease back (only if `job_id` still holds it), whatever the issue's outcome.

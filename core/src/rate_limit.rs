@@ -141,23 +141,37 @@ pub async fn unblock_if<'e>(db: impl sqlx::PgExecutor<'e>, provider: Provider, a
     Ok(lifted.rows_affected() > 0)
 }
 
-/// In-process pacing: requests go out at most `requests_per_second`, each waiting for its turn.
+/// In-process pacing: at most `requests_per_second` requests in any one second, each waiting for
+/// its turn. A burst goes out at once up to the second's budget (a group's fifty link creations
+/// take one round trip, not half a second of even spacing); only the requests beyond it wait.
+/// The window is kept [`SPACING_MARGIN`] longer than the rate's, as Kommo's spacing is.
 pub struct Pacer {
-    spacing: Duration,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
+    /// The most requests in one window, and the window.
+    most: usize,
+    window: Duration,
+    /// The send times of the last `most` requests, oldest first.
+    sent: tokio::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
 }
 
 impl Pacer {
+    /// A fractional rate is kept over a longer window: 2.5 a second is 2 in any 0.84 s.
     pub fn new(requests_per_second: f64) -> Pacer {
-        Pacer { spacing: Duration::from_secs_f64(1.0 / requests_per_second), next: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+        let most = (requests_per_second.floor() as usize).max(1);
+        let window = Duration::from_secs_f64(SPACING_MARGIN * most as f64 / requests_per_second);
+        Pacer { most, window, sent: tokio::sync::Mutex::new(std::collections::VecDeque::with_capacity(most)) }
     }
 
     /// Waits for the next free slot and takes it.
     pub async fn wait(&self) {
         let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + self.spacing;
+            let mut sent = self.sent.lock().await;
+            let now = tokio::time::Instant::now();
+            // The window's budget is spent until the oldest of the last `most` leaves it.
+            let slot = match sent.len() < self.most {
+                true => now,
+                false => now.max(sent.pop_front().expect("a full window") + self.window),
+            };
+            sent.push_back(slot);
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -169,12 +183,28 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_pacer_spaces_requests_by_its_rate() {
+    async fn a_pacer_sends_a_burst_up_to_its_rate_then_waits_for_the_window() {
         let pacer = Pacer::new(100.0);
         let start = tokio::time::Instant::now();
-        for _ in 0..101 {
+        let mut sent = Vec::new();
+        for _ in 0..250 {
             pacer.wait().await;
+            sent.push(start.elapsed());
         }
-        assert_eq!(start.elapsed(), Duration::from_secs(1), "101 requests: the first at once, then one each 10 ms");
+        let window = Duration::from_secs_f64(SPACING_MARGIN);
+        assert_eq!(sent[99], Duration::ZERO, "the first 100 go at once");
+        assert_eq!(sent[100], window, "the 101st waits until the first leaves the window");
+        for (i, at) in sent.iter().enumerate().skip(100) {
+            assert!(*at - sent[i - 100] >= window, "request {i}: at most 100 in any window");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_below_one_a_second_sends_one_per_period() {
+        let pacer = Pacer::new(0.5);
+        let start = tokio::time::Instant::now();
+        pacer.wait().await;
+        pacer.wait().await;
+        assert_eq!(start.elapsed(), Duration::from_secs_f64(2.0 * SPACING_MARGIN));
     }
 }

@@ -127,3 +127,25 @@ async fn two_worker_processes_together_stay_within_the_accounts_rate() {
         assert!(gap >= Duration::from_millis(900), "{} requests within {gap:?}", per_second + 1);
     }
 }
+
+/// A group's Stripe link creations go out together, but never more in one second than the
+/// account's Stripe rate (configured here at 100 a second, Stripe's live limit).
+#[tokio::test]
+async fn a_groups_stripe_creations_stay_within_the_stripe_rate() {
+    let per_second = 100;
+    let f = flow().await;
+    let leads = deals(&f, 130);
+    bulk_move(&f, &leads).await;
+    f.drain().await;
+
+    assert!(leads.iter().all(|lead| link_of(&f, *lead).is_some()));
+    let mut arrivals: Vec<_> = f.link_creates().iter().map(|r| r.at).collect();
+    assert_eq!(arrivals.len(), 130, "one creation per deal");
+    arrivals.sort();
+    // The window is 1.05 s: creation i and creation i + rate arrive at least that far apart,
+    // less the arrival stamps' jitter on this test's busy runtime.
+    for (first, next) in arrivals.iter().zip(arrivals.iter().skip(per_second)) {
+        let gap = next.duration_since(*first);
+        assert!(gap >= Duration::from_millis(900), "{} creations within {gap:?}", per_second + 1);
+    }
+}

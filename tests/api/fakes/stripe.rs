@@ -24,6 +24,8 @@ pub struct Recorded {
     pub idempotency_key: Option<String>,
     pub version: Option<String>,
     pub authorization: Option<String>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -117,6 +119,7 @@ fn record(state: &mut Fake, path: String, headers: &HeaderMap, body: &[u8]) -> R
         idempotency_key: header("idempotency-key"),
         version: header("stripe-version"),
         authorization: header("authorization"),
+        at: std::time::Instant::now(),
     };
     state.requests.push(recorded.clone());
     recorded

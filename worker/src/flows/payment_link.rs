@@ -60,19 +60,17 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resum
     // Whether the flow applies is decided once, and recorded with the link: a link this job
     // issued means an earlier attempt decided, so its remaining steps are finished whatever the
     // deal's stage is now (the link's own PATCH may have moved it on, or the client paid).
-    let link = match payment_links::issued_by(pool, &account.slug, lead_id, job.id).await.map_err(db_failed)? {
+    let known = payment_links::known_to(pool, &account.slug, lead_id, job.id).await.map_err(db_failed)?;
+    let link = match known.issued_by_job {
         Some(link) => link,
         None if !in_trigger_stage => {
             tracing::info!(lead_id = lead_id.0, "the deal left the trigger stage before its link was issued; nothing to do");
             return Ok(());
         }
-        None => {
-            let active = payment_links::active_for(pool, &account.slug, lead_id).await.map_err(db_failed)?;
-            match decide(context, clients, job, trigger, fields, &deal, active).await? {
-                Some(link) => link,
-                None => return Ok(()),
-            }
-        }
+        None => match decide(context, clients, job, trigger, fields, &deal, known.active).await? {
+            Some(link) => link,
+            None => return Ok(()),
+        },
     };
     // A link paid (or replaced) by the time a retry finishes it is no longer offered: the card
     // keeps what it shows now and the client gets no message about it. Its note stays a record.
