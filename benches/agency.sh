@@ -13,8 +13,10 @@ cd "$here/.."
 eval "export $(deploy/local/postgres.sh start)"
 server_url=${DATABASE_URL%/*}
 cargo build --release --quiet --bin kommo-pay --example agency_bench
+# Each row starts from a settled server: the row before it leaves dirty pages whose flush (a
+# checkpoint) would otherwise land in the next row's measurement.
 fresh() {
-    psql "$server_url/postgres" -qAtc "DROP DATABASE IF EXISTS kommo_pay_agency_bench WITH (FORCE)" -c "CREATE DATABASE kommo_pay_agency_bench"
+    psql "$server_url/postgres" -qAtc "DROP DATABASE IF EXISTS kommo_pay_agency_bench WITH (FORCE)" -c "CREATE DATABASE kommo_pay_agency_bench" -c "CHECKPOINT"
     echo "$server_url/kommo_pay_agency_bench"
 }
 echo "== burst: account A moves 1,000 deals at once, account B one deal a second =="

@@ -1,6 +1,7 @@
 //! Request pacing per provider and account. Kommo's and Lemon Squeezy's budgets are shared by
 //! every process through PostgreSQL (`api_limits`, docs/adr/0006): each request reserves the
-//! next send slot with one upsert and waits for it; a 429 pauses the account for everyone; a
+//! next send slot with one upsert and waits for it (and, in its process, for the window of its
+//! last sends, timed by when they went); a 429 pauses the account for everyone; a
 //! block stops it until an operator acts. Stripe's far larger budget is paced in the process
 //! ([`Pacer`]): a slot per request in PostgreSQL would cost more than Stripe's 429, which its
 //! client retries.
@@ -25,6 +26,9 @@ pub struct RateLimiter {
     provider: Provider,
     account: AccountSlug,
     spacing: Duration,
+    /// This process's own sends, by when they went: a request that woke late for its slot (a
+    /// busy CPU, a slow answer to the reservation) must not let the next ones crowd the window.
+    sent: Pacer,
 }
 
 /// What the limiter says about the next request.
@@ -41,7 +45,7 @@ pub enum Slot {
 impl RateLimiter {
     pub fn new(pool: PgPool, provider: Provider, account: &AccountSlug, requests_per_second: f64) -> RateLimiter {
         let spacing = Duration::from_secs_f64(SPACING_MARGIN / requests_per_second);
-        RateLimiter { pool, provider, account: account.clone(), spacing }
+        RateLimiter { pool, provider, account: account.clone(), spacing, sent: Pacer::new(requests_per_second) }
     }
 
     /// Reserves the account's next send slot and waits for it. A slot more than [`MAX_WAIT`]
@@ -86,6 +90,7 @@ impl RateLimiter {
                 .record(wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
+        self.sent.wait().await;
         Ok(Slot::Go)
     }
 
@@ -161,20 +166,16 @@ impl Pacer {
         Pacer { most, window, sent: tokio::sync::Mutex::new(std::collections::VecDeque::with_capacity(most)) }
     }
 
-    /// Waits for the next free slot and takes it.
+    /// Waits for the next free slot and takes it. Callers wait their turn in order; each send is
+    /// recorded when it goes, so a late wake-up moves the window on, never back.
     pub async fn wait(&self) {
-        let slot = {
-            let mut sent = self.sent.lock().await;
-            let now = tokio::time::Instant::now();
+        let mut sent = self.sent.lock().await;
+        if sent.len() == self.most {
             // The window's budget is spent until the oldest of the last `most` leaves it.
-            let slot = match sent.len() < self.most {
-                true => now,
-                false => now.max(sent.pop_front().expect("a full window") + self.window),
-            };
-            sent.push_back(slot);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+            let oldest = sent.pop_front().expect("a full window");
+            tokio::time::sleep_until(oldest + self.window).await;
+        }
+        sent.push_back(tokio::time::Instant::now());
     }
 }
 
