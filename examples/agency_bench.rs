@@ -219,7 +219,7 @@ fn report(account: &Account, stripe: &FakeStripe, first: Instant, links: &HashMa
         kinds,
         account.kommo.too_many(),
         most_in_a_second(&account.kommo),
-        most_in_one_second(creations)
+        most_arrivals_in_a_second(creations)
     );
     ratio
 }
@@ -276,10 +276,11 @@ fn links(account: &Account) -> HashMap<i64, Instant> {
 
 /// The most requests that reached the fake Kommo in any one second.
 fn most_in_a_second(kommo: &FakeKommo) -> usize {
-    most_in_one_second(kommo.requests().iter().map(|r| r.at).collect())
+    most_arrivals_in_a_second(kommo.requests().iter().map(|r| r.at).collect())
 }
 
-fn most_in_one_second(mut arrivals: Vec<Instant>) -> usize {
+/// The most of `arrivals` (requests reaching a fake) in any one second.
+fn most_arrivals_in_a_second(mut arrivals: Vec<Instant>) -> usize {
     arrivals.sort();
     (0..arrivals.len()).map(|i| arrivals[i..].iter().take_while(|at| at.duration_since(arrivals[i]) < Duration::from_secs(1)).count()).max().unwrap_or(0)
 }

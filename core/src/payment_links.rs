@@ -113,32 +113,34 @@ pub struct Issued<'a> {
 /// fact in the event log, in one transaction. A retry that records the same link changes nothing
 /// and gets the link as it is now.
 pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<PaymentLink, sqlx::Error> {
-    let change = Change::LinkIssued {
+    // The row as this change inserts it.
+    let link = PaymentLink {
         provider: issued.provider.to_string(),
         link_id: issued.link_id.to_owned(),
+        lead_id: issued.lead_id,
         trigger: issued.trigger.to_owned(),
         url: issued.url.to_owned(),
         amount_minor: issued.amount.minor(),
         currency: issued.amount.currency().code().to_owned(),
+        status: "active".to_owned(),
+        issued_by_job: Some(issued.job_id.0),
+        note_added_at: None,
+        salesbot_run_at: None,
+    };
+    let change = Change::LinkIssued {
+        provider: link.provider.clone(),
+        link_id: link.link_id.clone(),
+        trigger: link.trigger.clone(),
+        url: link.url.clone(),
+        amount_minor: link.amount_minor,
+        currency: link.currency.clone(),
     };
     let recorded =
         projections::record_alone(pool, Meta { account: issued.account, lead_id: issued.lead_id, job_id: Some(issued.job_id), at: Utc::now() }, &change)
             .await?;
     if recorded.changed == 1 {
-        // The row this change inserted, as inserted: no need to read it back.
-        return Ok(PaymentLink {
-            provider: issued.provider.to_string(),
-            link_id: issued.link_id.to_owned(),
-            lead_id: issued.lead_id,
-            trigger: issued.trigger.to_owned(),
-            url: issued.url.to_owned(),
-            amount_minor: issued.amount.minor(),
-            currency: issued.amount.currency().code().to_owned(),
-            status: "active".to_owned(),
-            issued_by_job: Some(issued.job_id.0),
-            note_added_at: None,
-            salesbot_run_at: None,
-        });
+        // It inserted the row: no need to read it back.
+        return Ok(link);
     }
     // A retry recorded the link already: it is as it is now (its note may be added, it may be paid).
     let link = sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND provider = $2 AND link_id = $3")

@@ -118,13 +118,18 @@ async fn two_worker_processes_together_stay_within_the_accounts_rate() {
 
     assert!(leads.iter().all(|lead| link_of(&f, *lead).is_some()));
     assert_eq!(f.kommo.too_many(), 0, "no 429");
-    let mut arrivals: Vec<_> = f.kommo.requests().iter().map(|r| r.at).collect();
+    // Slots are 1.05 / rate apart.
+    assert_within_rate(f.kommo.requests().iter().map(|r| r.at).collect(), per_second as usize, "requests");
+}
+
+/// No `per_second + 1` of `arrivals` within a second: a limiter's window is 1.05 s, so arrival
+/// i and arrival i + rate are sent at least that far apart (their arrivals, stamped by a fake on
+/// this test's busy runtime, jitter by tens of milliseconds).
+fn assert_within_rate(mut arrivals: Vec<std::time::Instant>, per_second: usize, what: &str) {
     arrivals.sort();
-    // Slots are 1.05 / rate apart: request i and request i + rate are sent 1.05 s apart (their
-    // arrivals, stamped by the fake on this test's busy runtime, jitter by tens of milliseconds).
-    for (first, next) in arrivals.iter().zip(arrivals.iter().skip(per_second as usize)) {
+    for (first, next) in arrivals.iter().zip(arrivals.iter().skip(per_second)) {
         let gap = next.duration_since(*first);
-        assert!(gap >= Duration::from_millis(900), "{} requests within {gap:?}", per_second + 1);
+        assert!(gap >= Duration::from_millis(900), "{} {what} within {gap:?}", per_second + 1);
     }
 }
 
@@ -139,13 +144,7 @@ async fn a_groups_stripe_creations_stay_within_the_stripe_rate() {
     f.drain().await;
 
     assert!(leads.iter().all(|lead| link_of(&f, *lead).is_some()));
-    let mut arrivals: Vec<_> = f.link_creates().iter().map(|r| r.at).collect();
+    let arrivals: Vec<_> = f.link_creates().iter().map(|r| r.at).collect();
     assert_eq!(arrivals.len(), 130, "one creation per deal");
-    arrivals.sort();
-    // The window is 1.05 s: creation i and creation i + rate arrive at least that far apart,
-    // less the arrival stamps' jitter on this test's busy runtime.
-    for (first, next) in arrivals.iter().zip(arrivals.iter().skip(per_second)) {
-        let gap = next.duration_since(*first);
-        assert!(gap >= Duration::from_millis(900), "{} creations within {gap:?}", per_second + 1);
-    }
+    assert_within_rate(arrivals, per_second, "creations");
 }
