@@ -139,23 +139,36 @@ impl<'a> Fact<'a> {
 }
 
 /// Appends an internal fact, inside the caller's transaction when it passes one, so that the
-/// fact and the state it describes are committed together. The one writer of internal facts:
-/// returns the new fact's id, or `None` when its key was recorded already.
+/// fact and the state it describes are committed together. Returns the new fact's id, or `None`
+/// when its key was recorded already.
 pub async fn append_fact<'e>(db: impl PgExecutor<'e>, fact: Fact<'_>) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    Ok(append_facts(db, &[fact]).await?.remove(0))
+}
+
+/// Appends internal facts in one statement, in their order in the log: the one writer of
+/// internal facts. Returns each fact's new id, or `None` where its key was recorded already.
+pub async fn append_facts<'e>(db: impl PgExecutor<'e>, facts: &[Fact<'_>]) -> Result<Vec<Option<Uuid>>, sqlx::Error> {
+    // Ids are made here, in order, so the answer tells which facts were new.
+    let ids: Vec<Uuid> = facts.iter().map(|_| Uuid::now_v7()).collect();
+    let new: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO events (id, account, source, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload)
-         VALUES ($1, $2, 'internal', $3, $4, $5, $6, $7, $8) ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING RETURNING id",
+         SELECT id, account, 'internal', kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::uuid[], $7::int8[], $8::jsonb[]) WITH ORDINALITY
+             AS f(id, account, kind, dedup_key, lead_id, caused_by_event, caused_by_job, payload, n)
+         ORDER BY n
+         ON CONFLICT ON CONSTRAINT events_dedup DO NOTHING RETURNING id",
     )
-    .bind(Uuid::now_v7())
-    .bind(fact.account)
-    .bind(fact.kind)
-    .bind(fact.dedup_key)
-    .bind(fact.lead_id)
-    .bind(fact.caused_by_event)
-    .bind(fact.caused_by_job)
-    .bind(fact.payload)
-    .fetch_optional(db)
-    .await
+    .bind(&ids)
+    .bind(facts.iter().map(|f| f.account.as_str()).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| f.kind).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| f.dedup_key).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| f.lead_id.map(|id| id.0)).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| f.caused_by_event).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| f.caused_by_job.map(|id| id.0)).collect::<Vec<_>>())
+    .bind(facts.iter().map(|f| &f.payload).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    Ok(ids.into_iter().map(|id| new.contains(&id).then_some(id)).collect())
 }
 
 /// Appends `events` and enqueues `jobs` (each naming its event by `event_id`) atomically.

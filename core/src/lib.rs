@@ -21,6 +21,7 @@ pub mod projections;
 pub mod provider;
 pub mod queue;
 pub mod rate_limit;
+pub mod recorder;
 pub mod retry_policy;
 pub mod self_serve;
 pub mod signature;

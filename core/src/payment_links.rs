@@ -7,8 +7,9 @@ use sqlx::PgPool;
 use crate::money::{Currency, Money};
 use crate::projections::{self, Change, Meta};
 use crate::provider::Provider;
+use crate::recorder::Recorder;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct PaymentLink {
     /// `stripe` or `lemonsqueezy`.
     pub provider: String,
@@ -62,19 +63,6 @@ pub struct Known {
     pub active: Option<PaymentLink>,
 }
 
-/// The deal's links that job `job_id` needs to decide, read together.
-pub async fn known_to(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Known, sqlx::Error> {
-    let links: Vec<PaymentLink> =
-        sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND lead_id = $2 AND (issued_by_job = $3 OR status = 'active') ORDER BY issued_at DESC")
-            .bind(account)
-            .bind(lead_id)
-            .bind(job_id)
-            .fetch_all(pool)
-            .await?;
-    let issued_by_job = links.iter().find(|link| link.issued_by_job == Some(job_id.0)).cloned();
-    Ok(Known { issued_by_job, active: links.into_iter().find(|link| link.status == "active") })
-}
-
 /// The unpaid links of `provider` for exactly `amount`, issued before `paid_at`: the deals an
 /// order that carries no deal id may have paid for (reconciliation's fallback).
 pub async fn unpaid_matching(
@@ -110,9 +98,10 @@ pub struct Issued<'a> {
 }
 
 /// Records a new link as the deal's active one, the previous active one as replaced, and the
-/// fact in the event log, in one transaction. A retry that records the same link changes nothing
-/// and gets the link as it is now.
-pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<PaymentLink, sqlx::Error> {
+/// fact in the event log, in one transaction (shared with the links of other deals recorded at
+/// the same moment). A retry that records the same link changes nothing and gets the link as it
+/// is now.
+pub async fn record_issued(pool: &PgPool, recorder: &Recorder, issued: &Issued<'_>) -> Result<PaymentLink, sqlx::Error> {
     // The row as this change inserts it.
     let link = PaymentLink {
         provider: issued.provider.to_string(),
@@ -135,9 +124,7 @@ pub async fn record_issued(pool: &PgPool, issued: &Issued<'_>) -> Result<Payment
         amount_minor: link.amount_minor,
         currency: link.currency.clone(),
     };
-    let recorded =
-        projections::record_alone(pool, Meta { account: issued.account, lead_id: issued.lead_id, job_id: Some(issued.job_id), at: Utc::now() }, &change)
-            .await?;
+    let recorded = recorder.record(Meta { account: issued.account, lead_id: issued.lead_id, job_id: Some(issued.job_id), at: Utc::now() }, change).await?;
     if recorded.changed == 1 {
         // It inserted the row: no need to read it back.
         return Ok(link);
@@ -181,15 +168,15 @@ pub async fn active_ids(pool: &PgPool, account: &AccountSlug, lead_id: LeadId) -
 }
 
 /// Records that the link's note was added, so a retry does not repeat it.
-pub async fn mark_note_added(pool: &PgPool, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn mark_note_added(recorder: &Recorder, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::LinkNoteAdded { provider: link.provider.clone(), link_id: link.link_id.clone() };
-    projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
+    recorder.record(Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, change).await.map(drop)
 }
 
 /// Records that the link's Salesbot was launched, so a retry does not repeat it.
-pub async fn mark_salesbot_run(pool: &PgPool, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
+pub async fn mark_salesbot_run(recorder: &Recorder, account: &AccountSlug, link: &PaymentLink, job_id: JobId) -> Result<(), sqlx::Error> {
     let change = Change::LinkSalesbotRun { provider: link.provider.clone(), link_id: link.link_id.clone() };
-    projections::record_alone(pool, Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, &change).await.map(drop)
+    recorder.record(Meta { account, lead_id: link.lead_id, job_id: Some(job_id), at: Utc::now() }, change).await.map(drop)
 }
 
 /// The link with id `link_id`, whichever provider issued it.
@@ -197,36 +184,42 @@ pub async fn by_id(pool: &PgPool, account: &AccountSlug, link_id: &str) -> Resul
     sqlx::query_as("SELECT * FROM payment_links WHERE account = $1 AND link_id = $2").bind(account).bind(link_id).fetch_optional(pool).await
 }
 
-/// Who issues a deal's payment link now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issuing {
-    /// This job, until [`stop_issuing`]. `resumed` when an abandoned attempt held the lease (its
-    /// worker died, or it is five minutes old): it may have written to the deal, so read first.
-    Yours { resumed: bool },
-    /// Another job is issuing it right now.
-    Busy,
+/// A deal's issuing lease, held by one job until [`stop_issuing`].
+#[derive(Debug)]
+pub struct Lease {
+    /// An abandoned attempt held the lease before (its worker died, or it is five minutes old):
+    /// it may have written to the deal, so read first.
+    pub resumed: bool,
+    /// The deal's links as the job found them on taking the lease (while it holds it, no other
+    /// job issues one).
+    pub known: Known,
 }
 
-/// Takes the deal's issuing lease for `job_id`, in one statement: a fresh row is a free deal;
-/// an existing one is taken over when it is this job's own (an attempt that died holding it) or
-/// five minutes old, and otherwise left to its holder. (`xmax = 0` marks a row this statement
-/// inserted rather than updated.)
-pub async fn start_issuing(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Issuing, sqlx::Error> {
-    let fresh: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO payment_link_issuing AS i (account, lead_id, job_id) VALUES ($1, $2, $3)
-         ON CONFLICT (account, lead_id) DO UPDATE SET job_id = EXCLUDED.job_id, since = now()
-             WHERE i.job_id = EXCLUDED.job_id OR i.since < now() - interval '5 minutes'
-         RETURNING xmax = 0",
+/// Takes the deal's issuing lease for `job_id` and reads the deal's links it needs to decide,
+/// in one statement; `None` while another job holds it. A fresh row is a free deal; an existing
+/// one is taken over when it is this job's own (an attempt that died holding it) or five minutes
+/// old, and otherwise left to its holder. (`xmax = 0` marks a row this statement inserted rather
+/// than updated.)
+pub async fn start_issuing(pool: &PgPool, account: &AccountSlug, lead_id: LeadId, job_id: JobId) -> Result<Option<Lease>, sqlx::Error> {
+    let taken: Option<(bool, sqlx::types::Json<Vec<PaymentLink>>)> = sqlx::query_as(
+        "WITH lease AS (
+             INSERT INTO payment_link_issuing AS i (account, lead_id, job_id) VALUES ($1, $2, $3)
+             ON CONFLICT (account, lead_id) DO UPDATE SET job_id = EXCLUDED.job_id, since = now()
+                 WHERE i.job_id = EXCLUDED.job_id OR i.since < now() - interval '5 minutes'
+             RETURNING xmax = 0 AS fresh)
+         SELECT fresh, (SELECT COALESCE(json_agg(l ORDER BY l.issued_at DESC), '[]') FROM payment_links l
+                        WHERE l.account = $1 AND l.lead_id = $2 AND (l.issued_by_job = $3 OR l.status = 'active'))
+         FROM lease",
     )
     .bind(account)
     .bind(lead_id)
     .bind(job_id)
     .fetch_optional(pool)
     .await?;
-    Ok(match fresh {
-        Some(fresh) => Issuing::Yours { resumed: !fresh },
-        None => Issuing::Busy,
-    })
+    let Some((fresh, sqlx::types::Json(links))) = taken else { return Ok(None) };
+    let issued_by_job = links.iter().find(|link| link.issued_by_job == Some(job_id.0)).cloned();
+    let known = Known { issued_by_job, active: links.into_iter().find(|link| link.status == "active") };
+    Ok(Some(Lease { resumed: !fresh, known }))
 }
 
 /// Gives the lease back (only if `job_id` still holds it), whatever the issue's outcome.

@@ -181,29 +181,57 @@ pub struct Recorded {
 /// fact is appended after the change is applied, so the log's order of a deal's facts is the
 /// order their changes took effect: what a rebuild replays.
 pub async fn record(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<Recorded, sqlx::Error> {
-    lock_deal(conn, meta.account, meta.lead_id).await?;
-    let changed = apply(conn, meta, change).await?;
-    let mut payload = serde_json::to_value(change).expect("a change serialises");
-    payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");
-    let key = change.key(meta.lead_id);
-    let fact = crate::event_log::Fact {
-        account: meta.account,
-        kind: change.kind(),
-        dedup_key: &key,
-        lead_id: Some(meta.lead_id),
-        caused_by_event: None,
-        caused_by_job: meta.job_id,
-        payload,
-    };
-    let fact = crate::event_log::append_fact(&mut *conn, fact).await?;
-    Ok(Recorded { changed, fact })
+    Ok(record_all(conn, &[(meta, change)]).await?.remove(0))
+}
+
+/// [`record`] for several changes at once (of many deals, as a group of jobs makes them), in
+/// their order, with a statement per step rather than per change where the changes allow.
+pub async fn record_all(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -> Result<Vec<Recorded>, sqlx::Error> {
+    lock_deals(conn, changes.iter().map(|(meta, _)| (meta.account, meta.lead_id))).await?;
+    let changed = apply_all(conn, changes).await?;
+    let keys: Vec<String> = changes.iter().map(|(meta, change)| change.key(meta.lead_id)).collect();
+    let facts: Vec<crate::event_log::Fact<'_>> = changes
+        .iter()
+        .zip(&keys)
+        .map(|((meta, change), key)| {
+            let mut payload = serde_json::to_value(change).expect("a change serialises");
+            payload["at"] = serde_json::to_value(meta.at).expect("a time serialises");
+            crate::event_log::Fact {
+                account: meta.account,
+                kind: change.kind(),
+                dedup_key: key,
+                lead_id: Some(meta.lead_id),
+                caused_by_event: None,
+                caused_by_job: meta.job_id,
+                payload,
+            }
+        })
+        .collect();
+    let facts = crate::event_log::append_facts(&mut *conn, &facts).await?;
+    Ok(changed.into_iter().zip(facts).map(|(changed, fact)| Recorded { changed, fact }).collect())
 }
 
 /// Serialises the deal's changes until the caller's transaction ends: a decision that reads
 /// the projections and then records a change takes it first, so no other change of the deal
 /// comes between the read and the record.
 pub async fn lock_deal(conn: &mut PgConnection, account: &AccountSlug, lead_id: LeadId) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2::text, 0))").bind(account).bind(lead_id).execute(&mut *conn).await.map(drop)
+    lock_deals(conn, [(account, lead_id)]).await
+}
+
+/// [`lock_deal`] for several deals, in one statement. The locks are taken in the order of their
+/// keys, so two transactions locking overlapping deals cannot deadlock.
+async fn lock_deals<'a>(conn: &mut PgConnection, deals: impl IntoIterator<Item = (&'a AccountSlug, LeadId)>) -> Result<(), sqlx::Error> {
+    let (accounts, leads): (Vec<&str>, Vec<i64>) = deals.into_iter().map(|(account, lead_id)| (account.as_str(), lead_id.0)).unzip();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(key) FROM (
+             SELECT DISTINCT hashtextextended(account || ':' || lead_id::text, 0) AS key
+             FROM unnest($1::text[], $2::int8[]) AS d(account, lead_id) ORDER BY key) AS deals",
+    )
+    .bind(accounts)
+    .bind(leads)
+    .execute(&mut *conn)
+    .await
+    .map(drop)
 }
 
 /// Whether job `job_id` recorded `change` for the deal: what a retry of that job asks to learn
@@ -229,35 +257,9 @@ pub async fn record_alone(pool: &PgPool, meta: Meta<'_>, change: &Change) -> Res
 /// Applies a change to the tables; returns the rows it touched. The one place these tables are
 /// written (besides leases), live and in a rebuild.
 async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Result<u64, sqlx::Error> {
-    let Meta { account, lead_id, job_id, at } = meta;
+    let Meta { account, lead_id, at, .. } = meta;
     let done = match change {
-        Change::LinkIssued { provider, link_id, trigger, url, amount_minor, currency } => {
-            let inserted = sqlx::query(
-                "INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_at, issued_by_job)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-            )
-            .bind(account)
-            .bind(provider)
-            .bind(link_id)
-            .bind(lead_id)
-            .bind(trigger)
-            .bind(url)
-            .bind(amount_minor)
-            .bind(currency)
-            .bind(at)
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                sqlx::query("UPDATE payment_links SET status = 'replaced' WHERE account = $1 AND lead_id = $2 AND status = 'active' AND link_id <> $3")
-                    .bind(account)
-                    .bind(lead_id)
-                    .bind(link_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            inserted
-        }
+        Change::LinkIssued { .. } => return Ok(issue_links(conn, &[(meta, change)]).await?[0]),
         Change::LinkStatus { provider, link_id, status } => {
             sqlx::query("UPDATE payment_links SET status = $4 WHERE account = $1 AND provider = $2 AND link_id = $3 AND status <> $4")
                 .bind(account)
@@ -405,6 +407,86 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
         }
     };
     Ok(done.rows_affected())
+}
+
+/// Applies `changes` in their order; returns the rows each touched. New links of distinct deals
+/// (a group's issuing jobs) go in one statement; anything else one change at a time.
+async fn apply_all(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -> Result<Vec<u64>, sqlx::Error> {
+    let deals: std::collections::HashSet<(&AccountSlug, LeadId)> = changes.iter().map(|(meta, _)| (meta.account, meta.lead_id)).collect();
+    if changes.len() > 1 && deals.len() == changes.len() && changes.iter().all(|(_, change)| matches!(change, Change::LinkIssued { .. })) {
+        return issue_links(conn, changes).await;
+    }
+    let mut changed = Vec::with_capacity(changes.len());
+    for (meta, change) in changes {
+        changed.push(apply(conn, *meta, change).await?);
+    }
+    Ok(changed)
+}
+
+/// Applies `LinkIssued` changes, each of another deal: each new link becomes its deal's active
+/// one and the active one before it is replaced. (The UPDATE sees the table as it was before
+/// this statement, so it never touches the links it inserts.) Returns 1 for each link inserted,
+/// 0 for one recorded already.
+async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -> Result<Vec<u64>, sqlx::Error> {
+    let mut rows = IssuedRows::default();
+    for (meta, change) in changes {
+        let Change::LinkIssued { provider, link_id, trigger, url, amount_minor, currency } = change else { unreachable!("only new links are issued") };
+        rows.account.push(meta.account.as_str());
+        rows.provider.push(provider);
+        rows.link_id.push(link_id);
+        rows.lead_id.push(meta.lead_id.0);
+        rows.trigger.push(trigger);
+        rows.url.push(url);
+        rows.amount_minor.push(*amount_minor);
+        rows.currency.push(currency);
+        rows.issued_at.push(meta.at);
+        rows.issued_by_job.push(meta.job_id.map(|id| id.0));
+    }
+    let inserted: Vec<(String, String, String)> = sqlx::query_as(
+        "WITH inserted AS (
+             INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_at, issued_by_job)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::timestamptz[], $10::int8[])
+             ON CONFLICT DO NOTHING
+             RETURNING account, provider, link_id, lead_id),
+         replaced AS (
+             UPDATE payment_links p SET status = 'replaced' FROM inserted i
+             WHERE p.account = i.account AND p.lead_id = i.lead_id AND p.status = 'active' AND p.link_id <> i.link_id)
+         SELECT account, provider, link_id FROM inserted",
+    )
+    .bind(&rows.account)
+    .bind(&rows.provider)
+    .bind(&rows.link_id)
+    .bind(&rows.lead_id)
+    .bind(&rows.trigger)
+    .bind(&rows.url)
+    .bind(&rows.amount_minor)
+    .bind(&rows.currency)
+    .bind(&rows.issued_at)
+    .bind(&rows.issued_by_job)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((0..changes.len())
+        .map(|i| {
+            let new =
+                inserted.iter().any(|(account, provider, link_id)| account == rows.account[i] && provider == rows.provider[i] && link_id == rows.link_id[i]);
+            u64::from(new)
+        })
+        .collect())
+}
+
+/// The columns of new links, for `unnest`.
+#[derive(Default)]
+struct IssuedRows<'a> {
+    account: Vec<&'a str>,
+    provider: Vec<&'a str>,
+    link_id: Vec<&'a str>,
+    lead_id: Vec<i64>,
+    trigger: Vec<&'a str>,
+    url: Vec<&'a str>,
+    amount_minor: Vec<i64>,
+    currency: Vec<&'a str>,
+    issued_at: Vec<DateTime<Utc>>,
+    issued_by_job: Vec<Option<i64>>,
 }
 
 /// What a rebuild did.

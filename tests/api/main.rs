@@ -26,6 +26,7 @@ mod metrics;
 mod oauth;
 mod ops;
 mod reconcile;
+mod recorder;
 mod resilience;
 mod resumed_steps;
 mod scheduler;

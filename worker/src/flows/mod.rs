@@ -25,6 +25,7 @@ use kommo_pay_core::lemonsqueezy::client::{LemonSqueezyClient, LemonSqueezyError
 use kommo_pay_core::lemonsqueezy::webhook::LemonSqueezyEvent;
 use kommo_pay_core::provider::Provider;
 use kommo_pay_core::queue::ClaimedJob;
+use kommo_pay_core::recorder::Recorder;
 use kommo_pay_core::stripe::client::{StripeClient, StripeError};
 use kommo_pay_core::stripe::webhook::StripeEvent;
 use serde_json::Value;
@@ -35,13 +36,15 @@ use crate::{Handlers, JobError};
 /// What the handlers share: the database and one client per provider per account.
 pub struct Context {
     pool: PgPool,
+    /// Records the flows' frequent changes (a group's new links, their notes) together.
+    recorder: Recorder,
     accounts: HashMap<AccountSlug, AccountClients>,
 }
 
 impl Context {
     pub fn new(pool: PgPool, accounts: &Accounts) -> Arc<Context> {
         let accounts = accounts.iter().map(|account| (account.slug.clone(), AccountClients::new(&pool, account))).collect();
-        Arc::new(Context { pool, accounts })
+        Arc::new(Context { recorder: Recorder::spawn(pool.clone()), pool, accounts })
     }
 
     fn clients(&self, job: &ClaimedJob) -> Result<&AccountClients, JobError> {

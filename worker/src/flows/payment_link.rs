@@ -18,7 +18,7 @@ use kommo_pay_core::ids::{ContactId, JobId, LeadId};
 use kommo_pay_core::kommo::client::KommoClient;
 use kommo_pay_core::kommo::lead::{FieldValue, Lead, LeadChanges};
 use kommo_pay_core::lemonsqueezy::client::NewCheckout;
-use kommo_pay_core::payment_links::{self, Issued, Issuing, PaymentLink};
+use kommo_pay_core::payment_links::{self, Issued, Lease, PaymentLink};
 use kommo_pay_core::queue::ClaimedJob;
 use kommo_pay_core::stripe::client::NewPaymentLink;
 use serde_json::Value;
@@ -31,17 +31,18 @@ pub(super) async fn issue(context: Arc<Context>, job: ClaimedJob) -> Result<(), 
     let lead_id = job.lead_id.ok_or_else(|| JobError::permanent(anyhow!("the job names no lead")))?;
     // One job at a time per deal: two stage changes arriving together would otherwise both find
     // no active link and create two. The later one runs again after the first, and reuses its link.
-    let resumed = match payment_links::start_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)? {
-        Issuing::Yours { resumed } => resumed,
-        Issuing::Busy => return Err(JobError::retryable(anyhow!("another job is issuing this deal's link; trying again after it"))),
+    let Some(lease) = payment_links::start_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)? else {
+        return Err(JobError::retryable(anyhow!("another job is issuing this deal's link; trying again after it")));
     };
-    let outcome = issue_alone(&context, &job, lead_id, resumed).await;
+    let outcome = issue_alone(&context, &job, lead_id, lease).await;
     payment_links::stop_issuing(&context.pool, &job.account, lead_id, job.id).await.map_err(db_failed)?;
     outcome
 }
 
-/// `resumed`: an abandoned job held the deal before this one and may have written to it.
-async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resumed: bool) -> Result<(), JobError> {
+/// `lease`: what the job found on taking the deal (whether an abandoned job held it before and
+/// may have written to it; the deal's links).
+async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, lease: Lease) -> Result<(), JobError> {
+    let Lease { resumed, known } = lease;
     let clients = context.clients(job)?;
     let account = &clients.account;
     let pool = &context.pool;
@@ -60,7 +61,6 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resum
     // Whether the flow applies is decided once, and recorded with the link: a link this job
     // issued means an earlier attempt decided, so its remaining steps are finished whatever the
     // deal's stage is now (the link's own PATCH may have moved it on, or the client paid).
-    let known = payment_links::known_to(pool, &account.slug, lead_id, job.id).await.map_err(db_failed)?;
     let link = match known.issued_by_job {
         Some(link) => link,
         None if !in_trigger_stage => {
@@ -105,7 +105,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resum
         let text = format!("Payment link for {amount}: {}", link.url);
         kommo.add_lead_note_once(lead_id, &text, job.attempt > 0 || resumed).await.map_err(kommo_failed)?;
         fail::fail_point!("payment_link.note_added");
-        payment_links::mark_note_added(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
+        payment_links::mark_note_added(&context.recorder, &account.slug, &link, job.id).await.map_err(db_failed)?;
         fail::fail_point!("payment_link.note_recorded");
     }
     if let Some(bot) = trigger.salesbot_id.filter(|_| offered && link.salesbot_run_at.is_none()) {
@@ -113,7 +113,7 @@ async fn issue_alone(context: &Context, job: &ClaimedJob, lead_id: LeadId, resum
         // The one step that is at least once: Kommo cannot be asked whether a bot ran, and a
         // message twice beats a link the client never gets (ADR 16).
         fail::fail_point!("payment_link.salesbot_launched");
-        payment_links::mark_salesbot_run(pool, &account.slug, &link, job.id).await.map_err(db_failed)?;
+        payment_links::mark_salesbot_run(&context.recorder, &account.slug, &link, job.id).await.map_err(db_failed)?;
     }
     tracing::info!(lead_id = lead_id.0, link = %link.link_id, %amount, "payment link in the deal's card");
     Ok(())
@@ -209,7 +209,7 @@ async fn decide(
             let issued =
                 Issued { account: &account.slug, provider, lead_id, trigger: &trigger.name, link_id: &created.0, url: &created.1, amount, job_id: job.id };
             fail::fail_point!("payment_link.created");
-            let link = payment_links::record_issued(pool, &issued).await.map_err(db_failed)?;
+            let link = payment_links::record_issued(pool, &context.recorder, &issued).await.map_err(db_failed)?;
             fail::fail_point!("payment_link.recorded");
             // A provider that answered with another deal's link must not put it in this card.
             if link.lead_id != lead_id {
