@@ -442,7 +442,7 @@ async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -
         rows.issued_at.push(meta.at);
         rows.issued_by_job.push(meta.job_id.map(|id| id.0));
     }
-    let inserted: Vec<(String, String, String)> = sqlx::query_as(
+    let inserted: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH inserted AS (
              INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_at, issued_by_job)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::timestamptz[], $10::int8[])
@@ -451,7 +451,7 @@ async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -
          replaced AS (
              UPDATE payment_links p SET status = 'replaced' FROM inserted i
              WHERE p.account = i.account AND p.lead_id = i.lead_id AND p.status = 'active' AND p.link_id <> i.link_id)
-         SELECT account, provider, link_id FROM inserted",
+         SELECT account, provider, link_id, lead_id FROM inserted",
     )
     .bind(&rows.account)
     .bind(&rows.provider)
@@ -467,8 +467,10 @@ async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -
     .await?;
     Ok((0..changes.len())
         .map(|i| {
-            let new =
-                inserted.iter().any(|(account, provider, link_id)| account == rows.account[i] && provider == rows.provider[i] && link_id == rows.link_id[i]);
+            // The deal too: a provider that answered two deals with one link inserted it for one.
+            let new = inserted.iter().any(|(account, provider, link_id, lead_id)| {
+                account == rows.account[i] && provider == rows.provider[i] && link_id == rows.link_id[i] && *lead_id == rows.lead_id[i]
+            });
             u64::from(new)
         })
         .collect())

@@ -81,3 +81,15 @@ async fn a_change_the_database_refuses_fails_alone_and_the_others_are_recorded()
     assert_eq!(links(&db).await.len(), 3);
     assert_eq!(db.count("SELECT count(*) FROM events WHERE kind = 'payment_link.issued'").await, 3, "the refused link has no fact either");
 }
+
+#[tokio::test]
+async fn one_link_answered_for_two_deals_at_once_is_recorded_for_one_of_them_only() {
+    let db = TestDb::new().await;
+    let recorder = Recorder::spawn(db.pool.clone());
+    let account = AccountSlug::from(ACCOUNT);
+    let recorded = record_links(&recorder, &account, &[(1, "stripe", "plink_same"), (2, "stripe", "plink_same")]).await;
+    let changed: Vec<u64> = recorded.iter().map(|r| r.as_ref().unwrap().changed).collect();
+    // The issuing job reads back a link it did not insert, finds another deal's, and refuses it.
+    assert_eq!(changed, [1, 0], "only the first deal's link was inserted");
+    assert_eq!(links(&db).await, [("plink_same".to_owned(), 1, "active".to_owned(), Some(1))]);
+}
