@@ -412,8 +412,8 @@ async fn apply(conn: &mut PgConnection, meta: Meta<'_>, change: &Change) -> Resu
 /// Applies `changes` in their order; returns the rows each touched. New links of distinct deals
 /// (a group's issuing jobs) go in one statement; anything else one change at a time.
 async fn apply_all(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -> Result<Vec<u64>, sqlx::Error> {
-    let deals: std::collections::HashSet<(&AccountSlug, LeadId)> = changes.iter().map(|(meta, _)| (meta.account, meta.lead_id)).collect();
-    if changes.len() > 1 && deals.len() == changes.len() && changes.iter().all(|(_, change)| matches!(change, Change::LinkIssued { .. })) {
+    let new_links = changes.len() > 1 && changes.iter().all(|(_, change)| matches!(change, Change::LinkIssued { .. }));
+    if new_links && distinct_deals(changes) {
         return issue_links(conn, changes).await;
     }
     let mut changed = Vec::with_capacity(changes.len());
@@ -421,6 +421,11 @@ async fn apply_all(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -> 
         changed.push(apply(conn, *meta, change).await?);
     }
     Ok(changed)
+}
+
+fn distinct_deals(changes: &[(Meta<'_>, &Change)]) -> bool {
+    let deals: std::collections::HashSet<(&AccountSlug, LeadId)> = changes.iter().map(|(meta, _)| (meta.account, meta.lead_id)).collect();
+    deals.len() == changes.len()
 }
 
 /// Applies `LinkIssued` changes, each of another deal: each new link becomes its deal's active
@@ -442,16 +447,16 @@ async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -
         rows.issued_at.push(meta.at);
         rows.issued_by_job.push(meta.job_id.map(|id| id.0));
     }
-    let inserted: Vec<(String, String, String, i64)> = sqlx::query_as(
+    let inserted: std::collections::HashSet<(String, i64)> = sqlx::query_as(
         "WITH inserted AS (
              INSERT INTO payment_links (account, provider, link_id, lead_id, trigger, url, amount_minor, currency, issued_at, issued_by_job)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::timestamptz[], $10::int8[])
              ON CONFLICT DO NOTHING
-             RETURNING account, provider, link_id, lead_id),
+             RETURNING account, link_id, lead_id),
          replaced AS (
              UPDATE payment_links p SET status = 'replaced' FROM inserted i
              WHERE p.account = i.account AND p.lead_id = i.lead_id AND p.status = 'active' AND p.link_id <> i.link_id)
-         SELECT account, provider, link_id, lead_id FROM inserted",
+         SELECT account, lead_id FROM inserted",
     )
     .bind(&rows.account)
     .bind(&rows.provider)
@@ -464,16 +469,13 @@ async fn issue_links(conn: &mut PgConnection, changes: &[(Meta<'_>, &Change)]) -
     .bind(&rows.issued_at)
     .bind(&rows.issued_by_job)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok((0..changes.len())
-        .map(|i| {
-            // The deal too: a provider that answered two deals with one link inserted it for one.
-            let new = inserted.iter().any(|(account, provider, link_id, lead_id)| {
-                account == rows.account[i] && provider == rows.provider[i] && link_id == rows.link_id[i] && *lead_id == rows.lead_id[i]
-            });
-            u64::from(new)
-        })
-        .collect())
+    .await?
+    .into_iter()
+    .collect();
+    // Each change is its deal's only one here, so a row inserted for the deal is the change's.
+    // (Its link id alone would not do: a provider that answered two deals with one link
+    // inserted it for one of them.)
+    Ok(rows.account.iter().zip(&rows.lead_id).map(|(account, lead_id)| u64::from(inserted.contains(&(account.to_string(), *lead_id)))).collect())
 }
 
 /// The columns of new links, for `unnest`.

@@ -42,7 +42,8 @@ async fn links_recorded_at_once_share_a_transaction_and_each_replaces_its_own_de
     let first = record_links(&recorder, &account, &[(1, "stripe", "plink_old")]).await;
     assert_eq!(first[0].as_ref().unwrap().changed, 1);
 
-    let burst: Vec<(i64, &str, &str)> = (1..=20).map(|lead| (lead, "stripe", &*format!("plink_{lead:02}").leak())).collect();
+    let names: Vec<String> = (1..=20).map(|lead| format!("plink_{lead:02}")).collect();
+    let burst: Vec<(i64, &str, &str)> = names.iter().zip(1..).map(|(name, lead)| (lead, "stripe", name.as_str())).collect();
     let recorded = record_links(&recorder, &account, &burst).await;
     for (change, result) in burst.iter().zip(&recorded) {
         let result = result.as_ref().unwrap_or_else(|e| panic!("{change:?}: {e}"));
